@@ -1,0 +1,1 @@
+"""Ray drivers: Train, Tune and Jobs submission around the modresnet core."""

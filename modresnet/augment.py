@@ -1,0 +1,130 @@
+"""Batched, per-sample random augmentation on the batch's own device (CPU or CUDA).
+
+As in airbench: pure functions of (batch, config, generator). The colour jitter of every
+sample folds into one 3x3 colour matrix plus offset, and flip, crop-with-padding, rotation
+and translation fold into one affine resampling of the whole batch, so the cost is two
+batched ops however many families are on. Strengths match torchvision's ColorJitter,
+RandomCrop, RandomHorizontalFlip, RandomRotation and RandomAffine; pixels are not
+bit-identical to torchvision's PIL pipeline, which was never the goal.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from modresnet.config import AugmentConfig
+
+_GRAY = (0.299, 0.587, 0.114)
+_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [0, 1]; float input passes through."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) * (high - low) + low
+
+
+def color_jitter(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue as one per-sample affine colour map.
+
+    brightness scales, contrast blends with the image's mean gray, saturation blends with
+    the pixel's gray, hue rotates chroma about the gray axis in YIQ space; all are linear,
+    so y = M x + o with one M (N x 3 x 3) and o (N x 3)."""
+    if not (cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue):
+        return x
+    n, dev = x.shape[0], x.device
+    ones = torch.ones(n, device=dev)
+    b = _uniform(n, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness, g, dev) if cfg.brightness else ones
+    c = _uniform(n, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast, g, dev) if cfg.contrast else ones
+    s = _uniform(n, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation, g, dev) if cfg.saturation else ones
+    gray = torch.tensor(_GRAY, device=dev)
+    eye = torch.eye(3, device=dev).expand(n, 3, 3)
+    sat = s.view(n, 1, 1) * eye + (1 - s).view(n, 1, 1) * gray.view(1, 1, 3).expand(n, 3, 3)
+    matrix = sat * (b * c).view(n, 1, 1)
+    if cfg.hue:
+        theta = _uniform(n, -cfg.hue, cfg.hue, g, dev) * 2 * math.pi
+        yiq = torch.tensor(_RGB_TO_YIQ, device=dev)
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        rot = torch.zeros(n, 3, 3, device=dev)
+        rot[:, 0, 0] = 1
+        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+        hue = torch.linalg.inv(yiq) @ rot @ yiq
+        matrix = hue @ matrix
+    mean_gray = torch.einsum("c,nchw->n", gray, x) / (x.shape[2] * x.shape[3])
+    offset = ((1 - c) * b * mean_gray).view(n, 1, 1, 1)
+    out = torch.einsum("nij,njhw->nihw", matrix, x) + offset
+    return out.clamp_(0, 1)
+
+
+def geometry(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Flip, crop with zero padding, rotation and translation as one affine resampling.
+
+    A random crop from an image padded by p is a shift by an integer in [-p, p] with zero
+    fill, so it joins the translation. With integer shifts and no rotation the sampling is
+    nearest-neighbour and exact; otherwise bilinear."""
+    has_shift = cfg.crop_padding or cfg.translate
+    if not (cfg.flip or has_shift or cfg.rotation):
+        return x
+    n, _, h, w = x.shape
+    dev = x.device
+    sign = torch.ones(n, device=dev)
+    if cfg.flip:
+        sign = torch.where(torch.rand(n, generator=g, device=dev) < cfg.flip, -1.0, 1.0)
+    if not (has_shift or cfg.rotation):
+        return torch.where(sign.view(n, 1, 1, 1) < 0, x.flip(3), x)
+    shift = torch.zeros(n, 2, device=dev)  # pixels (x, y)
+    if cfg.crop_padding:
+        p = cfg.crop_padding
+        shift += torch.randint(-p, p + 1, (n, 2), generator=g, device=dev).float()
+    if cfg.translate:
+        shift += (torch.rand(n, 2, generator=g, device=dev) * 2 - 1) * cfg.translate * torch.tensor(
+            [w, h], device=dev, dtype=torch.float32)
+        shift = shift.round()  # torchvision's RandomAffine also moves by whole pixels
+    angle = torch.zeros(n, device=dev)
+    if cfg.rotation:
+        angle = _uniform(n, -cfg.rotation, cfg.rotation, g, dev) * (math.pi / 180)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(n, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * sign, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * sign, cos
+    theta[:, 0, 2] = shift[:, 0] * 2 / w
+    theta[:, 1, 2] = shift[:, 1] * 2 / h
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    mode = "bilinear" if cfg.rotation else "nearest"
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def cutout(x: torch.Tensor, size: int, g: torch.Generator, fill: float = 0.5) -> torch.Tensor:
+    """Fill one size x size square per sample, centred anywhere in the image (DeVries &
+    Taylor), so squares near the border are partly cut off. `fill` is the data mean."""
+    if not size:
+        return x
+    n, _, h, w = x.shape
+    dev = x.device
+    cy = torch.randint(0, h, (n, 1, 1), generator=g, device=dev)
+    cx = torch.randint(0, w, (n, 1, 1), generator=g, device=dev)
+    ys = torch.arange(h, device=dev).view(1, h, 1)
+    xs = torch.arange(w, device=dev).view(1, 1, w)
+    top, left = cy - size // 2, cx - size // 2
+    mask = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+    return torch.where(mask.unsqueeze(1), torch.full_like(x, fill), x)
+
+
+def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """uint8 or [0, 1] float batch (N x 3 x H x W) -> augmented float batch in [0, 1]."""
+    out = to_float(x)
+    out = color_jitter(out, cfg, g)
+    out = geometry(out, cfg, g)
+    return cutout(out, cfg.cutout, g)

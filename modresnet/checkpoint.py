@@ -1,0 +1,227 @@
+"""Checkpoints: weights as safetensors plus a JSON sidecar; never a pickle.
+
+A model checkpoint is a folder with `model.safetensors` and `model.json` (format version,
+config, class names, epoch, metrics and the sha256 of the weights file). A resumable
+checkpoint adds `train_state.safetensors` + `train_state.json`: optimizer, schedule, EMA,
+RNG and epoch, with tensors in safetensors and the rest as JSON. Loading checks the sha256
+and refuses a mismatch. The same folder is what Ray Train reports as a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from modresnet.config import Config, ConfigError, from_dict
+from modresnet.engine import TrainingState, unwrap
+from modresnet.model import ModifiedResNet, build_model
+
+FORMAT = "modresnet-checkpoint"
+VERSION = 1
+WEIGHTS, META = "model.safetensors", "model.json"
+STATE_TENSORS, STATE_META = "train_state.safetensors", "train_state.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path a user gave is missing, not ours, corrupt or tampered with."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: ModifiedResNet  # eval mode, on CPU
+    config: Config
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.meta["classes"])
+
+    @property
+    def sha256(self) -> str:
+        return self.meta["sha256"]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+    return sha256_file(path)
+
+
+def save_model(directory: Path, model: nn.Module, config: Config, classes: tuple[str, ...],
+               epoch: int, metrics: dict[str, Any]) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    sha = _save_tensors(unwrap(model).state_dict(), directory / WEIGHTS)
+    meta = {"format": FORMAT, "version": VERSION, "sha256": sha, "epoch": epoch,
+            "classes": list(classes), "metrics": metrics, "config": config.to_dict()}
+    (directory / META).write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def resolve(path: str | Path) -> Path:
+    """A run directory (its best/), a checkpoint folder, or a model.safetensors file."""
+    path = Path(path).expanduser()
+    if path.is_file() and path.name == WEIGHTS:
+        path = path.parent
+    if (path / "best" / WEIGHTS).exists():
+        return path / "best"
+    if (path / WEIGHTS).exists():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory; pass a run directory or a "
+                              f"checkpoint folder holding {WEIGHTS}")
+    raise CheckpointError(f"{path}: not a modresnet run or checkpoint (no {WEIGHTS} in it or "
+                          f"in {path / 'best'})")
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((directory / META).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory / META}: missing; this checkpoint is incomplete") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{directory / META}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{directory / META}: not a {FORMAT} sidecar")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"{directory / META}: format version {meta.get('version')}; "
+                              f"this modresnet reads version {VERSION}")
+    return meta
+
+
+def _verified_tensors(path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing; this checkpoint is incomplete")
+    actual = sha256_file(path)
+    if actual != expected_sha:
+        raise CheckpointError(f"{path}: sha256 {actual[:12]}... does not match the "
+                              f"{expected_sha[:12]}... recorded beside it; the file was changed "
+                              f"or damaged after saving. Refusing to load it.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    directory = resolve(path)
+    meta = read_meta(directory)
+    try:
+        config = from_dict(meta["config"])
+    except (ConfigError, KeyError) as err:
+        raise CheckpointError(f"{directory / META}: bad config ({err})") from None
+    tensors = _verified_tensors(directory / WEIGHTS, meta["sha256"])
+    model = build_model(config.model)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise CheckpointError(f"{directory / WEIGHTS}: weights do not fit the model in its "
+                              f"config ({str(err).splitlines()[0]})") from None
+    model.eval()
+    return LoadedModel(model, config, meta, directory)
+
+
+def _encode(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Nested state dicts -> JSON, with tensors moved into `tensors` by key."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, _encode(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        items = [_encode(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} at {prefix} in a checkpoint")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__tuple__" in obj:
+            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+        return {k: _decode(v, tensors) for k, v in obj["__dict__"]}
+    return obj
+
+
+_SCHEDULE_LENGTH = ("total_steps", "_schedule_phases", "T_max")
+
+
+def save_training_state(directory: Path, state: TrainingState) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    payload = {
+        "model": _encode(unwrap(state.model).state_dict(), "model", tensors),
+        "optimizer": _encode(state.optimizer.state_dict(), "optimizer", tensors),
+        "scheduler": _encode(state.scheduler.state_dict(), "scheduler", tensors)
+        if state.scheduler is not None else None,
+        "ema": _encode(state.ema.state_dict(), "ema", tensors) if state.ema is not None else None,
+        "rng": _encode(torch.get_rng_state(), "rng", tensors),
+    }
+    sha = _save_tensors(tensors, Path(directory) / STATE_TENSORS)
+    meta = {"format": FORMAT, "version": VERSION, "sha256": sha, "epoch": state.epoch,
+            "history": state.history, "state": payload}
+    (Path(directory) / STATE_META).write_text(json.dumps(meta))
+
+
+def has_training_state(directory: Path) -> bool:
+    return (Path(directory) / STATE_META).exists()
+
+
+def load_training_state(directory: Path, state: TrainingState) -> TrainingState:
+    """Restore `state` (built fresh from the same config) in place and return it."""
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / STATE_META).read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{directory / STATE_META}: unreadable training state ({err})") from None
+    tensors = _verified_tensors(directory / STATE_TENSORS, meta["sha256"])
+    payload = {k: _decode(v, tensors) for k, v in meta["state"].items()}
+    device = next(unwrap(state.model).parameters()).device
+    unwrap(state.model).load_state_dict(payload["model"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    if state.scheduler is not None and payload["scheduler"] is not None:
+        # Keep the new schedule's length, so a resumed run may extend train.epochs.
+        saved = {k: v for k, v in payload["scheduler"].items() if k not in _SCHEDULE_LENGTH}
+        state.scheduler.load_state_dict({**state.scheduler.state_dict(), **saved})
+        if not isinstance(state.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            state.scheduler.last_epoch -= 1  # re-derive the lr under the new length
+            state.scheduler.step()
+    if state.ema is not None and payload["ema"] is not None:
+        state.ema.load_state_dict({k: v.to(device) for k, v in payload["ema"].items()})
+    torch.set_rng_state(payload["rng"])
+    state.epoch = meta["epoch"]
+    state.history = meta["history"]
+    return state
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move a fully written folder into place so a crash never leaves a half checkpoint."""
+    old = dst.with_name(dst.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        dst.rename(old)
+    src.rename(dst)
+    if old.exists():
+        shutil.rmtree(old)

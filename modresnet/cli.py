@@ -1,0 +1,272 @@
+"""`modresnet`: the command line. A thin typer layer: parse, build a typed config, call the
+core (or the Ray drivers in jobs/ and serve/), print. User errors exit 2 with one line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from modresnet import config as configs
+from modresnet.checkpoint import CheckpointError
+from modresnet.config import ConfigError
+from modresnet.data import DataError
+from modresnet.images import ImageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Train, tune and serve ModifiedResNet CIFAR-10 classifiers.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UserError(Exception):
+    """Anything a user can fix: printed as one line, exit code 2."""
+
+
+USER_ERRORS = (UserError, ConfigError, DataError, CheckpointError, ImageError, FileExistsError)
+
+
+def user_errors(fn):
+    """Turn user-fixable errors into one red line and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except ValueError as err:  # typed configs raise ValueError naming the field
+            if type(err).__module__.startswith("modresnet"):
+                err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
+            raise
+
+    return wrapper
+
+
+# Options shared by every command that builds a training config (train, tune, jobs submit).
+Preset = Annotated[str, typer.Option(help=f"Recipe to start from: {', '.join(configs.PRESETS)}.")]
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="YAML config; overrides the preset.")]
+Epochs = Annotated[Optional[int], typer.Option(help="train.epochs")]
+Subset = Annotated[Optional[int], typer.Option(help="Stratified number of training images (data.subset).")]
+DataDir = Annotated[Optional[str], typer.Option(help="Folder holding cifar-10-batches-py (else $MODRESNET_DATA, else ~/.cache/modresnet).")]
+BatchSize = Annotated[Optional[int], typer.Option(help="train.batch_size (per worker)")]
+Lr = Annotated[Optional[float], typer.Option(help="optim.lr")]
+WeightDecay = Annotated[Optional[float], typer.Option(help="optim.weight_decay")]
+Optimizer = Annotated[Optional[str], typer.Option(help="optim.name: adam | adamw | sgd")]
+Schedule = Annotated[Optional[str], typer.Option(help="schedule.name: plateau | onecycle | cosine | constant")]
+Flavor = Annotated[Optional[str], typer.Option(help="Model flavor: paper | debug (model.flavor)")]
+Seed = Annotated[Optional[int], typer.Option(help="train.seed")]
+Device = Annotated[Optional[str], typer.Option(help="train.device: auto | cpu | cuda")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any config field, as SECTION.FIELD=VALUE (YAML value); repeatable.")]
+
+
+def parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    out = {}
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. optim.lr=0.01")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: the value is not valid YAML") from None
+    return out
+
+
+def build_config(preset: str, config_file: Path | None, *, epochs=None, subset=None, data_dir=None,
+                 batch_size=None, lr=None, weight_decay=None, optimizer=None, schedule=None,
+                 flavor=None, seed=None, device=None, sets=None, extra=None) -> configs.Config:
+    flags = {"train.epochs": epochs, "data.subset": subset, "data.data_dir": data_dir,
+             "train.batch_size": batch_size, "optim.lr": lr, "optim.weight_decay": weight_decay,
+             "optim.name": optimizer, "schedule.name": schedule, "model.flavor": flavor,
+             "train.seed": seed, "train.device": device, **(extra or {})}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    overrides.update(parse_sets(sets))
+    return configs.resolve(preset, config_file, overrides)
+
+
+def default_name(preset: str) -> str:
+    return f"{preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def epoch_line(record: dict, total: int) -> str:
+    return (f"epoch {record['epoch']:>3}/{total}  train {record['train_loss']:.3f} / "
+            f"{100 * record['train_acc']:5.1f}%  val {record['val_loss']:.3f} / "
+            f"{100 * record['val_acc']:5.1f}%  lr {record['lr']:.2e}  "
+            f"{record['images_per_s']:.0f} img/s  {record['epoch_s']:.1f}s")
+
+
+@app.command()
+@user_errors
+def summary(flavor: Annotated[str, typer.Option(help="paper | debug")] = "paper") -> None:
+    """Per-layer table of ModifiedResNet and its memory totals (the paper's Figure 2)."""
+    from modresnet.model import FLAVORS, build_model
+    from modresnet.summary import summarize
+
+    if flavor not in FLAVORS:
+        raise UserError(f"--flavor: must be one of {', '.join(FLAVORS)}; got {flavor!r}")
+    s = summarize(build_model(FLAVORS[flavor]))
+    table = Table(title=f"ModifiedResNet ({flavor})")
+    table.add_column("Layer (type)")
+    table.add_column("Output Shape")
+    table.add_column("Param #", justify="right")
+    for row in s.rows:
+        table.add_row(row.name, str(list(row.output_shape)), f"{row.params:,}")
+    console.print(table)
+    console.print(f"Total params: {s.total_params:,}\nTrainable params: {s.trainable_params:,}\n"
+                  f"Non-trainable params: {s.total_params - s.trainable_params:,}\n"
+                  f"Input size (MB): {s.input_mb:.2f}\n"
+                  f"Forward/backward pass size (MB): {s.forward_backward_mb:.2f}\n"
+                  f"Params size (MB): {s.params_mb:.2f}\n"
+                  f"Estimated Total Size (MB): {s.total_mb:.2f}")
+
+
+@app.command()
+@user_errors
+def train(
+    preset: Preset = "paper",
+    config_file: ConfigFile = None,
+    epochs: Epochs = None,
+    subset: Subset = None,
+    data_dir: DataDir = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    weight_decay: WeightDecay = None,
+    optimizer: Optimizer = None,
+    schedule: Schedule = None,
+    flavor: Flavor = None,
+    seed: Seed = None,
+    device: Device = None,
+    sets: Sets = None,
+    storage: Annotated[Optional[Path], typer.Option(help="Folder for runs (default ~/modresnet-runs or $MODRESNET_RUNS).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name (default PRESET-TIMESTAMP).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run NAME from its last checkpoint.")] = False,
+    local: Annotated[bool, typer.Option("--local", help="Train in this process without Ray.")] = False,
+) -> None:
+    """Train ModifiedResNet on CIFAR-10 and write a run directory."""
+    from modresnet.local import RunExistsError, train_local
+    from modresnet.rundir import default_storage
+
+    if resume and not name:
+        raise UserError("--resume needs --name NAME of the run to continue")
+    cfg = build_config(preset, config_file, epochs=epochs, subset=subset, data_dir=data_dir,
+                       batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
+                       schedule=schedule, flavor=flavor, seed=seed, device=device, sets=sets)
+    run_path = (storage or default_storage()).expanduser() / (name or default_name(preset))
+    if resume and not run_path.exists():
+        raise UserError(f"--resume: no run at {run_path}; check --name and --storage")
+    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
+                        MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
+                        TimeElapsedColumn(), console=console, transient=True)
+    task = progress.add_task("train", total=None, epoch=1, loss=float("nan"))
+
+    def on_batch(step: int, steps: int, loss: float) -> None:
+        progress.update(task, completed=step, total=steps, loss=loss)
+
+    def on_epoch(record: dict) -> None:
+        progress.console.print(epoch_line(record, cfg.train.epochs))
+        progress.update(task, completed=0, epoch=record["epoch"] + 1)
+
+    console.print(f"run directory: {run_path}")
+    try:
+        with progress:
+            result = train_local(cfg, run_path, resume=resume, on_batch=on_batch,
+                                 on_epoch_done=on_epoch)
+    except RunExistsError as err:
+        raise UserError(str(err)) from None
+    test = result.test
+    console.print(f"[bold green]test accuracy {100 * test['test_acc']:.2f}%[/] on {test['n']:,} "
+                  f"test images (best epoch {test['epoch']}, validation "
+                  f"{100 * test['val_acc']:.2f}%)")
+    console.print(f"outputs: {result.run.path}  (metrics.jsonl, curves.png, confusion.png, "
+                  f"best/, last/, test.json)")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Run directory or checkpoint folder.")],
+    tta: Annotated[bool, typer.Option(help="Average with the mirrored image.")] = False,
+    data_dir: DataDir = None,
+    subset: Annotated[Optional[int], typer.Option(help="Stratified number of test images.")] = None,
+) -> None:
+    """Evaluate a checkpoint on the CIFAR-10 test set; prints JSON."""
+    import dataclasses
+
+    import torch
+    import torch.nn.functional as F
+
+    from modresnet.data import load_cifar10
+    from modresnet.inference import Predictor
+
+    predictor = Predictor.from_path(checkpoint, tta=tta)
+    data_cfg = dataclasses.replace(predictor.loaded.config.data, data_dir=data_dir,
+                                   test_subset=subset, subset=None, val_subset=None)
+    test = load_cifar10(data_cfg).test
+    probs = predictor.probabilities(test.x)
+    pred = probs.argmax(1)
+    result = {"checkpoint": str(predictor.loaded.path), "sha256": predictor.loaded.sha256,
+              "n": len(test), "tta": tta,
+              "test_acc": float((pred == test.y).float().mean()),
+              "test_loss": float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), test.y))}
+    print(json.dumps(result, indent=2))
+
+
+@app.command()
+@user_errors
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="PNG/JPEG/... files of any size and mode.")],
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Run directory or checkpoint folder.")] = None,
+    top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Classify image files with a checkpoint."""
+    import torch
+
+    from modresnet.images import decode_image
+    from modresnet.inference import Predictor
+
+    if checkpoint is None:
+        raise UserError("predict needs --checkpoint RUN_OR_CHECKPOINT")
+    decoded = []
+    for path in images:
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise UserError(f"{path}: cannot read ({err.strerror})") from None
+        try:
+            decoded.append(decode_image(data))
+        except ImageError as err:
+            raise ImageError(f"{path}: {err}") from None
+    predictor = Predictor.from_path(checkpoint)
+    results = predictor.top_k(predictor.probabilities(torch.stack(decoded)), top_k)
+    if as_json:
+        print(json.dumps([{"image": str(p), "top_k": [{"label": r.label, "probability": r.probability}
+                                                       for r in rs]} for p, rs in zip(images, results)], indent=2))
+        return
+    table = Table()
+    table.add_column("image")
+    for i in range(len(results[0])):
+        table.add_column(f"#{i + 1}")
+    for path, rs in zip(images, results):
+        table.add_row(str(path), *[f"{r.label} {100 * r.probability:.1f}%" for r in rs])
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""One typed config for a run: data, augmentation, model, optimizer, schedule, training.
+
+Configs are plain kw-only dataclasses validated in `__post_init__`; `from_dict` is the one
+door from YAML and CLI flags and rejects unknown keys and bad values with a `ConfigError`
+naming the field. Presets are functions of nothing that return a config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modresnet.model import FLAVORS, ModelConfig
+
+
+class ConfigError(ValueError):
+    """A config key or value a user wrote is wrong; the message names the field."""
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    data_dir: str | None = None  # None: MODRESNET_DATA, else ~/.cache/modresnet
+    val_size: int = 5000  # held out of the 50,000 training images, stratified
+    split_seed: int = 0
+    subset: int | None = None  # stratified number of training images for quick runs
+    val_subset: int | None = None  # None: full validation split, or subset/9 with --subset
+    test_subset: int | None = None  # None: the full 10,000-image test set
+    download: bool = True
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        if not 10 <= self.val_size <= 25000:
+            raise ValueError(f"data.val_size: must be between 10 and 25000, got {self.val_size}")
+        for name in ("subset", "val_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and value < 10:
+                raise ValueError(f"data.{name}: need at least 10 images (one per class), got {value}")
+        if self.subset is not None and self.subset > 50000 - self.val_size:
+            raise ValueError(
+                f"data.subset: at most {50000 - self.val_size} training images exist, got {self.subset}"
+            )
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"data.std: must be positive, got {list(self.std)}")
+
+
+@dataclass(kw_only=True)
+class AugmentConfig:
+    """Random per-sample augmentation; every knob at 0 turns its family off."""
+
+    crop_padding: int = 0  # pixels of zero padding before a random 32x32 crop
+    flip: float = 0.0  # probability of a horizontal flip
+    brightness: float = 0.0  # factor drawn from [1-b, 1+b]
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0  # shift drawn from [-h, h] of a full hue turn, h <= 0.5
+    rotation: float = 0.0  # degrees, drawn from [-r, r]
+    translate: float = 0.0  # fraction of the image side, drawn from [-t, t] per axis
+    cutout: int = 0  # side in pixels of one zeroed square
+
+    def __post_init__(self) -> None:
+        _range("augment.crop_padding", self.crop_padding, 0, 16)
+        _range("augment.flip", self.flip, 0.0, 1.0)
+        for name in ("brightness", "contrast", "saturation"):
+            _range(f"augment.{name}", getattr(self, name), 0.0, 1.0)
+        _range("augment.hue", self.hue, 0.0, 0.5)
+        _range("augment.rotation", self.rotation, 0.0, 180.0)
+        _range("augment.translate", self.translate, 0.0, 0.5)
+        _range("augment.cutout", self.cutout, 0, 32)
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    name: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3  # peak learning rate at the reference batch (train.batch_size x 1 worker)
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw only
+
+    def __post_init__(self) -> None:
+        _choice("optim.name", self.name, ("adam", "adamw", "sgd"))
+        _range("optim.lr", self.lr, 1e-8, 10.0)
+        _range("optim.weight_decay", self.weight_decay, 0.0, 1.0)
+        _range("optim.momentum", self.momentum, 0.0, 0.999)
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("optim.nesterov: needs optim.name 'sgd' and a non-zero optim.momentum")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas: need two values in [0, 1), got {list(self.betas)}")
+
+
+@dataclass(kw_only=True)
+class ScheduleConfig:
+    name: str = "plateau"  # plateau (on validation loss) | onecycle | cosine | constant
+    plateau_factor: float = 0.1
+    plateau_patience: int = 5  # epochs without validation-loss improvement
+    warmup_fraction: float = 0.25  # onecycle: share of steps spent rising to the peak
+    final_lr_fraction: float = 0.01  # onecycle/cosine: last lr as a share of the peak
+
+    def __post_init__(self) -> None:
+        _choice("schedule.name", self.name, ("plateau", "onecycle", "cosine", "constant"))
+        _range("schedule.plateau_factor", self.plateau_factor, 1e-4, 0.99)
+        _range("schedule.plateau_patience", self.plateau_patience, 0, 1000)
+        _range("schedule.warmup_fraction", self.warmup_fraction, 0.01, 0.99)
+        _range("schedule.final_lr_fraction", self.final_lr_fraction, 0.0, 1.0)
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 128  # per worker
+    eval_batch_size: int = 500
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # 0: off; else the per-step decay of an EMA of the weights
+    tta: bool = False  # evaluate on the image and its mirror
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    channels_last: bool = True  # faster on CUDA and on this CPU (oneDNN), both measured
+    bf16: bool = True  # autocast to bfloat16 on CUDA; ignored on CPU
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    lr_scaling: str = "linear"  # how optim.lr grows with data-parallel workers: linear | sqrt | none
+
+    def __post_init__(self) -> None:
+        _range("train.epochs", self.epochs, 1, 10000)
+        _range("train.batch_size", self.batch_size, 1, 65536)
+        _range("train.eval_batch_size", self.eval_batch_size, 1, 65536)
+        _range("train.label_smoothing", self.label_smoothing, 0.0, 0.99)
+        _range("train.ema_decay", self.ema_decay, 0.0, 0.99999)
+        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        _range("train.threads", self.threads, 0, 1024)
+        _choice("train.lr_scaling", self.lr_scaling, ("linear", "sqrt", "none"))
+
+
+@dataclass(kw_only=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Config:
+        """Apply dotted-key overrides ("optim.lr": 0.1) and re-validate everything."""
+        merged = self.to_dict()
+        for key, value in overrides.items():
+            section, _, name = key.partition(".")
+            if not name or section not in merged:
+                raise ConfigError(f"{key}: unknown key; use SECTION.FIELD with a section of {list(merged)}")
+            if section == "model" and name == "flavor":
+                merged["model"] = {"flavor": value, "num_classes": merged["model"]["num_classes"]}
+                continue
+            merged[section][name] = value
+        return from_dict(merged)
+
+
+def _range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name}: must be between {low} and {high}, got {value}")
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"{name}: must be one of {', '.join(options)}; got {value!r}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(path: str, value: Any, hint: Any) -> Any:
+    """Turn a YAML/CLI value into the annotated type, or raise ConfigError naming `path`."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(path, value, args[0])
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of fields, got {value!r}")
+        return _build(path, hint, value)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        item = args[0]
+        if len(args) != 2 or args[1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{path}: expected {len(args)} values, got {list(value)}")
+        return tuple(_coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported field type {hint}")
+
+
+def _build(path: str, cls: type, values: dict[str, Any]) -> Any:
+    values = dict(values)
+    if cls is ModelConfig and "flavor" in values:
+        flavor = values.pop("flavor")
+        if flavor not in FLAVORS:
+            raise ConfigError(f"{path}.flavor: must be one of {', '.join(FLAVORS)}; got {flavor!r}")
+        base = _plain(dataclasses.asdict(FLAVORS[flavor]))
+        values = {**base, **values}
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{path}.{key}: unknown key; {path} has {', '.join(known)}")
+        kwargs[key] = _coerce(f"{path}.{key}", value, hints[key])
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        message = str(err)
+        if not message.startswith(path.split(".")[-1] + "."):
+            message = f"{path}: {message}"
+        raise ConfigError(message) from None
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config: expected a mapping of sections, got {type(values).__name__}")
+    hints = typing.get_type_hints(Config)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{key}: unknown section; a config has {', '.join(hints)}")
+        kwargs[key] = _coerce(key, value or {}, hints[key])
+    return Config(**kwargs)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path}: not valid YAML ({err})") from None
+    return values or {}
+
+
+def paper() -> Config:
+    """The paper's recipe exactly: heavy augmentation, Adam, plateau on validation loss."""
+    return Config(
+        augment=AugmentConfig(
+            crop_padding=4, flip=0.5, brightness=0.3, contrast=0.3, saturation=0.3,
+            hue=0.1, rotation=20.0, translate=0.1,
+        ),
+        optim=OptimConfig(name="adam", lr=1e-3, weight_decay=1e-4),
+        schedule=ScheduleConfig(name="plateau", plateau_factor=0.1, plateau_patience=5),
+        train=TrainConfig(epochs=50, batch_size=128),
+    )
+
+
+def fast() -> Config:
+    """A modern recipe for the same model (anchors.md: Page's ResNet-9, airbench): SGD
+    Nesterov with a one-cycle schedule, label smoothing, flip + crop only, EMA and flip TTA."""
+    return Config(
+        augment=AugmentConfig(crop_padding=4, flip=0.5),
+        optim=OptimConfig(name="sgd", lr=0.2, weight_decay=5e-4, momentum=0.9, nesterov=True),
+        schedule=ScheduleConfig(name="onecycle", warmup_fraction=0.2, final_lr_fraction=0.0),
+        train=TrainConfig(
+            epochs=30, batch_size=256, label_smoothing=0.2, ema_decay=0.999, tta=True,
+        ),
+    )
+
+
+def demo() -> Config:
+    """The paper's recipe on a small stratified subset for one epoch: minutes on a CPU."""
+    base = paper()
+    return dataclasses.replace(
+        base,
+        data=DataConfig(subset=2000, val_subset=500, test_subset=1000),
+        train=dataclasses.replace(base.train, epochs=1),
+    )
+
+
+def debug() -> Config:
+    """The `debug` model flavor on 500 images for one epoch: seconds, for tests."""
+    base = paper()
+    return dataclasses.replace(
+        base,
+        model=FLAVORS["debug"],
+        data=DataConfig(subset=500, val_subset=200, test_subset=200),
+        train=dataclasses.replace(base.train, epochs=1, batch_size=64),
+    )
+
+
+PRESETS = {"paper": paper, "fast": fast, "demo": demo, "debug": debug}
+
+
+def resolve(preset: str = "paper", config_file: str | Path | None = None,
+            overrides: dict[str, Any] | None = None) -> Config:
+    """Preset, then YAML file, then flag overrides: the order a user expects."""
+    if preset not in PRESETS:
+        raise ConfigError(f"preset: must be one of {', '.join(PRESETS)}; got {preset!r}")
+    config = PRESETS[preset]()
+    if config_file is not None:
+        file_values = load_yaml(config_file)
+        if not isinstance(file_values, dict):
+            raise ConfigError(f"config file {config_file}: expected a mapping of sections")
+        flat = {}
+        for section, fields in file_values.items():
+            if not isinstance(fields, dict):
+                raise ConfigError(f"{section}: expected a mapping of fields, got {fields!r}")
+            for name, value in fields.items():
+                flat[f"{section}.{name}"] = value
+        config = config.with_overrides(flat)
+    if overrides:
+        config = config.with_overrides(overrides)
+    return config

@@ -1,0 +1,282 @@
+"""The one training engine: train one epoch, evaluate, and the epoch loop around them.
+
+The local CLI, Ray Train workers and Tune trials all call `fit`; they differ only in the
+`on_epoch` callback (write a run directory, or `ray.train.report`, or `tune.report`).
+Randomness is derived from (seed, epoch, rank), so a run resumed at epoch k draws the same
+shuffles and augmentations as one that never stopped. Data-parallel runs shard each
+epoch's permutation by rank and all-reduce the metrics through torch.distributed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from modresnet.augment import augment, normalize, to_float
+from modresnet.config import Config
+from modresnet.data import Split
+
+BatchCallback = Callable[[int, int, float], None]  # (step, steps, loss)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device: 'cuda' was asked for but no CUDA GPU is visible; "
+                           "use --device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model under a DistributedDataParallel wrapper."""
+    return getattr(model, "module", model)
+
+
+def scaled_lr(config: Config, world_size: int) -> float:
+    """optim.lr is tuned for train.batch_size on one worker; the global batch grows with the
+    workers, and the lr follows by train.lr_scaling (Goyal et al.'s linear rule by default)."""
+    factor = {"linear": world_size, "sqrt": math.sqrt(world_size), "none": 1}[config.train.lr_scaling]
+    return config.optim.lr * factor
+
+
+def steps_per_epoch(train_size: int, batch_size: int, world_size: int) -> int:
+    per_rank = train_size // world_size
+    full, rest = divmod(per_rank, batch_size)
+    return full + (1 if rest >= 2 else 0)  # BatchNorm cannot train on a batch of one
+
+
+def build_optimizer(config: Config, model: nn.Module, world_size: int) -> torch.optim.Optimizer:
+    o, lr = config.optim, scaled_lr(config, world_size)
+    if o.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=o.momentum,
+                               nesterov=o.nesterov, weight_decay=o.weight_decay)
+    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    return cls(model.parameters(), lr=lr, betas=o.betas, weight_decay=o.weight_decay)
+
+
+def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps: int):
+    s, total = config.schedule, config.train.epochs * steps
+    peak = optimizer.param_groups[0]["lr"]
+    if s.name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=s.plateau_factor, patience=s.plateau_patience)
+    if s.name == "onecycle":
+        div = 25.0
+        final_div = 1.0 / (s.final_lr_fraction * div) if s.final_lr_fraction else 1e4
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=peak, total_steps=max(total, 2), pct_start=s.warmup_fraction,
+            anneal_strategy="linear", cycle_momentum=False, div_factor=div,
+            final_div_factor=final_div)
+    if s.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(total, 1), eta_min=peak * s.final_lr_fraction)
+    return None
+
+
+@dataclass
+class TrainingState:
+    """Everything a resumed run needs besides the config and the data."""
+
+    model: nn.Module  # may be wrapped in DistributedDataParallel
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+    ema: AveragedModel | None
+    epoch: int = 0  # epochs completed
+    history: list[dict] = field(default_factory=list)
+
+    def eval_model(self) -> nn.Module:
+        """The weights we evaluate and export: the EMA when on, else the live model."""
+        return self.ema.module if self.ema is not None else unwrap(self.model)
+
+    @property
+    def best_val_acc(self) -> float:
+        return max((m["val_acc"] for m in self.history), default=-1.0)
+
+
+def build_state(config: Config, model: nn.Module, train_size: int,
+                wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> TrainingState:
+    """Optimizer, schedule and EMA for `model` (already on its device). `wrap` is where a
+    data-parallel caller puts DDP, after the EMA copy is taken from the plain model."""
+    _, world = rank_and_world()
+    ema = None
+    if config.train.ema_decay:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.train.ema_decay),
+                            use_buffers=True)
+    wrapped = wrap(model)
+    optimizer = build_optimizer(config, wrapped, world)
+    steps = steps_per_epoch(train_size, config.train.batch_size, world)
+    return TrainingState(wrapped, optimizer, build_scheduler(config, optimizer, steps), ema)
+
+
+def _autocast(config: Config, device: torch.device):
+    if device.type == "cuda" and config.train.bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _prepare(x: torch.Tensor, config: Config) -> torch.Tensor:
+    x = normalize(x, config.data.mean, config.data.std)
+    if config.train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    _, world = rank_and_world()
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
+    """This rank's share of a per-epoch shuffle; every rank draws the same permutation."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    per_rank = n // world
+    return perm[: per_rank * world][rank::world]
+
+
+def train_one_epoch(state: TrainingState, train: Split, config: Config, device: torch.device,
+                    on_batch: BatchCallback | None = None) -> dict[str, float]:
+    rank, world = rank_and_world()
+    epoch, tc = state.epoch, config.train
+    model = state.model
+    model.train()
+    perm = epoch_permutation(len(train), tc.seed, epoch, rank, world).to(device)
+    steps = steps_per_epoch(len(train), tc.batch_size, world)
+    g = torch.Generator(device=device).manual_seed(tc.seed * 7919 + epoch * 104_729 + rank)
+    per_step_schedule = state.scheduler is not None and config.schedule.name != "plateau"
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    start = time.perf_counter()
+    for step in range(steps):
+        idx = perm[step * tc.batch_size: (step + 1) * tc.batch_size]
+        x = _prepare(augment(train.x[idx], config.augment, g), config)
+        y = train.y[idx]
+        with _autocast(config, device):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=tc.label_smoothing)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        if per_step_schedule:
+            state.scheduler.step()
+        if state.ema is not None:
+            state.ema.update_parameters(unwrap(model))
+        loss_sum += loss.detach().double() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if on_batch is not None:
+            on_batch(step + 1, steps, float(loss.detach()))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    total_loss, total_correct, total_seen = _all_reduce(
+        [float(loss_sum), float(correct), float(seen)], device)
+    return {
+        "train_loss": total_loss / max(total_seen, 1),
+        "train_acc": total_correct / max(total_seen, 1),
+        "images_per_s": total_seen / seconds if seconds > 0 else 0.0,
+        "train_images": int(total_seen),
+    }
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor, config: Config, device: torch.device,
+                   tta: bool = False) -> torch.Tensor:
+    """Logits for a uint8 batch of any length, in eval mode, optionally averaged with the
+    horizontal mirror (flip test-time augmentation)."""
+    model.eval()
+    outs = []
+    for i in range(0, len(x), config.train.eval_batch_size):
+        xb = _prepare(to_float(x[i: i + config.train.eval_batch_size].to(device)), config)
+        with _autocast(config, device):
+            logits = model(xb).float()
+            if tta:
+                logits = (logits + model(xb.flip(3)).float()) / 2
+        outs.append(logits)
+    if not outs:
+        return torch.zeros(0, unwrap(model).linear.out_features, device=device)
+    return torch.cat(outs)
+
+
+def evaluate(model: nn.Module, split: Split, config: Config, device: torch.device,
+             tta: bool = False) -> dict[str, float]:
+    """Loss and accuracy on `split`, sharded over the data-parallel ranks if any."""
+    rank, world = rank_and_world()
+    n = len(split)
+    lo, hi = n * rank // world, n * (rank + 1) // world
+    logits = predict_logits(model, split.x[lo:hi], config, device, tta)
+    y = split.y[lo:hi].to(device)
+    loss = float(F.cross_entropy(logits, y, reduction="sum")) if len(y) else 0.0
+    correct = float((logits.argmax(1) == y).sum())
+    loss, correct, count = _all_reduce([loss, correct, float(hi - lo)], device)
+    return {"loss": loss / max(count, 1), "acc": correct / max(count, 1), "n": int(count)}
+
+
+def current_lr(state: TrainingState) -> float:
+    return float(state.optimizer.param_groups[0]["lr"])
+
+
+def run_epoch(state: TrainingState, train: Split, val: Split, config: Config,
+              device: torch.device, on_batch: BatchCallback | None = None) -> dict[str, float]:
+    """One epoch of training plus validation; steps the plateau schedule; advances state."""
+    start = time.perf_counter()
+    lr = current_lr(state)
+    metrics = train_one_epoch(state, train, config, device, on_batch)
+    val_metrics = evaluate(state.eval_model(), val, config, device, tta=config.train.tta)
+    if state.scheduler is not None and config.schedule.name == "plateau":
+        state.scheduler.step(val_metrics["loss"])
+    state.epoch += 1
+    record = {
+        "epoch": state.epoch,
+        "train_loss": metrics["train_loss"],
+        "train_acc": metrics["train_acc"],
+        "val_loss": val_metrics["loss"],
+        "val_acc": val_metrics["acc"],
+        "lr": lr,
+        "images_per_s": metrics["images_per_s"],
+        "epoch_s": time.perf_counter() - start,
+    }
+    state.history.append(record)
+    return record
+
+
+EpochCallback = Callable[[dict, TrainingState], None]
+
+
+def fit(state: TrainingState, train: Split, val: Split, config: Config, device: torch.device,
+        on_epoch: EpochCallback, on_batch: BatchCallback | None = None) -> TrainingState:
+    """Run the remaining epochs; `on_epoch(record, state)` persists or reports each one."""
+    while state.epoch < config.train.epochs:
+        record = run_epoch(state, train, val, config, device, on_batch)
+        on_epoch(record, state)
+    return state
+
+
+def to_device(split: Split, device: torch.device) -> Split:
+    """Data lives on the training device for the whole run (airbench): no loader workers."""
+    return Split(split.x.to(device), split.y.to(device))
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)

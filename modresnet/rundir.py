@@ -1,0 +1,85 @@
+"""The run directory every training path writes and every consumer reads.
+
+    <storage>/<name>/
+      config.yaml      the resolved config
+      metrics.jsonl    one JSON object per epoch (epoch, losses, accuracies, lr, images_per_s)
+      best/            checkpoint with the best validation accuracy (model.safetensors + .json)
+      last/            latest checkpoint plus its resumable training state
+      curves.png       train/validation accuracy and loss per epoch
+      confusion.png    test-set confusion matrix of best/
+      test.json        the final test evaluation of best/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from modresnet import checkpoint, plots
+from modresnet.config import Config
+from modresnet.data import Split
+from modresnet.engine import predict_logits
+
+
+def default_storage() -> Path:
+    return Path(os.environ.get("MODRESNET_RUNS", Path.home() / "modresnet-runs")).expanduser()
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    best = property(lambda self: self.path / "best")
+    last = property(lambda self: self.path / "last")
+    test_file = property(lambda self: self.path / "test.json")
+
+    def create(self, config: Config) -> RunDir:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "config.yaml").write_text(config.to_yaml())
+        return self
+
+    def exists(self) -> bool:
+        return self.metrics_file.exists() or self.last.exists()
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_file.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line]
+
+    def write_metrics(self, history: list[dict]) -> None:
+        """Rewrite the whole history: a resumed run keeps every epoch exactly once."""
+        tmp = self.metrics_file.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(m) + "\n" for m in history))
+        tmp.replace(self.metrics_file)
+
+
+def finalize(run: RunDir, test: Split, classes: tuple[str, ...], device: torch.device) -> dict:
+    """Evaluate best/ once on the test set; write test.json, curves.png and confusion.png;
+    record the test accuracy in best/'s sidecar (the weights and their sha are untouched)."""
+    loaded = checkpoint.load_model(run.best)
+    config = loaded.config
+    logits = predict_logits(loaded.model.to(device), test.x, config, device, tta=config.train.tta)
+    pred = logits.argmax(1).cpu()
+    loss = float(torch.nn.functional.cross_entropy(logits.cpu(), test.y))
+    acc = float((pred == test.y).float().mean())
+    matrix = plots.confusion_matrix(test.y, pred, len(classes))
+    result = {"test_acc": acc, "test_loss": loss, "n": len(test), "tta": config.train.tta,
+              "epoch": loaded.meta["epoch"], "val_acc": loaded.meta["metrics"].get("val_acc"),
+              "sha256": loaded.sha256,
+              "per_class_acc": {c: float(matrix[i, i] / max(1, int(matrix[i].sum())))
+                                for i, c in enumerate(classes)}}
+    run.test_file.write_text(json.dumps(result, indent=2))
+    meta = dict(loaded.meta)
+    meta["metrics"] = {**meta["metrics"], "test_acc": acc, "test_n": len(test)}
+    (run.best / checkpoint.META).write_text(json.dumps(meta, indent=2))
+    history = run.read_metrics()
+    if history:
+        plots.curves(history, run.path / "curves.png")
+    plots.confusion(matrix, classes, run.path / "confusion.png",
+                    f"Test confusion, accuracy {100 * acc:.2f}% (n={len(test)})")
+    return result

@@ -1,0 +1,1 @@
+"""Ray Serve application for modresnet checkpoints."""

@@ -100,6 +100,19 @@ def default_name(preset: str) -> str:
     return f"{preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def ray_default_name(preset: str, cfg: configs.Config, root: Path) -> str:
+    """Deterministic for the Ray path: PRESET-<config hash>, so re-running the same command
+    after a crash resumes the unfinished run; a finished one gets the next -2, -3, ..."""
+    import hashlib
+
+    base = f"{preset}-{hashlib.sha256(cfg.to_yaml().encode()).hexdigest()[:8]}"
+    for i in range(1, 1000):
+        candidate = base if i == 1 else f"{base}-{i}"
+        if not (root / candidate / "test.json").exists():
+            return candidate
+    return default_name(preset)
+
+
 def epoch_line(record: dict, total: int) -> str:
     return (f"epoch {record['epoch']:>3}/{total}  train {record['train_loss']:.3f} / "
             f"{100 * record['train_acc']:5.1f}%  val {record['val_loss']:.3f} / "
@@ -153,8 +166,14 @@ def train(
     name: Annotated[Optional[str], typer.Option(help="Run name (default PRESET-TIMESTAMP).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run NAME from its last checkpoint.")] = False,
     local: Annotated[bool, typer.Option("--local", help="Train in this process without Ray.")] = False,
+    workers: Annotated[int, typer.Option(help="Ray Train data-parallel workers.")] = 2,
+    gpu: Annotated[bool, typer.Option("--gpu/--no-gpu", help="One GPU per worker (nccl), else CPU (gloo).")] = False,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs (and torch threads) per worker.")] = 1.0,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster HOST:PORT (else $RAY_ADDRESS, else an embedded local Ray).")] = None,
+    max_failures: Annotated[int, typer.Option(help="Worker-group restarts from the latest checkpoint.")] = 3,
+    wandb: Annotated[Optional[bool], typer.Option("--wandb/--no-wandb", help="Log to W&B (default: on with WANDB_API_KEY or WANDB_MODE=offline).")] = None,
 ) -> None:
-    """Train ModifiedResNet on CIFAR-10 and write a run directory."""
+    """Train ModifiedResNet on CIFAR-10 and write a run directory (Ray Train; --local: in-process)."""
     from modresnet.local import RunExistsError, train_local
     from modresnet.rundir import default_storage
 
@@ -163,7 +182,8 @@ def train(
     cfg = build_config(preset, config_file, epochs=epochs, subset=subset, data_dir=data_dir,
                        batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
                        schedule=schedule, flavor=flavor, seed=seed, device=device, sets=sets)
-    run_path = (storage or default_storage()).expanduser() / (name or default_name(preset))
+    root = (storage or default_storage()).expanduser()
+    run_path = root / (name or (default_name(preset) if local else ray_default_name(preset, cfg, root)))
     if resume and not run_path.exists():
         raise UserError(f"--resume: no run at {run_path}; check --name and --storage")
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
@@ -179,6 +199,11 @@ def train(
         progress.update(task, completed=0, epoch=record["epoch"] + 1)
 
     console.print(f"run directory: {run_path}")
+    if not local:
+        _train_on_ray(cfg, run_path, resume, workers=workers, use_gpu=gpu,
+                      cpus_per_worker=cpus_per_worker, address=address,
+                      max_failures=max_failures, wandb=wandb)
+        return
     try:
         with progress:
             result = train_local(cfg, run_path, resume=resume, on_batch=on_batch,
@@ -191,6 +216,25 @@ def train(
                   f"{100 * test['val_acc']:.2f}%)")
     console.print(f"outputs: {result.run.path}  (metrics.jsonl, curves.png, confusion.png, "
                   f"best/, last/, test.json)")
+
+
+def _train_on_ray(cfg: configs.Config, run_path: Path, resume: bool, **options: Any) -> None:
+    """The Ray Train path (jobs/train.py); Ray is imported only there."""
+    import time
+
+    from jobs.train import RayOptions, train_ray
+
+    start = time.perf_counter()
+    result = train_ray(cfg, run_path, RayOptions(**options), resume=resume,
+                       on_epoch_done=lambda record: console.print(epoch_line(record, cfg.train.epochs)),
+                       info=lambda line: console.print(f"[dim]{line}[/]"))
+    test = result.test
+    console.print(f"[bold green]test accuracy {100 * test['test_acc']:.2f}%[/] on {test['n']:,} "
+                  f"test images (best epoch {test['epoch']}, validation "
+                  f"{100 * test['val_acc']:.2f}%) in {time.perf_counter() - start:.0f}s on "
+                  f"{options['workers']} Ray worker(s)")
+    console.print(f"outputs: {result.run.path}  (metrics.jsonl, curves.png, confusion.png, "
+                  f"best/, last/, test.json, ray/)")
 
 
 @app.command()

@@ -12,6 +12,11 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	@# The Serve web-page test drives Debian's chromium through Playwright (no browser download).
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ) && $$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; } || \
+		echo "warning: /usr/bin/chromium missing; tests/test_serve.py skips its browser test"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,285 @@
+"""The Ray Serve deployment: FastAPI ingress, dynamic batching, autoscaling, backpressure.
+
+`build_app(ServeArgs)` is a typed application builder, so `serve run serve.app:build_app
+checkpoint=...` and `serve deploy serve/config.yaml` work as well as `modresnet serve`.
+Secrets never travel in args: the API key is read inside each replica from the environment
+variable *named* by `api_key_env` (default MODRESNET_API_KEY).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field, field_validator
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve import api as schemas
+from serve.api import ApiError, error_response
+
+APP_NAME = "modresnet"
+PAGE = (Path(__file__).parent / "page.html").read_text()
+
+
+class ServeArgs(BaseModel):
+    """Everything about a deployment except secrets; visible through `serve config`."""
+
+    checkpoint: str = Field(description="Run directory or checkpoint folder (readable by replicas).")
+    backend: Literal["onnx", "torch"] = "onnx"
+    threads: int = Field(1, ge=1, le=64, description="Intra-op threads per replica.")
+    replica_cpus: float = Field(1.0, gt=0, description="Logical CPUs each replica reserves.")
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(8, gt=0)
+    upscale_delay_s: float = Field(10, ge=0)
+    downscale_delay_s: float = Field(60, ge=0)
+    look_back_period_s: float = Field(10, gt=0)
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
+    max_ongoing_requests: int = Field(32, ge=1)
+    max_queued_requests: int = Field(128, ge=-1, description="-1: unbounded; else 429 when full.")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_images: int = Field(64, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1024)
+    top_k: int = Field(5, ge=1, le=10)
+    api_key_env: str = Field("MODRESNET_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                             description="Name of the env var holding the API key (not the key).")
+    health_check_period_s: float = Field(5, gt=0)
+    health_check_timeout_s: float = Field(30, gt=0)
+    graceful_shutdown_timeout_s: float = Field(20, ge=0)
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _replicas(cls, v, info):
+        lo = info.data.get("min_replicas", 1)
+        if v < lo:
+            raise ValueError(f"max_replicas ({v}) is below min_replicas ({lo})")
+        return v
+
+
+ERRORS = {code: {"model": schemas.ErrorBody} for code in (400, 401, 413, 415, 429, 503)}
+
+
+@serve.ingress()
+class Classifier:
+    def __init__(self, args: dict) -> None:
+        from modresnet.checkpoint import load_model
+        from serve.backends import make_backend
+
+        self.args = ServeArgs.model_validate(args)
+        torch.set_num_threads(self.args.threads)
+        start = time.perf_counter()
+        self.loaded = load_model(self.args.checkpoint)
+        self.backend = make_backend(self.args.backend, self.loaded, self.args.threads)
+        self.load_s = time.perf_counter() - start
+        self.classes = self.loaded.classes
+        self._api_key = os.environ.get(self.args.api_key_env) or None
+        self._infer.set_max_batch_size(self.args.max_batch_size)
+        self._infer.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        self.batch_sizes: Counter[int] = Counter()
+        self.failures = 0
+        self.requests = 0
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return make_api(self)
+
+    # --- health, batching -----------------------------------------------------------------
+    def check_health(self) -> None:
+        if self.failures >= 3:
+            raise RuntimeError(f"{self.failures} inference failures in a row")
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _infer(self, images: list[torch.Tensor]) -> list[np.ndarray]:
+        self.batch_sizes[len(images)] += 1
+        try:
+            probs = await asyncio.to_thread(self.backend.probabilities, torch.stack(images))
+        except Exception:
+            self.failures += 1
+            raise
+        self.failures = 0
+        return list(probs)
+
+    async def _probabilities(self, images: list[torch.Tensor]) -> np.ndarray:
+        rows = await asyncio.gather(*(self._infer(img) for img in images))
+        return np.stack(rows).astype(np.float32)
+
+    def _auth(self, request: Request) -> None:
+        if self._api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing API key: send `Authorization: Bearer <key>`")
+        if not hmac.compare_digest(token.strip().encode(), self._api_key.encode()):
+            raise ApiError(401, "wrong API key")
+
+    # --- routes ---------------------------------------------------------------------------
+    def page(self) -> HTMLResponse:
+        return HTMLResponse(PAGE)
+
+    async def predict(self, request: Request, top_k: int | None = None) -> schemas.PredictResponse:
+        """Classify one or more images: multipart field `files`, or JSON base64 `images`."""
+        self._auth(request)
+        body = await schemas.read_body(request, self.args.max_body_bytes)
+        images, names, body_k = await schemas.parse_predict(
+            request, body, self.args.max_images, self.args.max_pixels)
+        if len(images) > self.args.max_images:
+            raise ApiError(413, f"{len(images)} images in one request; the limit is "
+                                f"{self.args.max_images}")
+        k = top_k or body_k or self.args.top_k
+        if not 1 <= k <= len(self.classes):
+            raise ApiError(400, f"top_k: must be between 1 and {len(self.classes)}; got {k}")
+        probs = await self._probabilities(images)
+        self.requests += 1
+        rows = schemas.top_k_rows(probs, self.classes, k)
+        return schemas.PredictResponse(
+            model_sha256=self.loaded.sha256, backend=self.backend.name,
+            predictions=[schemas.ImagePrediction(index=i, filename=n, top_k=r)
+                         for i, (n, r) in enumerate(zip(names, rows))])
+
+    def live(self) -> dict:
+        return {"live": True}
+
+    def ready(self) -> dict:
+        return {"ready": True}
+
+    def model_metadata(self, request: Request) -> dict:
+        self._auth(request)
+        return {"name": schemas.MODEL_NAME, "versions": [self.loaded.sha256[:12]],
+                "platform": "onnxruntime_onnx" if self.backend.name == "onnx" else "pytorch_torch",
+                "inputs": [{"name": "input", "datatype": "UINT8", "shape": [-1, 32, 32, 3]},
+                           {"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}],
+                "outputs": [{"name": "probabilities", "datatype": "FP32",
+                             "shape": [-1, len(self.classes)]}]}
+
+    def model_ready(self) -> dict:
+        return {"name": schemas.MODEL_NAME, "ready": True}
+
+    async def infer(self, request: Request) -> schemas.InferResponse:
+        """Open Inference Protocol v2: input `input` UINT8/FP32 [N,32,32,3] or [N,3,32,32]."""
+        self._auth(request)
+        body = await schemas.read_body(request, self.args.max_body_bytes)
+        req, x = schemas.parse_infer(request, body, self.args.max_images)
+        probs = await self._probabilities(list(x))
+        self.requests += 1
+        return schemas.InferResponse(
+            model_name=schemas.MODEL_NAME, model_version=self.loaded.sha256[:12], id=req.id,
+            outputs=[schemas.InferOutput(name="probabilities", shape=list(probs.shape),
+                                         datatype="FP32", data=probs.reshape(-1).tolist())])
+
+    def model_info(self, request: Request) -> dict:
+        """The checkpoint this replica serves, and its batching statistics."""
+        self._auth(request)
+        cfg = self.loaded.config
+        metrics = self.loaded.meta.get("metrics", {})
+        return {
+            "sha256": self.loaded.sha256, "classes": list(self.classes),
+            "path": str(self.loaded.path), "epoch": self.loaded.meta.get("epoch"),
+            "val_acc": metrics.get("val_acc"), "test_acc": metrics.get("test_acc"),
+            "config": {"model": {k: v for k, v in cfg.to_dict()["model"].items()},
+                       "mean": list(cfg.data.mean), "std": list(cfg.data.std)},
+            "backend": self.backend.name, "load_s": round(self.load_s, 3),
+            "replica": {"pid": os.getpid(), "requests": self.requests,
+                        "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+                        "max_batch_size": self.args.max_batch_size,
+                        "batch_wait_timeout_s": self.args.batch_wait_timeout_s},
+        }
+
+
+
+def make_api(svc: "Classifier") -> FastAPI:
+    """The FastAPI app of one replica (built in the replica: FastAPI apps do not pickle)."""
+    app = FastAPI(title="modresnet", version="1",
+                  description="CIFAR-10 ModifiedResNet classifier: /predict for image files, the "
+                              "Open Inference Protocol v2 under /v2, a web page at /.")
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, err: ApiError):
+        return error_response(err.status, err.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, err: RequestValidationError):
+        return error_response(400, f"invalid request: {err.errors()[:3]}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException):
+        return error_response(err.status_code, str(err.detail))
+
+    app.add_api_route("/", svc.page, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
+    app.add_api_route("/predict", svc.predict, methods=["POST"], response_model=schemas.PredictResponse, responses=ERRORS,
+                      openapi_extra=schemas.PREDICT_OPENAPI)
+    app.add_api_route("/v2/health/live", svc.live, methods=["GET"])
+    app.add_api_route("/v2/health/ready", svc.ready, methods=["GET"])
+    app.add_api_route("/v2/models/" + schemas.MODEL_NAME, svc.model_metadata, methods=["GET"], responses=ERRORS)
+    app.add_api_route("/v2/models/" + schemas.MODEL_NAME + "/ready", svc.model_ready, methods=["GET"])
+    app.add_api_route("/v2/models/" + schemas.MODEL_NAME + "/infer", svc.infer, methods=["POST"], response_model=schemas.InferResponse,
+                      responses=ERRORS, openapi_extra=schemas.INFER_OPENAPI)
+    app.add_api_route("/model", svc.model_info, methods=["GET"], responses=ERRORS)
+    return app
+
+
+def build_app(args: ServeArgs):
+    """Typed builder: `serve run serve.app:build_app checkpoint=runs/demo backend=onnx`."""
+    if isinstance(args, dict):
+        args = ServeArgs.model_validate(args)
+    from modresnet.checkpoint import resolve
+
+    args = args.model_copy(update={"checkpoint": str(resolve(args.checkpoint).resolve())})
+    deployment = serve.deployment(Classifier).options(
+        name="Classifier",
+        autoscaling_config={
+            "min_replicas": args.min_replicas, "initial_replicas": args.min_replicas,
+            "max_replicas": args.max_replicas,
+            "target_ongoing_requests": args.target_ongoing_requests,
+            "upscale_delay_s": args.upscale_delay_s, "downscale_delay_s": args.downscale_delay_s,
+            "look_back_period_s": args.look_back_period_s},
+        max_ongoing_requests=args.max_ongoing_requests,
+        max_queued_requests=args.max_queued_requests,
+        backpressure_config={"status_code": 429, "retry_after_s": 1},
+        ray_actor_options={"num_cpus": args.replica_cpus},
+        health_check_period_s=args.health_check_period_s,
+        health_check_timeout_s=args.health_check_timeout_s,
+        graceful_shutdown_wait_loop_s=0.5,
+        graceful_shutdown_timeout_s=args.graceful_shutdown_timeout_s,
+        max_surge_percent=100,
+    )
+    return deployment.bind(args.model_dump())
+
+
+def start(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Start Serve's HTTP proxy on host:port (a no-op for the port if Serve is already up)."""
+    serve.start(http_options={"host": host, "port": port})
+
+
+def deploy(args: ServeArgs, name: str = APP_NAME, route_prefix: str = "/"):
+    """Deploy, or roll an existing app of that name over to new args in place."""
+    return serve.run(build_app(args), name=name, route_prefix=route_prefix, blocking=False)
+
+
+def wait_ready(url: str, timeout: float = 120, headers: dict | None = None,
+               sha256: str | None = None) -> dict:
+    """Poll GET {url}/model until it answers (and serves `sha256`, when given)."""
+    import httpx
+
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url.rstrip("/") + "/model", headers=headers, timeout=5)
+            if r.status_code == 200 and (sha256 is None or r.json()["sha256"] == sha256):
+                return r.json()
+            last = f"HTTP {r.status_code}"
+        except httpx.HTTPError as err:
+            last = repr(err)
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f}s ({last})")

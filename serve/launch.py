@@ -1,0 +1,67 @@
+"""Start (or update in place) the Serve app from a plain process: `modresnet serve` and the demo.
+
+Ray is imported here only, never by `modresnet` at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+from serve.app import APP_NAME, ServeArgs, deploy, start, wait_ready
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> bool:
+    """ray.init: join `address` (e.g. "auto"), or start a private local instance. True if
+    this process owns the cluster (so it must stay up to keep serving)."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def serve_app(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
+              address: str | None = None, block: bool = True,
+              info: Callable[[str], None] = print) -> str:
+    """Deploy `args`; with an existing app of the same name the replicas roll over to the new
+    checkpoint with no downtime. Blocks until Ctrl-C/SIGTERM when this process owns Ray."""
+    from modresnet.checkpoint import load_model
+    from ray import serve
+
+    sha = load_model(args.checkpoint).sha256  # refuse a bad checkpoint before touching Serve
+    owns = connect(address)
+    start(host, port)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    try:
+        rolling = APP_NAME in serve.status().applications
+        info(("rolling the running app over to " if rolling else "deploying ") + args.checkpoint)
+        deploy(args)
+        wait_ready(url, timeout=300, headers=_headers(args), sha256=sha)
+        info(f"serving {sha[:12]} ({args.backend}) at {url}  (docs: {url}/docs)")
+        if owns and block:
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            info("press Ctrl-C to stop")
+            stop.wait()
+            info("shutting down: draining in-flight requests")
+    finally:
+        if owns and block:
+            serve.shutdown()
+            import ray
+
+            ray.shutdown()
+    return url
+
+
+def _headers(args: ServeArgs) -> dict[str, str]:
+    key = os.environ.get(args.api_key_env)
+    return {"Authorization": f"Bearer {key}"} if key else {}

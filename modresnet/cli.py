@@ -382,6 +382,76 @@ def serve_cmd(
               info=lambda line: console.print(line, highlight=False))
 
 
+@app.command()
+@user_errors
+def tune(
+    preset: Preset = "paper",
+    config_file: ConfigFile = None,
+    subset: Subset = None,
+    data_dir: DataDir = None,
+    flavor: Flavor = None,
+    seed: Seed = None,
+    device: Device = None,
+    sets: Sets = None,
+    space: Annotated[Optional[Path], typer.Option(help="Search-space YAML (default jobs/search_space.yaml).")] = None,
+    samples: Annotated[int, typer.Option(help="Trials to run (the paper point counts as one).")] = 8,
+    max_epochs: Annotated[Optional[int], typer.Option(help="Epochs of a trial that ASHA never stops (default: the config's train.epochs).")] = None,
+    grace_period: Annotated[int, typer.Option(help="ASHA: epochs before a trial can be stopped.")] = 1,
+    reduction_factor: Annotated[int, typer.Option(help="ASHA: keep the top 1/N at every rung.")] = 2,
+    concurrent: Annotated[int, typer.Option(help="Trials running at once.")] = 2,
+    metric: Annotated[str, typer.Option(help="val_acc | val_loss | train_acc | train_loss")] = "val_acc",
+    include_paper: Annotated[bool, typer.Option("--include-paper", help="Run the paper's recipe as the first trial.")] = False,
+    workers_per_trial: Annotated[int, typer.Option(help="Ray Train data-parallel workers per trial (1: train in the trial).")] = 1,
+    cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial (fractions allowed).")] = 1.0,
+    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial (fractions allowed).")] = 0.0,
+    search_seed: Annotated[int, typer.Option(help="Seed of the random search.")] = 0,
+    name: Annotated[Optional[str], typer.Option(help="Experiment name (default tune-PRESET-TIMESTAMP).")] = None,
+    storage: Annotated[Optional[Path], typer.Option(help="Folder for experiments (default ~/modresnet-runs or $MODRESNET_RUNS).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default $RAY_ADDRESS, else a local Ray).")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted search NAME (its saved settings are used).")] = None,
+    wandb: Annotated[Optional[bool], typer.Option("--wandb/--no-wandb", help="W&B run per trial (default on; offline without WANDB_API_KEY).")] = None,
+) -> None:
+    """Search recipes with Ray Tune + ASHA; write a leaderboard and export the best model."""
+    from jobs import tune as tuning
+    from modresnet.rundir import default_storage
+
+    root = (storage or default_storage()).expanduser().resolve()
+    options_kw = dict(samples=samples, grace_period=grace_period, reduction_factor=reduction_factor,
+                      concurrent=concurrent, metric=metric, workers_per_trial=workers_per_trial,
+                      cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                      include_paper=include_paper, search_seed=search_seed, address=address,
+                      wandb=wandb)
+    if resume:
+        job = tuning.read_job(root / resume)
+        options = tuning.TuneOptions(**{**options_kw, "max_epochs": job["max_epochs"]})
+    else:
+        cfg = build_config(preset, config_file, subset=subset, data_dir=data_dir, flavor=flavor,
+                           seed=seed, device=device, sets=sets)
+        options = tuning.TuneOptions(**{**options_kw, "max_epochs": max_epochs or cfg.train.epochs})
+        options.check()
+        cfg = cfg.with_overrides({"train.epochs": options.max_epochs})
+        search_space = tuning.load_space(space or tuning.DEFAULT_SPACE, cfg)
+        job = tuning.new_job(cfg, search_space, options, root, name or f"tune-{default_name(preset)}")
+    exp = root / job["name"]
+    console.print(f"experiment: {exp}  ({job['samples']} trials, ASHA max {job['max_epochs']} "
+                  f"epochs, grace {job['grace_period']}, reduction {job['reduction_factor']})")
+    outcome = tuning.run_search(job, options, resume=bool(resume),
+                                info=lambda line: console.print(line, highlight=False))
+    if outcome.rows:
+        console.print(tuning.leaderboard_table(outcome.rows, job))
+    if outcome.interrupted or outcome.best is None:
+        err_console.print(f"[bold yellow]search interrupted[/]; continue it with: modresnet tune "
+                          f"--resume {job['name']} --storage {root}", highlight=False)
+        raise typer.Exit(130)
+    best, test = outcome.best, outcome.test
+    console.print(f"[bold green]best trial {best.trial_id}[/]: validation "
+                  f"{100 * best.best_val_acc:.2f}%, test accuracy {100 * test['test_acc']:.2f}% "
+                  f"on {test['n']:,} images ({sum(r.stopped_early for r in outcome.rows)} of "
+                  f"{len(outcome.rows)} trials stopped early by ASHA)")
+    for label, path in outcome.files.items():
+        console.print(f"  {label}: {path}", highlight=False)
+
+
 def main() -> None:
     app()
 

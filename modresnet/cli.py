@@ -452,6 +452,281 @@ def tune(
         console.print(f"  {label}: {path}", highlight=False)
 
 
+# ------------------------------------------------------------------------------------------
+# `modresnet jobs ...` (Ray Jobs API) and `modresnet cluster ...` (a local multi-node Ray).
+# The logic lives in jobs/submit.py and jobs/cluster.py, imported only when these run.
+
+jobs_app = typer.Typer(no_args_is_help=True,
+                       help="Run train | tune | serve on a Ray cluster through the Jobs API.")
+cluster_app = typer.Typer(no_args_is_help=True,
+                          help="A real multi-node Ray cluster on this machine (token auth on).")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(cluster_app, name="cluster")
+
+JobsAddress = Annotated[Optional[str], typer.Option(
+    "--address", help="Jobs API http://HEAD:8265 (else $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, "
+                      "or the `modresnet cluster up` cluster).")]
+JobId = Annotated[str, typer.Argument(help="Submission id (see `modresnet jobs list`).")]
+
+
+def cluster_errors(fn):
+    """JobsError / ClusterError (modules imported lazily) become UserError: one line, exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from jobs.cluster import ClusterError
+        from jobs.submit import JobsError
+
+        try:
+            return fn(*args, **kwargs)
+        except (JobsError, ClusterError) as err:
+            raise UserError(str(err)) from None
+
+    return wrapper
+
+
+def _exit_for(status: str) -> None:
+    from jobs.submit import EXIT_CODES
+
+    code = EXIT_CODES.get(status, 1)
+    if code:
+        raise typer.Exit(code)
+
+
+def _check_passthrough(command: str, args: list[str]) -> None:
+    """Parse the pass-through args with the local command's own options, so a typo fails here
+    in a second instead of on the cluster."""
+    import click
+
+    cmd = getattr(typer.main.get_command(app), "commands", {}).get(command)
+    if cmd is None:
+        raise UserError(f"this modresnet has no `{command}` command to submit")
+    try:
+        cmd.make_context(command, list(args), resilient_parsing=False)
+    except click.UsageError as err:
+        raise UserError(f"{command}: {err.format_message()}") from None
+
+
+@jobs_app.command("submit", context_settings={"allow_extra_args": True,
+                                              "ignore_unknown_options": True})
+@user_errors
+@cluster_errors
+def jobs_submit(
+    ctx: typer.Context,
+    command: Annotated[str, typer.Argument(help="train | tune | serve; every further option goes to it.")],
+    address: JobsAddress = None,
+    submission_id: Annotated[Optional[str], typer.Option(help="Job id (default: generated).")] = None,
+    env: Annotated[Optional[list[str]], typer.Option("--env", help="Extra NAME=VALUE for the job (no secrets); repeatable.")] = None,
+    entrypoint_num_cpus: Annotated[Optional[float], typer.Option(help="CPUs reserved for the driver (lets it run on a worker node).")] = None,
+) -> None:
+    """Submit `modresnet COMMAND [OPTIONS]` as a Ray job; the last output line is its id.
+
+    Example: modresnet jobs submit train --preset debug --epochs 2 --address http://127.0.0.1:8265
+    (put `--` before COMMAND if it has an option also called --address or --env).
+    """
+    from jobs import submit as jobs_submit_mod
+
+    if command not in jobs_submit_mod.COMMANDS:
+        raise UserError(f"unknown command {command!r}: choose one of "
+                        f"{', '.join(jobs_submit_mod.COMMANDS)}")
+    args = list(ctx.args)
+    _check_passthrough(command, args)
+    extra_env = jobs_submit_mod.parse_env(env)
+    addr = jobs_submit_mod.resolve_address(address)
+    job_id = jobs_submit_mod.submit(command, args, address=addr, submission_id=submission_id,
+                                    env=extra_env, entrypoint_num_cpus=entrypoint_num_cpus)
+    err_console.print(f"submitted `modresnet {command}` to {addr}; follow it with: "
+                      f"modresnet jobs logs {job_id} --follow", highlight=False)
+    print(job_id, flush=True)
+
+
+@jobs_app.command("list")
+@user_errors
+@cluster_errors
+def jobs_list(address: JobsAddress = None) -> None:
+    """Jobs on the cluster, oldest first."""
+    from jobs import submit as jobs_submit_mod
+
+    table = Table()
+    for col in ("submission id", "status", "started", "entrypoint"):
+        table.add_column(col)
+    for job in jobs_submit_mod.list_jobs(address):
+        started = (datetime.fromtimestamp(job.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S")
+                   if job.start_time else "-")
+        table.add_row(job.submission_id or job.job_id or "-", str(job.status), started,
+                      job.entrypoint)
+    console.print(table)
+
+
+@jobs_app.command("status")
+@user_errors
+@cluster_errors
+def jobs_status(job_id: JobId, address: JobsAddress = None) -> None:
+    """Print a job's status. Exit 0: PENDING/RUNNING/SUCCEEDED, 1: FAILED/STOPPED."""
+    from jobs import submit as jobs_submit_mod
+
+    info = jobs_submit_mod.job_info(job_id, address)
+    status = str(info.status)
+    line = f"{job_id}: {status}"
+    if info.message:
+        line += f"  ({info.message})"
+    if info.driver_exit_code is not None:
+        line += f"  driver exit code {info.driver_exit_code}"
+    print(line)
+    _exit_for(status)
+
+
+@jobs_app.command("logs")
+@user_errors
+@cluster_errors
+def jobs_logs(job_id: JobId, address: JobsAddress = None,
+              follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False) -> None:
+    """Print a job's logs. Exit code as for `jobs status` (after --follow: the final status)."""
+    from jobs import submit as jobs_submit_mod
+
+    status = jobs_submit_mod.logs(job_id, address, follow=follow)
+    if follow:
+        err_console.print(f"job {job_id}: {status}", highlight=False)
+    _exit_for(status)
+
+
+@jobs_app.command("stop")
+@user_errors
+@cluster_errors
+def jobs_stop(job_id: JobId, address: JobsAddress = None) -> None:
+    """Stop a job and wait until it is stopped. Exit 0 once it is no longer running."""
+    from jobs import submit as jobs_submit_mod
+
+    status = jobs_submit_mod.stop(job_id, address)
+    print(f"{job_id}: {status}")
+    if status not in jobs_submit_mod.TERMINAL:
+        raise typer.Exit(1)
+
+
+@cluster_app.command("up")
+@user_errors
+@cluster_errors
+def cluster_up(
+    workers: Annotated[int, typer.Option(help="Worker raylets (nodes) besides the head.")] = 2,
+    cpus_per_node: Annotated[float, typer.Option(help="Logical CPUs of each worker node.")] = 1.0,
+    head_cpus: Annotated[float, typer.Option(help="Logical CPUs of the head (0 keeps work off it).")] = 0.0,
+    object_store_mb: Annotated[int, typer.Option(help="Object store per node, MiB.")] = 256,
+) -> None:
+    """Start head + N worker raylets on loopback with token auth; print the client's exports.
+
+    eval "$(modresnet cluster up)" sets RAY_ADDRESS, RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH.
+    """
+    from jobs import cluster as local_cluster
+
+    state = local_cluster.up(workers=workers, cpus_per_node=cpus_per_node, head_cpus=head_cpus,
+                             object_store_mb=object_store_mb,
+                             log=lambda line: err_console.print(line, highlight=False))
+    for name, value in state.exports().items():
+        print(f"export {name}={value}")
+    sys.stdout.flush()
+
+
+@cluster_app.command("status")
+@user_errors
+@cluster_errors
+def cluster_status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """The local cluster's addresses, nodes and processes. Exit 0 running, 1 not."""
+    from jobs import cluster as local_cluster
+
+    info = local_cluster.status()
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"{'running' if info['running'] else 'NOT running'}: Jobs API {info['jobs_address']}, "
+              f"GCS {info['gcs_address']}, {info['processes']} processes")
+        for node in info["nodes"] or []:
+            print(f"  {'head  ' if node['is_head'] else 'worker'} {node['node_id'][:12]}  "
+                  f"{node['cpus']:g} CPU")
+        if info.get("error"):
+            print(f"  {info['error']}")
+        print(f"  token: {info['token_path']}  temp dir: {info['temp_dir']}")
+    if not info["running"]:
+        raise typer.Exit(1)
+
+
+@cluster_app.command("down")
+@user_errors
+@cluster_errors
+def cluster_down() -> None:
+    """Stop exactly the processes `cluster up` started (by pid; never `ray stop`)."""
+    from jobs import cluster as local_cluster
+
+    local_cluster.down(log=lambda line: err_console.print(line, highlight=False))
+
+
+def _predict_url(images: list[Path], url: str, top_k: int, as_json: bool) -> None:
+    from serve.client import ClientError, predict_paths
+
+    try:
+        results = predict_paths(url, images, top_k)
+    except ClientError as err:
+        raise UserError(str(err)) from None
+    if as_json:
+        print(json.dumps([{"image": str(p), "top_k": r["top_k"]} for p, r in zip(images, results)],
+                         indent=2))
+        return
+    table = Table()
+    table.add_column("image", overflow="fold")
+    for i in range(len(results[0]["top_k"])):
+        table.add_column(f"#{i + 1}")
+    for path, r in zip(images, results):
+        table.add_row(str(path), *[f"{x['label']} {100 * x['probability']:.1f}%" for x in r["top_k"]])
+    console.print(table)
+
+
+@app.command("serve")
+@user_errors
+def serve_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Run directory or checkpoint folder to serve.")],
+    host: Annotated[str, typer.Option(help="Interface for the HTTP proxy (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    backend: Annotated[str, typer.Option(help="onnx (exported at deploy time; the faster on CPU here) | torch")] = "onnx",
+    min_replicas: Annotated[int, typer.Option(help="Autoscaling lower bound.")] = 1,
+    max_replicas: Annotated[int, typer.Option(help="Autoscaling upper bound.")] = 2,
+    target_ongoing_requests: Annotated[float, typer.Option(help="Autoscaling target of in-flight requests per replica.")] = 8,
+    max_batch_size: Annotated[int, typer.Option(help="Dynamic batching: most images per forward pass.")] = 16,
+    batch_wait_ms: Annotated[float, typer.Option(help="Dynamic batching: longest wait to fill a batch.")] = 10,
+    max_ongoing_requests: Annotated[int, typer.Option(help="Requests one replica works on at once.")] = 32,
+    max_queued_requests: Annotated[int, typer.Option(help="Queued requests before 429 (-1: unbounded).")] = 128,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body; larger gets 413.")] = 10,
+    replica_cpus: Annotated[float, typer.Option(help="Logical CPUs each replica reserves.")] = 1.0,
+    threads: Annotated[int, typer.Option(help="Inference threads per replica.")] = 1,
+    address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster (e.g. auto) instead of starting one; a running app is updated in place and the command returns.")] = None,
+    api_key_env: Annotated[str, typer.Option(help="Env var the replicas read the API key from (unset: no auth).")] = "MODRESNET_API_KEY",
+) -> None:
+    """Serve a checkpoint over HTTP with Ray Serve (FastAPI, batching, autoscaling).
+
+    Run it again with another checkpoint and --address auto to roll replicas over with no
+    downtime."""
+    from pydantic import ValidationError
+
+    from modresnet.checkpoint import resolve
+
+    resolve(checkpoint)  # a CheckpointError here is a one-line user error
+    try:
+        from serve.app import ServeArgs
+
+        args = ServeArgs(checkpoint=str(checkpoint), backend=backend, threads=threads,
+                         replica_cpus=replica_cpus, min_replicas=min_replicas,
+                         max_replicas=max_replicas, target_ongoing_requests=target_ongoing_requests,
+                         max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_ms / 1000,
+                         max_ongoing_requests=max_ongoing_requests,
+                         max_queued_requests=max_queued_requests,
+                         max_body_bytes=int(max_body_mb * 1024 * 1024), api_key_env=api_key_env)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    from serve.launch import serve_app
+
+    serve_app(args, host=host, port=port, address=address,
+              info=lambda line: console.print(line, highlight=False))
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,442 @@
+"""`modresnet cluster up|status|down`: a real multi-node Ray cluster on this machine.
+
+One head (`ray start --head`, dashboard + Jobs API on 127.0.0.1, 0 CPUs by default) and N worker
+raylets (`ray start --address ...`), all on loopback, token auth on. Everything a cluster owns
+lives under a state dir, `$MODRESNET_HOME/cluster` (default ~/.modresnet/cluster):
+
+    state.json     ports, addresses, the processes it started (pid + start time), temp dir
+    auth_token     the generated token, mode 0600 (RAY_AUTH_TOKEN_PATH for every process)
+    logs/          output of each `ray start`
+
+Ray's own files go to a distinct short `--temp-dir` per cluster (/tmp/mrray-XXXXXXXX, short
+because Ray's unix socket paths must stay under 108 bytes). Every port is chosen free, so two
+clusters with different MODRESNET_HOMEs (or a test cluster next to a developer's) never collide.
+
+`ray start` daemonizes: it exits and leaves its processes behind. Each `ray start` runs in a new
+session (setsid), whose id every process it spawns inherits; `down` stops exactly the processes
+of those sessions, plus any process whose command line names this cluster's temp dir, plus their
+descendants - by pid, SIGTERM then SIGKILL. Never `ray stop`, which kills every Ray on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+class ClusterError(Exception):
+    """A user-fixable problem with the local cluster (printed as one line, exit 2)."""
+
+
+def modresnet_home() -> Path:
+    return Path(os.environ.get("MODRESNET_HOME") or "~/.modresnet").expanduser()
+
+
+def state_dir() -> Path:
+    return modresnet_home() / "cluster"
+
+
+# ------------------------------------------------------------------------------------------
+# processes, read straight from /proc (Linux): pid, parent, session, start time, command line
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    ppid: int
+    sid: int
+    start: int  # clock ticks since boot; (pid, start) identifies a process across pid reuse
+    cmdline: str
+
+
+def _read_proc(pid: int) -> Proc | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    state = fields[0]
+    if state in ("Z", "X"):
+        return None
+    return Proc(pid=pid, ppid=int(fields[1]), sid=int(fields[3]), start=int(fields[19]),
+                cmdline=raw.replace(b"\0", b" ").decode(errors="replace").strip())
+
+
+def processes() -> list[Proc]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            proc = _read_proc(int(entry))
+            if proc is not None:
+                out.append(proc)
+    return out
+
+
+def alive(pid: int, start: int | None = None) -> bool:
+    proc = _read_proc(pid)
+    return proc is not None and (start is None or proc.start == start)
+
+
+# ------------------------------------------------------------------------------------------
+# state
+
+
+@dataclass
+class ClusterState:
+    home: str
+    temp_dir: str
+    token_path: str
+    node_ip: str
+    gcs_port: int
+    dashboard_port: int
+    client_port: int
+    workers: int
+    cpus_per_node: float
+    head_cpus: float
+    sessions: list[int] = field(default_factory=list)  # sids of our `ray start` processes
+    procs: list[list[int]] = field(default_factory=list)  # [pid, start] of what they left
+    started_at: float = 0.0
+
+    @property
+    def gcs_address(self) -> str:
+        return f"{self.node_ip}:{self.gcs_port}"
+
+    @property
+    def jobs_address(self) -> str:
+        return f"http://{self.node_ip}:{self.dashboard_port}"
+
+    def exports(self) -> dict[str, str]:
+        """The environment a client needs (Jobs API / `ray job` / `modresnet jobs`)."""
+        return {"RAY_ADDRESS": self.jobs_address, "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN_PATH": self.token_path}
+
+
+def state_file() -> Path:
+    return state_dir() / "state.json"
+
+
+def load_state() -> ClusterState | None:
+    try:
+        return ClusterState(**json.loads(state_file().read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as err:
+        raise ClusterError(f"{state_file()} is unreadable ({err}); delete it by hand") from None
+
+
+def _save_state(state: ClusterState) -> None:
+    tmp = state_file().with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    tmp.replace(state_file())
+
+
+def read_token() -> str | None:
+    """The local cluster's token, if there is one in this MODRESNET_HOME."""
+    state = load_state()
+    if state is None:
+        return None
+    try:
+        return Path(state.token_path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+
+
+def _free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct free TCP ports (all held open while choosing, then released)."""
+    with ExitStack() as stack:
+        ports = []
+        while len(ports) < n:
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+            if port not in ports:
+                ports.append(port)
+        return ports
+
+
+def ray_executable() -> str:
+    candidate = Path(sys.executable).parent / "ray"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("ray")
+    if not found:
+        raise ClusterError("cannot find the `ray` executable next to this Python or on PATH")
+    return found
+
+
+def _child_env(token_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN"):
+        env.pop(var, None)
+    # The job entrypoint runs in a shell with the raylet's PATH: put this venv's bin first so
+    # `python -m modresnet.cli ...` finds this interpreter and its packages.
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+def _http_get(url: str, token: str | None, timeout: float = 3.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def alive_nodes(state: ClusterState, token: str | None, timeout: float = 5.0) -> list[dict]:
+    """Alive nodes as the dashboard's State API sees them."""
+    status, body = _http_get(f"{state.jobs_address}/api/v0/nodes?limit=1000&detail=1", token,
+                             timeout=timeout)
+    if status != 200:
+        raise ClusterError(f"dashboard answered {status} for /api/v0/nodes")
+    result = json.loads(body)["data"]["result"]["result"]
+    return [n for n in result if n.get("state") == "ALIVE"]
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no output)"
+
+
+# ------------------------------------------------------------------------------------------
+# up / status / down
+
+
+def own_processes(state: ClusterState) -> list[Proc]:
+    """Every live process this cluster started: our sessions, our temp dir, and descendants."""
+    procs = processes()
+    me = os.getpid()
+    sessions = set(state.sessions)
+    recorded = {(pid, start) for pid, start in state.procs}
+    marker = state.temp_dir.rstrip("/")
+    ours = {p.pid for p in procs
+            if p.pid != me and ((p.pid, p.start) in recorded or p.sid in sessions
+                                or f"{marker}/" in p.cmdline or p.cmdline.endswith(marker))}
+    children: dict[int, list[int]] = {}
+    for p in procs:
+        children.setdefault(p.ppid, []).append(p.pid)
+    stack = list(ours)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in ours and child != me:
+                ours.add(child)
+                stack.append(child)
+    return [p for p in procs if p.pid in ours]
+
+
+def _kill(procs: list[Proc], grace_s: float = 8.0) -> int:
+    """SIGTERM, wait up to grace_s, SIGKILL what is left. Returns how many were signalled."""
+    targets = [(p.pid, p.start) for p in procs]
+    for pid, _ in targets:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(alive(pid, start) for pid, start in targets):
+        time.sleep(0.2)
+    for pid, start in targets:
+        if alive(pid, start):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(pid, start) for pid, start in targets):
+        time.sleep(0.1)
+    return len(targets)
+
+
+def _ray_start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen([ray_executable(), "start", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
+def _wait_started(procs: list[tuple[subprocess.Popen, Path]], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for proc, log in procs:
+        try:
+            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise ClusterError(f"`ray start` did not finish within {timeout_s:.0f}s; see {log}:\n"
+                               f"{_tail(log)}") from None
+        if rc != 0:
+            raise ClusterError(f"`ray start` failed (exit {rc}); see {log}:\n{_tail(log)}")
+
+
+def up(workers: int = 2, cpus_per_node: float = 1, head_cpus: float = 0,
+       object_store_mb: int = 256, timeout_s: float = 240, log=print) -> ClusterState:
+    if workers < 0:
+        raise ClusterError("--workers must be >= 0")
+    if cpus_per_node <= 0:
+        raise ClusterError("--cpus-per-node must be > 0")
+    if head_cpus < 0:
+        raise ClusterError("--head-cpus must be >= 0")
+    if object_store_mb < 80:
+        raise ClusterError("--object-store-mb must be at least 80 (Ray's minimum is 75 MiB)")
+    existing = load_state()
+    if existing is not None:
+        if own_processes(existing):
+            raise ClusterError(f"a cluster from {modresnet_home()} is already running at "
+                               f"{existing.jobs_address}; `modresnet cluster down` first, or set "
+                               f"MODRESNET_HOME to start another")
+        _cleanup_files(existing)  # stale state from a crashed cluster
+
+    sdir = state_dir()
+    sdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(sdir, 0o700)
+    (sdir / "logs").mkdir(exist_ok=True)
+    token_path = sdir / "auth_token"
+    token_path.unlink(missing_ok=True)
+    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    temp_dir = tempfile.mkdtemp(prefix="mrray-", dir="/tmp")
+
+    node_ip = "127.0.0.1"
+    gcs, dash, client, *node_ports = _free_ports(3 + 6 * (workers + 1))
+    state = ClusterState(home=str(modresnet_home()), temp_dir=temp_dir, token_path=str(token_path),
+                         node_ip=node_ip, gcs_port=gcs, dashboard_port=dash, client_port=client,
+                         workers=workers, cpus_per_node=cpus_per_node, head_cpus=head_cpus,
+                         started_at=time.time())
+    _save_state(state)  # saved first, so `down` can clean up even a half-started cluster
+    env = _child_env(token_path)
+    token = token_path.read_text().strip()
+
+    def node_args(i: int) -> list[str]:
+        agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = node_ports[6 * i: 6 * i + 6]
+        return ["--node-ip-address", node_ip, "--temp-dir", temp_dir,
+                "--dashboard-agent-listen-port", str(agent),
+                "--dashboard-agent-grpc-port", str(agent_grpc),
+                "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(rt_env),
+                "--node-manager-port", str(node_mgr), "--object-manager-port", str(obj_mgr),
+                "--min-worker-port", "0", "--max-worker-port", "0",  # OS-assigned worker ports
+                "--object-store-memory", str(object_store_mb * 1024 * 1024),
+                "--num-gpus", "0", "--disable-usage-stats"]
+
+    t0 = time.monotonic()
+    try:
+        head_log = sdir / "logs" / "head.log"
+        log(f"starting head on {node_ip}:{gcs} (dashboard + Jobs API on {state.jobs_address})")
+        head = _ray_start(["--head", "--port", str(gcs), "--dashboard-host", node_ip,
+                           "--dashboard-port", str(dash), "--include-dashboard", "true",
+                           "--ray-client-server-port", str(client),
+                           "--num-cpus", f"{head_cpus:g}", *node_args(0)], env, head_log)
+        state.sessions.append(head.pid)
+        _save_state(state)
+        _wait_started([(head, head_log)], timeout_s)
+        log(f"head up in {time.monotonic() - t0:.0f}s; starting {workers} worker raylet(s) with "
+            f"{cpus_per_node:g} CPU(s) each")
+        # One at a time: on 2 busy cores, raylets registering at once can time out in GCS.
+        for i in range(1, workers + 1):
+            wlog = sdir / "logs" / f"worker-{i}.log"
+            proc = _ray_start(["--address", state.gcs_address, "--num-cpus", f"{cpus_per_node:g}",
+                               "--resources", json.dumps({f"modresnet_worker_{i}": 1}),
+                               *node_args(i)], env, wlog)
+            state.sessions.append(proc.pid)
+            _save_state(state)
+            _wait_started([(proc, wlog)], max(30.0, t0 + timeout_s - time.monotonic()))
+        _wait_ready(state, token, workers + 1, deadline=t0 + timeout_s)
+    except BaseException:
+        log("start failed; stopping what was started")
+        down(quiet=True)
+        raise
+    state.procs = [[p.pid, p.start] for p in own_processes(state)]
+    _save_state(state)
+    log(f"cluster up in {time.monotonic() - t0:.0f}s: {workers + 1} nodes, "
+        f"{len(state.procs)} processes, state in {sdir}")
+    return state
+
+
+def _wait_ready(state: ClusterState, token: str, nodes: int, deadline: float) -> None:
+    """Until the Jobs API answers with the token and every node is alive."""
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            status, _ = _http_get(f"{state.jobs_address}/api/jobs/", token)
+            if status == 200:
+                n = len(alive_nodes(state, token))
+                if n >= nodes:
+                    return
+                last = f"{n}/{nodes} nodes alive"
+            else:
+                last = f"Jobs API answered {status}"
+        except (OSError, ClusterError, ValueError, KeyError) as err:
+            last = str(err)
+        time.sleep(1)
+    raise ClusterError(f"cluster not ready in time ({last}); logs in {state_dir() / 'logs'}")
+
+
+def status(timeout: float = 5.0) -> dict:
+    state = load_state()
+    if state is None:
+        raise ClusterError(f"no cluster in {modresnet_home()}; start one with `modresnet cluster up`")
+    procs = own_processes(state)
+    info = {"home": state.home, "jobs_address": state.jobs_address,
+            "gcs_address": state.gcs_address, "token_path": state.token_path,
+            "temp_dir": state.temp_dir, "processes": len(procs), "nodes": None,
+            "running": False}
+    if procs:
+        try:
+            nodes = alive_nodes(state, read_token(), timeout=timeout)
+            info["nodes"] = [{"node_id": n.get("node_id"), "is_head": n.get("is_head_node"),
+                              "cpus": n.get("resources_total", {}).get("CPU", 0)} for n in nodes]
+            info["running"] = True
+        except (OSError, ClusterError, ValueError, KeyError) as err:
+            info["error"] = f"dashboard not answering: {err}"
+    return info
+
+
+def _cleanup_files(state: ClusterState) -> None:
+    if os.environ.get("MODRESNET_KEEP_RAY_TEMP") != "1":  # keep Ray's logs for debugging
+        shutil.rmtree(state.temp_dir, ignore_errors=True)
+    Path(state.token_path).unlink(missing_ok=True)
+    state_file().unlink(missing_ok=True)
+
+
+def down(quiet: bool = False, log=print) -> int:
+    """Stop exactly this cluster's processes, by pid. Returns how many were stopped."""
+    state = load_state()
+    if state is None:
+        if quiet:
+            return 0
+        raise ClusterError(f"no cluster in {modresnet_home()} (nothing to stop)")
+    n = 0
+    for _ in range(3):  # a dying raylet may still spawn a worker or two: sweep again
+        procs = own_processes(state)
+        if not procs:
+            break
+        n += _kill(procs)
+    left = own_processes(state)
+    if left:
+        raise ClusterError(f"could not stop pids {[p.pid for p in left]}")
+    _cleanup_files(state)
+    if not quiet:
+        log(f"stopped {n} processes of the cluster in {modresnet_home()}")
+    return n

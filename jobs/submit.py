@@ -1,0 +1,263 @@
+"""`modresnet jobs ...`: submit `modresnet train|tune|serve` to a Ray cluster through the Jobs API.
+
+The job runs `python -m modresnet.cli <command> <args...>` with this source tree as its
+runtime_env working_dir (`.rayignore` keeps data, runs, checkpoints, .git and .venv out of the
+upload). The client authenticates with a Bearer header, so it works whether or not this shell has
+RAY_AUTH_MODE=token. Token lookup: RAY_AUTH_TOKEN, then the file RAY_AUTH_TOKEN_PATH, then the
+local cluster of $MODRESNET_HOME (only when the address is that cluster's).
+
+Address lookup: --address, then RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, then the local cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from jobs import cluster as local_cluster
+
+COMMANDS = ("train", "tune", "serve")
+# Forwarded into the job's runtime_env (visible to anyone who can read the Jobs API, so never
+# anything that looks like a credential: set WANDB_API_KEY on the cluster nodes instead).
+FORWARD_VARS = ("MODRESNET_DATA", "MODRESNET_RUNS")
+FORWARD_PREFIXES = ("WANDB_",)
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+EXIT_CODES = {"SUCCEEDED": 0, "RUNNING": 0, "PENDING": 0, "FAILED": 1, "STOPPED": 1}
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+CONNECT_TIMEOUT_S = 5.0
+
+
+class JobsError(Exception):
+    """A user-fixable problem (bad address, no token, unknown job id): one line, exit 2."""
+
+
+def project_root() -> Path:
+    """The source tree shipped as working_dir: the checkout that holds this file."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "modresnet" / "cli.py").exists() and (root / "pyproject.toml").exists():
+        return root
+    cwd = Path.cwd()
+    if (cwd / "modresnet" / "cli.py").exists():
+        return cwd
+    raise JobsError("jobs submit ships the modresnet source tree as the job's working_dir; run it "
+                    "from a source checkout (pip install -e .)")
+
+
+# ------------------------------------------------------------------------------------------
+# address, token, client
+
+
+def resolve_address(address: str | None) -> str:
+    address = (address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+               or "").strip()
+    if not address:
+        state = local_cluster.load_state()
+        if state is None:
+            raise JobsError("no cluster address: pass --address http://HEAD:8265, set RAY_ADDRESS, "
+                            "or start a local cluster with `modresnet cluster up`")
+        address = state.jobs_address
+    if address in ("auto", "local") or address.startswith("ray://"):
+        raise JobsError(f"address {address!r} is not a Jobs API address; use the dashboard's "
+                        f"http://HOST:PORT (port 8265 by default)")
+    if "://" not in address:
+        address = f"http://{address}"
+    if not re.match(r"^https?://[^/:\s]+(:\d+)?/?$", address):
+        raise JobsError(f"address {address!r}: expected http(s)://HOST[:PORT], e.g. "
+                        f"http://127.0.0.1:8265")
+    return address.rstrip("/")
+
+
+def resolve_token(address: str) -> str | None:
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        try:
+            return Path(path).expanduser().read_text().strip() or None
+        except OSError as err:
+            raise JobsError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read ({err.strerror})") from None
+    state = local_cluster.load_state()
+    if state is not None and address == state.jobs_address:
+        return local_cluster.read_token()
+    return None
+
+
+def _check(address: str, token: str | None) -> None:
+    """Reach the Jobs API within seconds and turn every failure into one clear line."""
+    req = urllib.request.Request(f"{address}/api/version",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=CONNECT_TIMEOUT_S) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as err:
+        if err.code == 401:
+            raise JobsError(f"{address}: the cluster requires a token (401); set RAY_AUTH_TOKEN or "
+                            f"RAY_AUTH_TOKEN_PATH") from None
+        if err.code == 403:
+            raise JobsError(f"{address}: the cluster rejected the token (403); check "
+                            f"RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH") from None
+        raise JobsError(f"{address}: not a Ray Jobs API (HTTP {err.code} for /api/version)") from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise JobsError(f"cannot reach the Ray Jobs API at {address}: {reason}. Is the cluster up "
+                        f"(`modresnet cluster status`) and is this the dashboard port?") from None
+    if b"ray_version" not in body:
+        raise JobsError(f"{address}: not a Ray Jobs API (unexpected answer to /api/version)")
+
+
+@contextmanager
+def _no_address_env() -> Iterator[None]:
+    """JobSubmissionClient lets RAY_ADDRESS/RAY_API_SERVER_ADDRESS override its address
+    argument; ours is already resolved, so hide them while the client is built."""
+    saved = {k: os.environ.pop(k) for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
+             if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def client(address: str | None = None):
+    address = resolve_address(address)
+    token = resolve_token(address)
+    _check(address, token)
+    from ray.job_submission import JobSubmissionClient
+
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    with _no_address_env():
+        return JobSubmissionClient(address, headers=headers)
+
+
+def _job_call(fn, job_id: str, address: str):
+    try:
+        return fn(job_id)
+    except RuntimeError as err:
+        if "404" in str(err) or "does not exist" in str(err):
+            raise JobsError(f"no job {job_id!r} on {address}; see `modresnet jobs list`") from None
+        raise
+
+
+# ------------------------------------------------------------------------------------------
+# submit
+
+
+def job_env() -> dict[str, str]:
+    env = {}
+    for name, value in os.environ.items():
+        if name in FORWARD_VARS or name.startswith(FORWARD_PREFIXES):
+            if SECRET_NAME.search(name):
+                print(f"note: not forwarding {name} (secrets must not go into the job's "
+                      f"runtime_env); set it on the cluster nodes instead", file=sys.stderr)
+                continue
+            env[name] = value
+    return env
+
+
+def parse_env(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            raise JobsError(f"--env {item!r}: expected NAME=VALUE")
+        if SECRET_NAME.search(key):
+            raise JobsError(f"--env {key}: refusing to put a secret into the job's runtime_env "
+                            f"(it is readable through the Jobs API); set it on the cluster nodes")
+        out[key] = value
+    return out
+
+
+def entrypoint(command: str, args: list[str]) -> str:
+    return shlex.join(["python", "-m", "modresnet.cli", command, *args])
+
+
+def submit(command: str, args: list[str], address: str | None = None,
+           submission_id: str | None = None, env: dict[str, str] | None = None,
+           entrypoint_num_cpus: float | None = None) -> str:
+    if command not in COMMANDS:
+        raise JobsError(f"unknown command {command!r}: choose one of {', '.join(COMMANDS)}")
+    if submission_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+                                                   submission_id):
+        raise JobsError(f"--submission-id {submission_id!r}: use letters, digits, '.', '_', '-'")
+    c = client(address)
+    env_vars = {**job_env(), **(env or {})}
+    runtime_env = {"working_dir": str(project_root()), "env_vars": env_vars}
+    kwargs = {}
+    if entrypoint_num_cpus is not None:
+        kwargs["entrypoint_num_cpus"] = entrypoint_num_cpus
+    try:
+        return c.submit_job(entrypoint=entrypoint(command, args), submission_id=submission_id,
+                            runtime_env=runtime_env,
+                            metadata={"modresnet.command": command, "modresnet.client": "cli"},
+                            **kwargs)
+    except RuntimeError as err:
+        text = str(err)
+        if "already exists" in text:
+            raise JobsError(f"--submission-id {submission_id!r} is already used on this cluster") from None
+        if "413" in text:
+            raise JobsError("the working_dir package is too large for the Jobs API (100 MiB); "
+                            "check .rayignore") from None
+        raise
+
+
+# ------------------------------------------------------------------------------------------
+# list / status / logs / stop
+
+
+def list_jobs(address: str | None = None) -> list:
+    return sorted(client(address).list_jobs(), key=lambda j: j.start_time or 0)
+
+
+def job_info(job_id: str, address: str | None = None):
+    c = client(address)
+    return _job_call(c.get_job_info, job_id, resolve_address(address))
+
+
+def logs(job_id: str, address: str | None = None, follow: bool = False, out=sys.stdout) -> str:
+    """Print the job's logs (following them until the job ends); returns its final status."""
+    addr = resolve_address(address)
+    c = client(addr)
+    status = str(_job_call(c.get_job_status, job_id, addr))
+    if not follow:
+        out.write(c.get_job_logs(job_id))
+        out.flush()
+        return status
+
+    async def tail() -> None:
+        async for chunk in c.tail_job_logs(job_id):
+            out.write(chunk)
+            out.flush()
+
+    asyncio.run(tail())
+    deadline = time.monotonic() + 30
+    while True:  # the log stream closes when the job ends; its status may lag a little
+        status = str(c.get_job_status(job_id))
+        if status in TERMINAL or time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)
+
+
+def stop(job_id: str, address: str | None = None, wait_s: float = 60) -> str:
+    """Stop a job and wait until it has stopped; returns its final status."""
+    addr = resolve_address(address)
+    c = client(addr)
+    _job_call(c.stop_job, job_id, addr)
+    deadline = time.monotonic() + wait_s
+    while True:
+        status = str(c.get_job_status(job_id))
+        if status in TERMINAL or time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)
+
+
+def status_str(status) -> str:
+    return str(getattr(status, "value", status))

@@ -222,12 +222,15 @@ def _train_on_ray(cfg: configs.Config, run_path: Path, resume: bool, **options: 
     """The Ray Train path (jobs/train.py); Ray is imported only there."""
     import time
 
-    from jobs.train import RayOptions, train_ray
+    from jobs.train import RayOptions, RayTrainSetupError, train_ray
 
     start = time.perf_counter()
-    result = train_ray(cfg, run_path, RayOptions(**options), resume=resume,
-                       on_epoch_done=lambda record: console.print(epoch_line(record, cfg.train.epochs)),
-                       info=lambda line: console.print(f"[dim]{line}[/]"))
+    try:
+        result = train_ray(cfg, run_path, RayOptions(**options), resume=resume,
+                           on_epoch_done=lambda record: console.print(epoch_line(record, cfg.train.epochs)),
+                           info=lambda line: console.print(f"[dim]{line}[/]"))
+    except RayTrainSetupError as err:  # also under `python -m modresnet.cli` (a second module)
+        raise UserError(str(err)) from None
     test = result.test
     console.print(f"[bold green]test accuracy {100 * test['test_acc']:.2f}%[/] on {test['n']:,} "
                   f"test images (best epoch {test['epoch']}, validation "
@@ -306,80 +309,12 @@ def predict(
                                                        for r in rs]} for p, rs in zip(images, results)], indent=2))
         return
     table = Table()
-    table.add_column("image")
+    table.add_column("image", overflow="fold")
     for i in range(len(results[0])):
         table.add_column(f"#{i + 1}")
     for path, rs in zip(images, results):
         table.add_row(str(path), *[f"{r.label} {100 * r.probability:.1f}%" for r in rs])
     console.print(table)
-
-
-def _predict_url(images: list[Path], url: str, top_k: int, as_json: bool) -> None:
-    from serve.client import ClientError, predict_paths
-
-    try:
-        results = predict_paths(url, images, top_k)
-    except ClientError as err:
-        raise UserError(str(err)) from None
-    if as_json:
-        print(json.dumps([{"image": str(p), "top_k": r["top_k"]} for p, r in zip(images, results)],
-                         indent=2))
-        return
-    table = Table()
-    table.add_column("image")
-    for i in range(len(results[0]["top_k"])):
-        table.add_column(f"#{i + 1}")
-    for path, r in zip(images, results):
-        table.add_row(str(path), *[f"{x['label']} {100 * x['probability']:.1f}%" for x in r["top_k"]])
-    console.print(table)
-
-
-@app.command("serve")
-@user_errors
-def serve_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="Run directory or checkpoint folder to serve.")],
-    host: Annotated[str, typer.Option(help="Interface for the HTTP proxy (0.0.0.0: every interface).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
-    backend: Annotated[str, typer.Option(help="onnx (exported at deploy time; the faster on CPU here) | torch")] = "onnx",
-    min_replicas: Annotated[int, typer.Option(help="Autoscaling lower bound.")] = 1,
-    max_replicas: Annotated[int, typer.Option(help="Autoscaling upper bound.")] = 2,
-    target_ongoing_requests: Annotated[float, typer.Option(help="Autoscaling target of in-flight requests per replica.")] = 8,
-    max_batch_size: Annotated[int, typer.Option(help="Dynamic batching: most images per forward pass.")] = 16,
-    batch_wait_ms: Annotated[float, typer.Option(help="Dynamic batching: longest wait to fill a batch.")] = 10,
-    max_ongoing_requests: Annotated[int, typer.Option(help="Requests one replica works on at once.")] = 32,
-    max_queued_requests: Annotated[int, typer.Option(help="Queued requests before 429 (-1: unbounded).")] = 128,
-    max_body_mb: Annotated[float, typer.Option(help="Largest request body; larger gets 413.")] = 10,
-    replica_cpus: Annotated[float, typer.Option(help="Logical CPUs each replica reserves.")] = 1.0,
-    threads: Annotated[int, typer.Option(help="Inference threads per replica.")] = 1,
-    address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster (e.g. auto) instead of starting one; a running app is updated in place and the command returns.")] = None,
-    api_key_env: Annotated[str, typer.Option(help="Env var the replicas read the API key from (unset: no auth).")] = "MODRESNET_API_KEY",
-) -> None:
-    """Serve a checkpoint over HTTP with Ray Serve (FastAPI, batching, autoscaling).
-
-    Run it again with another checkpoint and --address auto to roll replicas over with no
-    downtime."""
-    from pydantic import ValidationError
-
-    from modresnet.checkpoint import resolve
-
-    resolve(checkpoint)  # a CheckpointError here is a one-line user error
-    try:
-        from serve.app import ServeArgs
-
-        args = ServeArgs(checkpoint=str(checkpoint), backend=backend, threads=threads,
-                         replica_cpus=replica_cpus, min_replicas=min_replicas,
-                         max_replicas=max_replicas, target_ongoing_requests=target_ongoing_requests,
-                         max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_ms / 1000,
-                         max_ongoing_requests=max_ongoing_requests,
-                         max_queued_requests=max_queued_requests,
-                         max_body_bytes=int(max_body_mb * 1024 * 1024), api_key_env=api_key_env)
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
-    from serve.launch import serve_app
-
-    serve_app(args, host=host, port=port, address=address,
-              info=lambda line: console.print(line, highlight=False))
 
 
 @app.command()

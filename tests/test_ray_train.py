@@ -1,0 +1,380 @@
+"""Ray Train V2 path end to end, on real Ray and real CIFAR-10 subsets; no mocks.
+
+Ordering matters for runtime on 2 cores: the tests that start their own Ray (CLI
+subprocesses, the DDP check without Ray) run first, then the tests that share one
+module-scoped embedded Ray, then the 2-node `ray.cluster_utils.Cluster` test, which needs
+the shared Ray shut down first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from modresnet import config as configs
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "modresnet.cli"]
+TINY = ["--preset", "debug", "--subset", "300", "--set", "data.val_subset=100",
+        "--set", "data.test_subset=100", "--no-wandb"]
+
+
+def tiny_config(data_dir, epochs: int = 2, **extra) -> configs.Config:
+    overrides = {"data.data_dir": str(data_dir), "data.subset": 300, "data.val_subset": 100,
+                 "data.test_subset": 100, "train.epochs": epochs, **extra}
+    return configs.resolve("debug", overrides=overrides)
+
+
+def env(**extra) -> dict:
+    out = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_MODE",
+                                                             "WANDB_API_KEY")}
+    out.update(extra)
+    return out
+
+
+# --------------------------------------------------------------- process helpers (/proc)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid in _all_pids():
+        parent = _ppid(pid)
+        if parent is not None:
+            children.setdefault(parent, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def train_workers_under(raylet_pid: int) -> list[int]:
+    return [p for p in descendants(raylet_pid) if "RayTrainWorker" in _cmdline(p)]
+
+
+def raylet_pids(node) -> list[int]:
+    return [info.process.pid for info in node.all_processes.get("raylet", [])]
+
+
+def kill_ray_session_of(driver_pid: int) -> None:
+    """Processes of the embedded Ray a killed CLI driver started (session_<date>_<pid>)."""
+    tag = f"_{driver_pid}"
+    for pid in _all_pids():
+        cmd = _cmdline(pid)
+        if "session_" in cmd and any(part.startswith("session_") and part.endswith(tag)
+                                     for part in cmd.replace("/", " ").replace("=", " ").split()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def epochs_of(run: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_run_dir(run: Path, epochs: int) -> None:
+    for name in ("config.yaml", "metrics.jsonl", "test.json", "curves.png", "confusion.png",
+                 "best/model.safetensors", "best/model.json", "last/model.safetensors",
+                 "last/train_state.json", "ray/checkpoint_manager_snapshot.json"):
+        assert (run / name).exists(), name
+    assert epochs_of(run) == list(range(1, epochs + 1))
+    from modresnet.checkpoint import load_model
+
+    loaded = load_model(run)  # evaluate/predict/serve read a Ray run like a local one
+    assert loaded.meta["metrics"]["test_acc"] == json.loads((run / "test.json").read_text())["test_acc"]
+
+
+# ------------------------------------------------------------------ (g) fast user errors
+
+
+def test_unreachable_address_fails_fast(tmp_path):
+    start = time.perf_counter()
+    proc = subprocess.run([*CLI, "train", *TINY, "--storage", str(tmp_path),
+                           "--address", f"127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, env=env(), cwd=REPO, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "no Ray cluster reachable" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert time.perf_counter() - start < 30
+
+
+def test_unwritable_storage_fails_fast(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = subprocess.run([*CLI, "train", *TINY, "--storage", str(blocker / "runs")],
+                          capture_output=True, text=True, env=env(), cwd=REPO, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--storage: cannot write" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# ------------------------------------------------------------------ (b) DDP == big batch
+
+
+class _EvalBatchNorm(torch.nn.BatchNorm2d):
+    """BatchNorm that always normalises with its running statistics (never updated)."""
+
+    def train(self, mode: bool = True):
+        super().train(False)
+        return self
+
+
+def _freeze_bn(model: torch.nn.Module) -> torch.nn.Module:
+    for name, child in list(model.named_children()):
+        if isinstance(child, torch.nn.BatchNorm2d):
+            bn = _EvalBatchNorm(child.num_features)
+            bn.load_state_dict(child.state_dict())
+            setattr(model, name, bn)
+        else:
+            _freeze_bn(child)
+    return model
+
+
+def _ddp_config(data_dir, batch: int) -> configs.Config:
+    aug_off = {f"augment.{k}": 0 for k in ("crop_padding", "flip", "brightness", "contrast",
+                                          "saturation", "hue", "rotation", "translate", "cutout")}
+    return configs.resolve("debug", overrides={
+        "data.data_dir": str(data_dir), "train.batch_size": batch, "train.lr_scaling": "none",
+        "optim.name": "sgd", "optim.lr": 0.05, "optim.weight_decay": 0.0,
+        "schedule.name": "constant", "train.channels_last": False, **aug_off})
+
+
+def _train_one_epoch(rank: int, world: int, port: int, data_dir: str, batch: int, x, y, out):
+    import torch.distributed as dist
+
+    from modresnet import engine
+    from modresnet.data import Split
+    from modresnet.model import build_model
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world)
+    config = _ddp_config(data_dir, batch)
+    torch.manual_seed(0)
+    model = _freeze_bn(build_model(config.model))
+    wrap = (lambda m: torch.nn.parallel.DistributedDataParallel(m)) if world > 1 else (lambda m: m)
+    state = engine.build_state(config, model, len(y), wrap=wrap)
+    metrics = engine.train_one_epoch(state, Split(x, y), config, torch.device("cpu"))
+    if rank == 0:
+        torch.save({"weights": {k: v.clone() for k, v in engine.unwrap(state.model).state_dict().items()},
+                    "loss": metrics["train_loss"], "images": metrics["train_images"]}, out)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_workers_match_one_worker_at_double_batch(tmp_path, small_cifar, data_dir):
+    """2 workers at batch B take the same optimizer steps as 1 worker at batch 2B.
+
+    Each rank's step-s batch is the even/odd half of the same 2B-slice of the shared epoch
+    permutation, and DDP averages the two equal-size mean gradients, so the update equals the
+    2B mean gradient. BatchNorm is the one place the two differ in train mode (each rank
+    normalises with its own B-sample batch statistics, and DDP broadcasts rank 0's buffers),
+    so the check swaps every BatchNorm for one that normalises with its (fixed) running
+    statistics: then every weight must agree up to float32 all-reduce order. Augmentation
+    is off and lr_scaling is none (same lr). Tolerance: atol 1e-5 + rtol 1e-4 per weight.
+    """
+    import torch.multiprocessing as mp
+
+    x, y = small_cifar.train.x[:256], small_cifar.train.y[:256]
+    port, batch = free_port(), 32
+    two, one = tmp_path / "two.pt", tmp_path / "one.pt"
+    mp.spawn(_train_one_epoch, args=(2, port, str(data_dir), batch, x, y, str(two)), nprocs=2)
+    _train_one_epoch(0, 1, port, str(data_dir), 2 * batch, x, y, str(one))
+    a, b = torch.load(two), torch.load(one)
+    assert a["images"] == b["images"] == 256
+    assert abs(a["loss"] - b["loss"]) < 1e-4
+    compared = 0
+    for name, wa in a["weights"].items():
+        if wa.is_floating_point() and ("conv" in name or "linear" in name or "shortcut.0" in name):
+            torch.testing.assert_close(wa, b["weights"][name], atol=1e-5, rtol=1e-4, msg=name)
+            compared += 1
+    assert compared >= 5
+    first = next(k for k in a["weights"] if "conv" in k)
+    torch.manual_seed(0)
+    from modresnet.model import build_model
+    init = build_model(_ddp_config(data_dir, batch).model).state_dict()[first]
+    assert not torch.allclose(init, a["weights"][first])  # training did move the weights
+
+
+# --------------------------------------- (d) + (f) driver SIGKILL, rerun resumes, W&B offline
+
+
+def test_driver_killed_then_same_command_resumes_with_same_wandb_run(tmp_path):
+    epochs = 4
+    cmd = [*CLI, "train", *[a for a in TINY if a != "--no-wandb"], "--subset", "600",
+           "--epochs", str(epochs), "--workers", "2", "--storage", str(tmp_path),
+           "--name", "resume-me", "--max-failures", "0"]
+    wandb_env = env(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_PROJECT="modresnet-tests")
+    run = tmp_path / "resume-me"
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=wandb_env, cwd=REPO, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        snapshot_file = run / "ray" / "checkpoint_manager_snapshot.json"
+        while time.time() < deadline and not snapshot_file.exists():
+            assert first.poll() is None, first.stdout.read()[-3000:]
+            time.sleep(0.1)
+        assert snapshot_file.exists(), "no checkpoint within 240 s"
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGKILL)
+        kill_ray_session_of(first.pid)
+    first_out = first.stdout.read()
+    assert not (run / "test.json").exists(), "the first run finished before the kill"
+    snapshot = json.loads((run / "ray" / "checkpoint_manager_snapshot.json").read_text())
+    assert snapshot  # Ray recorded at least one checkpoint before the driver died
+
+    second = subprocess.run(cmd, capture_output=True, text=True, env=wandb_env, cwd=REPO,
+                            timeout=300)
+    assert second.returncode == 0, (first_out[-2000:], second.stdout[-3000:], second.stderr[-3000:])
+    lines = [ln for ln in second.stdout.splitlines() if ln.startswith("epoch ")]
+    resumed_from = int(lines[0].split()[1].split("/")[0])
+    assert resumed_from > 1, second.stdout  # resumed at the next epoch, not from scratch
+    assert "resuming the unfinished Ray run" in second.stdout
+    assert_run_dir(run, epochs)
+
+    # W&B offline: every run directory under <run>/wandb has the run id = the run name.
+    runs = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(runs) >= 3, runs  # first worker run, resumed worker run, driver's final log
+    assert all(p.name.endswith("-resume-me") for p in runs), runs
+    # wandb 0.31 offline keeps history only in the binary run-<id>.wandb record log, where
+    # metric keys appear verbatim: a resumed worker run logged epochs, the driver the test.
+    records = [(p / "run-resume-me.wandb").read_bytes() for p in runs]
+    assert any(b"val_acc" in r and b"train_loss" in r for r in records[1:])
+    assert b"test_acc" in records[-1]
+    assert list((runs[-1] / "files" / "media" / "images").glob("curves_*.png"))
+
+
+# ------------------------------------------------------------ shared embedded Ray (a, c, g)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             object_store_memory=200 * 1024**2, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def test_two_workers_complete_run_directory(ray_local, tmp_path, data_dir):
+    from jobs.train import RayOptions, train_ray
+
+    seen = []
+    result = train_ray(tiny_config(data_dir, epochs=2), tmp_path / "two", RayOptions(workers=2),
+                       on_epoch_done=seen.append, info=lambda _: None)
+    assert [r["epoch"] for r in seen] == [1, 2]  # the driver got one line per epoch
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert_run_dir(tmp_path / "two", 2)
+    assert ray_local.is_initialized()  # a Ray it did not start is left running
+
+
+def test_killed_worker_is_replaced_and_every_epoch_recorded_once(ray_local, tmp_path, data_dir):
+    from jobs.train import RayOptions, train_ray
+
+    epochs, raylet = 5, raylet_pids(ray_local._private.worker._global_node)[0]
+    killed: list[int] = []
+
+    def on_epoch(record: dict) -> None:
+        if not killed:  # first epoch reported and checkpointed: kill -9 one worker mid-run
+            victims = train_workers_under(raylet)
+            assert len(victims) == 2, victims
+            os.kill(victims[-1], signal.SIGKILL)
+            killed.append(record["epoch"])
+
+    result = train_ray(tiny_config(data_dir, epochs=epochs, **{"data.subset": 600}),
+                       tmp_path / "kill", RayOptions(workers=2, max_failures=3),
+                       on_epoch_done=on_epoch, info=lambda _: None)
+    assert killed and killed[0] < epochs
+    assert [r["epoch"] for r in result.history] == list(range(1, epochs + 1))
+    assert_run_dir(tmp_path / "kill", epochs)
+
+
+def test_more_workers_than_cpus_is_a_user_error(ray_local, tmp_path):
+    from typer.testing import CliRunner
+
+    from modresnet.cli import app
+
+    start = time.perf_counter()
+    res = CliRunner().invoke(app, ["train", *TINY, "--workers", "3", "--storage", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert "needs 3 CPUs but the Ray cluster has 2" in res.output
+    assert time.perf_counter() - start < 30
+    assert ray_local.is_initialized()
+
+
+# --------------------------------------------------------------------- (e) two-node cluster
+
+
+def test_workers_spread_over_two_nodes(tmp_path, data_dir):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from jobs.train import RayOptions, train_ray
+
+    ray.shutdown()  # the module's single-node Ray, if it is up
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        placement: dict[int, int] = {}
+
+        def on_epoch(record: dict) -> None:
+            if not placement:
+                for i, node in enumerate(nodes):
+                    placement[i] = len(train_workers_under(raylet_pids(node)[0]))
+
+        train_ray(tiny_config(data_dir, epochs=1), tmp_path / "spread", RayOptions(workers=2),
+                  on_epoch_done=on_epoch, info=lambda _: None)
+        assert placement == {0: 1, 1: 1}  # one worker on each 1-CPU node
+        assert_run_dir(tmp_path / "spread", 1)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -23,6 +23,7 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/modresnet train --local --preset demo --storage runs
+	$(BIN)/modresnet tune --preset demo --subset 500 --set data.val_subset=200 --samples 4 --max-epochs 2 --concurrent 2 --storage runs --name tune-demo-$$(date +%Y%m%d-%H%M%S)
 
 test: install
 	$(BIN)/python -m pytest tests

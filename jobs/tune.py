@@ -529,6 +529,7 @@ def run_search(job: dict, options: TuneOptions, resume: bool = False,
 
     from ray import tune
 
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     callbacks = _wandb_callbacks(options, job["name"], info)
     started = _connect(options.address)
     try:
@@ -660,9 +661,10 @@ def leaderboard_table(rows: list[TrialRow], job: dict, limit: int = 20):
     keys = sorted({k for r in rows for k in r.values if k in _varied(rows)})
     table = Table(title=f"ASHA leaderboard ({len(rows)} trials, metric {job['metric']})")
     table.add_column("#", justify="right")
-    table.add_column("trial")
-    for k in keys:
-        table.add_column(k.split(".", 1)[1])
+    table.add_column("trial", no_wrap=True)
+    short = [k.split(".", 1)[1] for k in keys]
+    for k, s in zip(keys, short):
+        table.add_column(s if short.count(s) == 1 else k)
     table.add_column("best val acc", justify="right")
     table.add_column("epochs", justify="right")
     table.add_column("stopped early")

@@ -1,0 +1,236 @@
+"""`modresnet tune`: a real ASHA search on Ray over real CIFAR-10 subsets with the debug model.
+
+The searches run the CLI in a subprocess (as a user would), so one can be killed mid-way and
+resumed. The space varies the learning rate over orders of magnitude: the tiny lrs stay at
+chance and ASHA (grace 1, reduction factor 2) stops them, the good ones run to the max.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from modresnet import config as configs
+from modresnet.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = """\
+optim.name: adam
+optim.lr: {choice: [1.0e-5, 2.0e-5, 1.0e-3, 3.0e-3]}
+schedule.name: constant
+augment.flip: {choice: [0.0, 0.5]}
+"""
+COMMON = ["--preset", "debug", "--subset", "600", "--set", "data.val_subset=300",
+          "--set", "data.test_subset=200", "--set", "train.batch_size=32",
+          "--max-epochs", "3", "--grace-period", "1", "--reduction-factor", "2",
+          "--concurrent", "2", "--cpus-per-trial", "1"]
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", RAY_AUTH_MODE="disabled",
+               RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _tune_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "modresnet.cli", "tune", *args]
+
+
+def _leaderboard(exp: Path) -> list[dict]:
+    with (exp / "leaderboard.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _trial_dirs(exp: Path) -> dict[str, Path]:
+    out = {}
+    for d in exp.glob("run_trial_*"):
+        params = d / "params.json"
+        if d.is_dir():
+            out["_".join(d.name.split("_")[2:4])] = d
+    return out
+
+
+def _results(trial_dir: Path) -> list[dict]:
+    path = trial_dir / "result.json"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- no Ray
+
+
+BAD_SPACES = [
+    ("optim.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}\n", "optim.learning_rate: unknown key"),
+    ("optim.lr: {gaussian: [0.0, 1.0]}\n", "unknown distribution 'gaussian'"),
+    ("optim.lr: {loguniform: [0.1, 0.01]}\n", "low < high"),
+    ("optim.lr: {loguniform: [0.0, 0.01]}\n", "low > 0"),
+    ("optim.lr: {uniform: [0.001]}\n", "uniform needs 2 values"),
+    ("augment.flip: {uniform: [0.0, 1.5]}\n", "augment.flip"),
+    ("optim.name: {choice: [adam, rmsprop]}\n", "optim.name"),
+    ("train.epochs: {choice: [1, 2]}\n", "train.epochs: not tunable"),
+    ("data.subset: {choice: [100, 200]}\n", "data.* is not tunable"),
+    ("optim.lr: [\n", "not valid YAML"),
+    ("- optim.lr\n", "expected a mapping"),
+]
+
+
+@pytest.mark.parametrize("text,fragment", BAD_SPACES, ids=[f[1][:24] for f in BAD_SPACES])
+def test_invalid_space_exits_2_naming_the_field(tmp_path, text, fragment):
+    space = tmp_path / "space.yaml"
+    space.write_text(text)
+    result = CliRunner().invoke(app, ["tune", "--preset", "debug", "--space", str(space),
+                                      "--storage", str(tmp_path / "runs"), "--samples", "2"])
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "error:" in output and fragment in output, output
+    assert "Traceback" not in output
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_default_space_is_valid_and_holds_the_paper_point():
+    from jobs import tune as tuning
+
+    base = configs.resolve("debug")
+    space = tuning.load_space(tuning.DEFAULT_SPACE, base)
+    for family in ("augment.cutout", "augment.rotation", "optim.name", "optim.lr",
+                   "optim.betas", "optim.nesterov", "train.batch_size", "schedule.name",
+                   "train.label_smoothing"):
+        assert family in space.tuned_keys()
+    point = space.point(configs.paper())
+    paper = tuning.trial_config(base, point)
+    assert paper.optim.name == "adam" and paper.optim.lr == 1e-3
+    assert paper.schedule.name == "plateau" and paper.augment.rotation == 20.0
+    # sgd-only fields never reach adam, betas never reach sgd
+    sgd = tuning.overrides_for({"optim": {"name": "sgd", "nesterov": True, "betas": [0.9, 0.99]}}, base)
+    assert "optim.betas" not in sgd and sgd["optim.nesterov"] is True
+    adam = tuning.overrides_for({"optim": {"name": "adam", "nesterov": True}}, base)
+    assert "optim.nesterov" not in adam
+
+
+# --------------------------------------------------------------------------- real Ray
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tune")
+    (root / "space.yaml").write_text(SPACE)
+    proc = subprocess.run(
+        _tune_cmd(*COMMON, "--space", str(root / "space.yaml"), "--samples", "6",
+                  "--include-paper", "--storage", str(root / "runs"), "--name", "asha"),
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
+    (root / "log.txt").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "Traceback" not in proc.stdout
+    return root / "runs" / "asha"
+
+
+@pytest.mark.ray
+def test_asha_stops_weak_trials_and_best_runs_to_the_max(search):
+    rows = _leaderboard(search)
+    assert len(rows) == 6
+    assert any(r["stopped_early"] == "True" for r in rows), rows
+    best = rows[0]
+    assert best["epochs"] == "3" and best["stopped_early"] == "False", rows
+    assert all(int(r["epochs"]) >= 1 for r in rows)
+    # the paper point ran first: adam at 1e-3 with the plateau schedule
+    assert any(r["schedule.name"] == "plateau" and float(r["optim.lr"]) == 1e-3 for r in rows)
+    summary = json.loads((search / "summary.json").read_text())
+    assert summary["stopped_early"] >= 1 and summary["trials"] == 6
+    assert summary["epochs_trained"] < 6 * 3  # ASHA saved compute
+    assert (search / "trials.png").stat().st_size > 10_000
+    # the best config is a full config `train --config` accepts
+    cfg = configs.resolve("paper", search / "best_config.yaml")
+    assert cfg.model.widths == (8, 16, 32) and cfg.train.epochs == 3
+
+
+@pytest.mark.ray
+def test_every_trial_has_offline_wandb_files_with_its_metrics(search):
+    trials = _trial_dirs(search)
+    assert len(trials) == 6
+    for trial_id, d in trials.items():
+        runs = list(d.glob(f"wandb/offline-run-*-{trial_id}/run-{trial_id}.wandb"))
+        assert len(runs) == 1, (trial_id, list(d.glob("wandb/*")))
+        data = runs[0].read_bytes()
+        assert b"val_acc" in data and b"train_loss" in data, trial_id
+        # Ray's own CSV/TensorBoard results stay
+        assert (d / "progress.csv").exists() and list(d.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.ray
+def test_exported_best_model_evaluates_and_predicts(search, tmp_path, small_cifar):
+    from PIL import Image
+
+    run = search / "best-run"
+    for name in ("config.yaml", "metrics.jsonl", "best/model.safetensors", "last/train_state.json",
+                 "test.json", "curves.png", "confusion.png"):
+        assert (run / name).exists(), name
+    test = json.loads((run / "test.json").read_text())
+    meta = json.loads((run / "best" / "model.json").read_text())
+    assert meta["metrics"]["test_acc"] == test["test_acc"] and test["n"] == 200
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", str(run), "--subset", "100"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["n"] == 100
+    image = tmp_path / "cat.png"
+    Image.fromarray(small_cifar.test.x[0].permute(1, 2, 0).numpy()).save(image)
+    result = runner.invoke(app, ["predict", str(image), "--checkpoint", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.output)[0]["top_k"]) == 3
+
+
+@pytest.mark.ray
+def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    storage, name = tmp_path / "runs", "killed"
+    exp = storage / name
+    log = (tmp_path / "first.txt").open("w")
+    proc = subprocess.Popen(
+        _tune_cmd(*COMMON, "--space", str(tmp_path / "space.yaml"), "--samples", "4",
+                  "--search-seed", "3", "--storage", str(storage), "--name", name, "--no-wandb"),
+        cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    finished: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = {t: len(r) for t, d in _trial_dirs(exp).items()
+                    if (r := _results(d)) and r[-1].get("epoch") == 3}
+            if done:
+                time.sleep(1.0)  # let the experiment state record it
+                finished = {t: len(_results(d)) for t, d in _trial_dirs(exp).items()
+                            if (r := _results(d)) and r[-1].get("epoch") == 3}
+                break
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        proc.wait(timeout=60)
+        log.close()
+    assert finished, (tmp_path / "first.txt").read_text()[-3000:]
+    assert not (exp / "leaderboard.csv").exists()  # it really died mid-search
+
+    resumed = subprocess.run(
+        _tune_cmd("--resume", name, "--storage", str(storage), "--no-wandb"),
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    rows = _leaderboard(exp)
+    assert len(rows) == 4
+    trials = _trial_dirs(exp)
+    for trial_id, count in finished.items():  # finished trials were not run again
+        assert len(_results(trials[trial_id])) == count, trial_id
+    for row in rows:  # every trial's history holds each of its epochs exactly once
+        epochs = [json.loads(line)["epoch"] for line in
+                  (exp / "best-run" / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == list(range(1, len(epochs) + 1))
+        assert row["status"] == "TERMINATED"
+    assert (exp / "best-run" / "test.json").exists()

@@ -1,0 +1,341 @@
+"""A real local Ray cluster (head + 2 worker raylets on loopback, token auth on) driven only
+through the `modresnet` CLI: submit, follow, stop, authenticate, tear down. No mocks.
+
+One module-scoped cluster (about 30 s to start on 2 cores); MODRESNET_HOME is a temp dir so it
+never touches a developer's cluster. The tests run in file order; the last one takes it down."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CLIENT_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "modresnet.cli", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def http(url: str, token: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------
+# the upload: .rayignore keeps the working_dir package small (no cluster needed)
+
+
+def test_rayignore_keeps_the_package_small(tmp_path):
+    from ray._private.runtime_env.packaging import _get_ignore_file, create_package
+
+    ignored = _get_ignore_file(REPO, ".rayignore")
+    assert ignored is not None, ".rayignore missing at the repo root"
+    for path in (".git/HEAD", ".venv/bin/python", "data/cifar-10-batches-py/data_batch_1",
+                 "runs/demo/best/model.safetensors", "checkpoints/x.pt", "wandb/run-1/files",
+                 "model.onnx", "modresnet-runs/a/metrics.jsonl"):
+        assert ignored(REPO / path), f"{path} would be uploaded"
+    for path in ("modresnet/cli.py", "jobs/submit.py", "serve/app.py", "pyproject.toml"):
+        assert not ignored(REPO / path), f"{path} would be left out"
+    # .rayignore alone (without .gitignore) must keep it small
+    pkg = tmp_path / "pkg.zip"
+    create_package(str(REPO), pkg, include_gitignore=False)
+    size = pkg.stat().st_size
+    assert size < 10 * 1024**2, f"working_dir package is {size / 1024**2:.1f} MiB"
+    names = zipfile.ZipFile(pkg).namelist()
+    assert any(n.endswith("modresnet/cli.py") for n in names)
+    assert not [n for n in names if re.search(r"(^|/)(\.git|\.venv|runs|data|wandb)/", n)]
+
+
+# ------------------------------------------------------------------------------------------
+# cloud configs: cluster launcher YAMLs against Ray's own schema, KubeRay manifests' structure
+
+
+def _yaml(name: str):
+    import yaml
+
+    return yaml.safe_load((REPO / "cluster" / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_launcher_configs_match_rays_schema_and_are_locked_down(name):
+    import jsonschema
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    cfg = _yaml(name)
+    jsonschema.validate(cfg, schema)
+    types = cfg["available_node_types"]
+    assert types[cfg["head_node_type"]]["resources"] == {"CPU": 0}
+    workers = [t for n, t in types.items() if n != cfg["head_node_type"]]
+    assert any(w["docker"]["worker_image"].endswith("-gpu") for w in workers if "docker" in w)
+    assert cfg["docker"]["image"].endswith("-cpu") and len(workers) >= 2
+    token = "/home/ray/.modresnet/cloud_token"
+    assert token in cfg["file_mounts"]
+    assert any(f"chmod 600 {token}" in c for c in cfg["setup_commands"])
+    for cmds in (cfg["head_start_ray_commands"], cfg["worker_start_ray_commands"]):
+        start = next(c for c in cmds if "ray start" in c)
+        assert "RAY_AUTH_MODE=token" in start and f"RAY_AUTH_TOKEN_PATH={token}" in start
+    head = next(c for c in cfg["head_start_ray_commands"] if "ray start" in c)
+    assert "--dashboard-host=127.0.0.1" in head and "--num-cpus=0" in head
+    assert any("/mnt/modresnet" in c and "mount" in c for c in cfg["initialization_commands"])
+    assert "-v /mnt/modresnet:/mnt/modresnet" in cfg["docker"]["run_options"]
+
+
+def _cluster_specs(doc) -> list[dict]:
+    kind = doc["kind"]
+    if kind == "RayCluster":
+        return [doc["spec"]]
+    if kind == "RayJob":
+        return [doc["spec"]["rayClusterSpec"]]
+    if kind == "RayService":
+        return [doc["spec"]["rayClusterConfig"]]
+    return []
+
+
+@pytest.mark.parametrize("name,kind", [("raycluster.yaml", "RayCluster"),
+                                       ("rayjob-train.yaml", "RayJob"),
+                                       ("rayjob-tune.yaml", "RayJob"),
+                                       ("rayservice.yaml", "RayService")])
+def test_kuberay_manifests(name, kind):
+    doc = _yaml(f"kuberay/{name}")
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == kind
+    for spec in _cluster_specs(doc):
+        assert spec["rayVersion"] == "2.60.0"
+        assert spec["authOptions"] == {"mode": "token"}
+        head = spec["headGroupSpec"]
+        assert head["rayStartParams"]["num-cpus"] == "0"
+        assert head.get("serviceType", "ClusterIP") == "ClusterIP"
+        groups = [head["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+        for g in spec["workerGroupSpecs"]:
+            assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+        for template in groups:
+            for c in template["spec"]["containers"]:
+                assert c["image"].startswith("<registry>/modresnet:")
+                assert {"cpu", "memory"} <= set(c["resources"]["requests"])
+                assert c["resources"]["requests"] == c["resources"]["limits"]
+                assert any(m["mountPath"] == "/mnt/modresnet" for m in c["volumeMounts"])
+                for e in c.get("env", []):  # secrets only by reference
+                    assert "value" not in e or not re.search("KEY|TOKEN|SECRET", e["name"])
+    text = (REPO / "cluster" / "kuberay" / name).read_text()
+    assert not re.search(r"(api_key|token)\s*:\s*[A-Za-z0-9]{16,}", text, re.I)
+    if kind == "RayJob":
+        command = "train" if "train" in name else "tune"
+        assert doc["spec"]["entrypoint"].startswith(f"python -m modresnet.cli {command} ")
+        assert doc["spec"]["shutdownAfterJobFinishes"] is True
+        import yaml
+
+        env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])["env_vars"]
+        assert not [k for k in env if re.search("KEY|TOKEN|SECRET|PASSWORD", k)]
+    if kind == "RayCluster":
+        assert {g["groupName"] for g in doc["spec"]["workerGroupSpecs"]} == {"cpu", "gpu"}
+        gpu = next(g for g in doc["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu")
+        assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    if kind == "RayService":
+        import yaml
+
+        serve_cfg = yaml.safe_load(doc["spec"]["serveConfigV2"])
+        app = serve_cfg["applications"][0]
+        module, _, attr = app["import_path"].partition(":")
+        assert (REPO / module.replace(".", "/")).with_suffix(".py").exists()
+        assert f"def {attr}(" in (REPO / module.replace(".", "/")).with_suffix(".py").read_text()
+        from serve.app import ServeArgs  # the args validate against the real builder's model
+
+        args = ServeArgs.model_validate(app["args"])
+        assert args.api_key_env == "MODRESNET_API_KEY"
+        assert not [k for k in app["args"] if re.search("key$|token|secret|password", k, re.I)]
+
+
+def test_dockerfile_pins_ray_and_bakes_no_secret():
+    text = (REPO / "cluster" / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE=rayproject/ray:2\.60\.0-py311-cpu$", text, re.M)
+    assert "ray[default,train,tune,serve]==2.60.0" in text
+    assert "RAY_AUTH_MODE=token" in text
+    assert not re.search(r"RAY_AUTH_TOKEN=|WANDB_API_KEY=|MODRESNET_API_KEY=", text)
+
+
+# ------------------------------------------------------------------------------------------
+# the cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    home = tmp_path_factory.mktemp("modresnet-home")
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARS}
+    env.update(MODRESNET_HOME=str(home), RAY_AUTH_MODE="disabled", COLUMNS="200")
+    started = time.monotonic()
+    up = cli("cluster", "up", "--workers", "2", "--cpus-per-node", "1", env=env, timeout=360)
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        exports = dict(re.findall(r"^export (\w+)=(.*)$", up.stdout, re.M))
+        state = json.loads((home / "cluster" / "state.json").read_text())
+        token = Path(state["token_path"]).read_text().strip()
+        print(f"cluster up in {time.monotonic() - started:.0f}s")
+        yield SimpleNamespace(home=home, env=env, exports=exports, state=state, token=token,
+                              address=exports["RAY_ADDRESS"])
+    finally:
+        if (home / "cluster" / "state.json").exists():
+            cli("cluster", "down", env=env, timeout=120)
+
+
+def nodes(c) -> list[dict]:
+    status, body = http(f"{c.address}/api/v0/nodes?limit=100&detail=1", c.token)
+    assert status == 200
+    return [n for n in json.loads(body)["data"]["result"]["result"] if n["state"] == "ALIVE"]
+
+
+@pytest.mark.ray
+def test_cluster_up_prints_client_exports_and_starts_three_nodes(cluster):
+    assert cluster.exports["RAY_AUTH_MODE"] == "token"
+    assert cluster.exports["RAY_ADDRESS"].startswith("http://127.0.0.1:")
+    token_path = Path(cluster.exports["RAY_AUTH_TOKEN_PATH"])
+    assert token_path.stat().st_mode & 0o777 == 0o600
+    assert str(cluster.home) in str(token_path)
+    alive = nodes(cluster)
+    assert len(alive) == 3
+    head = [n for n in alive if n["is_head_node"]]
+    assert len(head) == 1 and head[0]["resources_total"].get("CPU", 0) == 0
+    assert sorted(n["resources_total"].get("CPU", 0) for n in alive if not n["is_head_node"]) == [1, 1]
+    status = cli("cluster", "status", env=cluster.env)
+    assert status.returncode == 0 and status.stdout.startswith("running"), status.stdout
+    again = cli("cluster", "up", env=cluster.env)
+    assert again.returncode == 2 and "already running" in again.stderr
+
+
+@pytest.mark.ray
+def test_jobs_api_needs_the_token(cluster):
+    assert http(f"{cluster.address}/api/jobs/")[0] == 401
+    assert http(f"{cluster.address}/api/jobs/", "not-the-token")[0] == 403
+    assert http(f"{cluster.address}/api/jobs/", cluster.token)[0] == 200
+    wrong = cli("jobs", "list", "--address", cluster.address,
+                env={**cluster.env, "RAY_AUTH_TOKEN": "not-the-token"})
+    assert wrong.returncode == 2 and "403" in wrong.stderr, wrong.stderr
+    ok = cli("jobs", "list", "--address", cluster.address, env=cluster.env)
+    assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.ray
+def test_train_job_succeeds_logs_every_epoch_and_spreads_over_both_workers(cluster, tmp_path):
+    env = {**cluster.env, **cluster.exports}  # the user's flow: eval "$(modresnet cluster up)"
+    t0 = time.monotonic()
+    sub = cli("jobs", "submit", "train", "--preset", "debug", "--subset", "200", "--epochs", "2",
+              "--workers", "2", "--storage", str(tmp_path), "--name", "cluster-train", env=env)
+    assert sub.returncode == 0, sub.stderr[-3000:]
+    job_id = sub.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"raysubmit_\w+", job_id), sub.stdout
+    follow = cli("jobs", "logs", job_id, "--follow", env=env, timeout=400)
+    print(f"train job took {time.monotonic() - t0:.0f}s")
+    assert follow.returncode == 0, follow.stdout[-4000:] + follow.stderr[-2000:]
+    for epoch in (1, 2):
+        assert re.search(rf"epoch\s+{epoch}/2\s+train", follow.stdout), follow.stdout[-4000:]
+    status = cli("jobs", "status", job_id, env=env)
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout
+    assert (tmp_path / "cluster-train" / "test.json").exists()
+
+    # the Ray Train workers of this job ran on both worker nodes (1 CPU each), none on the head
+    code, body = http(f"{cluster.address}/api/jobs/{job_id}", cluster.token)
+    assert code == 200
+    info = json.loads(body)
+    assert cluster.token not in body.decode()  # no secret in metadata / runtime_env
+    assert info["metadata"] == {"modresnet.command": "train", "modresnet.client": "cli"}
+    code, body = http(f"{cluster.address}/api/v0/actors?limit=1000&detail=1", cluster.token)
+    actors = [a for a in json.loads(body)["data"]["result"]["result"]
+              if a["class_name"] == "RayTrainWorker" and a["job_id"] == info["job_id"]]
+    workers = {n["node_id"] for n in nodes(cluster) if not n["is_head_node"]}
+    assert {a["node_id"] for a in actors} == workers
+
+
+@pytest.mark.ray
+def test_a_running_job_can_be_stopped(cluster, tmp_path):
+    sub = cli("jobs", "submit", "--address", cluster.address, "train", "--local", "--preset",
+              "debug", "--subset", "1000", "--epochs", "100", "--storage", str(tmp_path), env=cluster.env)
+    assert sub.returncode == 0, sub.stderr[-3000:]
+    job_id = sub.stdout.strip().splitlines()[-1]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = cli("jobs", "status", job_id, "--address", cluster.address, env=cluster.env)
+        assert status.returncode == 0, status.stdout + status.stderr
+        if "RUNNING" in status.stdout:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("job never reached RUNNING")
+    stop = cli("jobs", "stop", job_id, "--address", cluster.address, env=cluster.env)
+    assert stop.returncode == 0 and "STOPPED" in stop.stdout, stop.stdout + stop.stderr
+    status = cli("jobs", "status", job_id, "--address", cluster.address, env=cluster.env)
+    assert status.returncode == 1 and "STOPPED" in status.stdout
+    listed = cli("jobs", "list", "--address", cluster.address, env=cluster.env)
+    assert job_id in listed.stdout
+
+
+@pytest.mark.ray
+def test_bad_addresses_and_job_ids_fail_fast_and_clearly(cluster):
+    env = cluster.env
+    cases = [
+        (("jobs", "status", "x", "--address", f"http://127.0.0.1:{free_port()}"), "cannot reach"),
+        (("jobs", "list", "--address", "ray://127.0.0.1:10001"), "not a Jobs API address"),
+        (("jobs", "list", "--address", "http://bad host:1"), "expected http"),
+        (("jobs", "status", "no-such-job", "--address", cluster.address), "no job 'no-such-job'"),
+        (("jobs", "logs", "no-such-job", "--address", cluster.address), "no job 'no-such-job'"),
+        (("jobs", "stop", "no-such-job", "--address", cluster.address), "no job 'no-such-job'"),
+        (("jobs", "submit", "--address", cluster.address, "train", "--no-such-flag"),
+         "no-such-flag"),
+        (("jobs", "submit", "--address", cluster.address, "evaluate"), "unknown command"),
+    ]
+    for args, message in cases:
+        t0 = time.monotonic()
+        r = cli(*args, env=env, timeout=60)
+        took = time.monotonic() - t0
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert message in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+        assert took < 20, (args, took)
+    no_cluster = cli("jobs", "list", env={**env, "MODRESNET_HOME": str(cluster.home / "none")})
+    assert no_cluster.returncode == 2 and "no cluster address" in no_cluster.stderr
+
+
+@pytest.mark.ray
+def test_cluster_down_stops_exactly_its_own_processes(cluster):
+    from jobs.cluster import ClusterState, alive, own_processes, processes
+
+    state = ClusterState(**cluster.state)
+    ours = own_processes(state)
+    assert len(ours) > 5
+    others = [p for p in processes() if p not in ours and p.pid != os.getpid()]
+    down = cli("cluster", "down", env=cluster.env, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert own_processes(state) == []
+    assert not [p for p in ours if alive(p.pid, p.start)]
+    assert not any(state.temp_dir + "/" in p.cmdline for p in processes())
+    # nothing else was touched: our parent shell and any other Ray on the machine live on
+    assert alive(os.getppid())
+    parent = [p for p in others if p.pid == os.getppid()]
+    assert parent and alive(parent[0].pid, parent[0].start)
+    status = cli("cluster", "status", env=cluster.env)
+    assert status.returncode == 2 and "no cluster" in status.stderr
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{cluster.address}/api/version", timeout=5)

@@ -44,7 +44,7 @@ class ServeArgs(BaseModel):
     target_ongoing_requests: float = Field(8, gt=0)
     upscale_delay_s: float = Field(10, ge=0)
     downscale_delay_s: float = Field(60, ge=0)
-    look_back_period_s: float = Field(10, gt=0)
+    look_back_period_s: float = Field(30, gt=0)
     max_batch_size: int = Field(16, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
     max_ongoing_requests: int = Field(32, ge=1)

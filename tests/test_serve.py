@@ -1,0 +1,440 @@
+"""The Serve app end to end: a real Ray Serve on a free loopback port, real CIFAR-10 test
+images as PNG, real HTTP. One module-scoped Ray + Serve instance holds two apps:
+
+* `modresnet` at /        ONNX backend, autoscaling 1..3, batching, 1 MiB body limit;
+* `secure`    at /secure  torch backend, 1 replica, API key from an env var, tiny queue.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modresnet import config as configs
+from modresnet.checkpoint import load_model, save_model
+from modresnet.images import decode_image, encode_png
+from modresnet.inference import Predictor
+from modresnet.local import train_local
+
+httpx = pytest.importorskip("httpx")
+ray = pytest.importorskip("ray")
+from ray import serve  # noqa: E402
+
+from serve.app import ServeArgs, deploy, start, wait_ready  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+
+KEY_ENV, KEY = "MODRESNET_TEST_API_KEY", "test-key-4f1c"
+N_IMAGES = 12
+KILL_FAILURE_BOUND = 12  # at most the killed replica's in-flight + queued requests
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _replicas(app: str = "modresnet") -> int:
+    status = serve.status().applications[app].deployments["Classifier"]
+    return status.replica_states.get("RUNNING", 0)
+
+
+class Load:
+    """Closed-loop HTTP load from `concurrency` threads until stopped; counts outcomes."""
+
+    def __init__(self, url: str, files, concurrency: int, headers=None) -> None:
+        self.url, self.files, self.headers = url, files, headers or {}
+        self.codes: Counter = Counter()
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(concurrency)]
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not self._stop.is_set():
+                try:
+                    r = client.post(self.url, files=self.files, headers=self.headers)
+                    with self._lock:
+                        self.codes[r.status_code] += 1
+                        if r.status_code != 200:
+                            self.errors.append(f"{r.status_code} {r.text[:120]}")
+                except httpx.HTTPError as err:
+                    with self._lock:
+                        self.codes["exc"] += 1
+                        self.errors.append(repr(err))
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=90)
+
+    @property
+    def failures(self) -> int:
+        return sum(v for k, v in self.codes.items() if k != 200)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """A real (tiny) training run, and a second checkpoint with other weights to roll over to."""
+    root = tmp_path_factory.mktemp("serve-runs")
+    cfg = configs.resolve("debug", overrides={"data.data_dir": str(data_dir), "data.subset": 200,
+                                              "data.val_subset": 50, "data.test_subset": 50})
+    train_local(cfg, root / "run0")
+    loaded = load_model(root / "run0")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_model(root / "run1", loaded.model, loaded.config, loaded.classes, loaded.meta["epoch"] + 1,
+               dict(loaded.meta["metrics"]))
+    return [root / "run0", root / "run1"]
+
+
+@pytest.fixture(scope="module")
+def images(small_cifar):
+    x, y = small_cifar.test.x[:N_IMAGES], small_cifar.test.y[:N_IMAGES]
+    return x, y, [encode_png(img) for img in x], small_cifar.classes
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    os.environ[KEY_ENV] = KEY  # before ray.init: replicas inherit the raylet's environment
+    owns = not ray.is_initialized()
+    if owns:
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 object_store_memory=200 * 1024**2, log_to_driver=False)
+    port = _free_port()
+    try:
+        start("127.0.0.1", port)
+        url = f"http://127.0.0.1:{port}"
+        main = ServeArgs(checkpoint=str(runs[0]), backend="onnx", replica_cpus=0.25,
+                         min_replicas=1, max_replicas=3, target_ongoing_requests=2,
+                         upscale_delay_s=1, downscale_delay_s=3, look_back_period_s=2,
+                         max_batch_size=16, batch_wait_timeout_s=0.02, max_ongoing_requests=8,
+                         max_queued_requests=-1, max_body_bytes=1024 * 1024, max_images=32,
+                         health_check_period_s=1, graceful_shutdown_timeout_s=10)
+        secure = ServeArgs(checkpoint=str(runs[0]), backend="torch", replica_cpus=0.25,
+                           min_replicas=1, max_replicas=1, max_ongoing_requests=1,
+                           max_queued_requests=1, api_key_env=KEY_ENV)
+        deploy(main)
+        deploy(secure, name="secure", route_prefix="/secure")
+        auth = {"Authorization": f"Bearer {KEY}"}
+        wait_ready(url, timeout=240)
+        wait_ready(url + "/secure", timeout=240, headers=auth)
+        yield {"url": url, "auth": auth, "port": port, "main": main}
+    finally:
+        serve.shutdown()
+        if owns:
+            ray.shutdown()
+        os.environ.pop(KEY_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def predictor(runs):
+    return Predictor.from_path(runs[0])
+
+
+# --- predictions over both protocols equal the in-process Predictor ---------------------------
+
+def test_predict_multipart_and_json_match_predictor(server, images, predictor):
+    x, y, pngs, classes = images
+    expected = predictor.probabilities(torch.stack([decode_image(p) for p in pngs]))
+    want = predictor.top_k(expected, 5)
+    r = httpx.post(server["url"] + "/predict",
+                   files=[("files", (f"img{i}.png", p, "image/png")) for i, p in enumerate(pngs)])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["backend"] == "onnx" and body["model_sha256"] == predictor.loaded.sha256
+    assert [p["filename"] for p in body["predictions"]] == [f"img{i}.png" for i in range(len(pngs))]
+    for got, exp in zip(body["predictions"], want):
+        assert [g["label"] for g in got["top_k"]] == [e.label for e in exp]
+        np.testing.assert_allclose([g["probability"] for g in got["top_k"]],
+                                   [e.probability for e in exp], atol=1e-5)
+    r = httpx.post(server["url"] + "/predict", json={
+        "images": [base64.b64encode(p).decode() for p in pngs[:3]], "top_k": 2})
+    assert r.status_code == 200, r.text
+    assert [[g["label"] for g in p["top_k"]] for p in r.json()["predictions"]] == \
+        [[e.label for e in row[:2]] for row in want[:3]]
+    # the torch backend (the `secure` app) gives the same answers
+    r = httpx.post(server["url"] + "/secure/predict", headers=server["auth"],
+                   files=[("files", ("a.png", pngs[0], "image/png"))])
+    assert r.status_code == 200 and r.json()["backend"] == "torch"
+    np.testing.assert_allclose([g["probability"] for g in r.json()["predictions"][0]["top_k"]],
+                               [e.probability for e in want[0]], atol=1e-6)
+
+
+def test_v2_protocol(server, images, predictor):
+    x, _, _, classes = images
+    url = server["url"]
+    assert httpx.get(url + "/v2/health/live").json() == {"live": True}
+    assert httpx.get(url + "/v2/health/ready").json() == {"ready": True}
+    meta = httpx.get(url + "/v2/models/modresnet").json()
+    assert meta["name"] == "modresnet" and meta["outputs"][0]["name"] == "probabilities"
+    expected = predictor.probabilities(x).numpy()
+    nhwc = x.permute(0, 2, 3, 1).numpy()
+    for datatype, shape, data in (
+            ("UINT8", [len(x), 32, 32, 3], nhwc.reshape(-1).tolist()),
+            ("FP32", [len(x), 3, 32, 32], (x.numpy() / 255.0).reshape(-1).tolist())):
+        r = httpx.post(url + "/v2/models/modresnet/infer", json={"id": "req-1", "inputs": [
+            {"name": "input", "shape": shape, "datatype": datatype, "data": data}]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model_name"] == "modresnet" and body["id"] == "req-1"
+        out = body["outputs"][0]
+        assert out["name"] == "probabilities" and out["datatype"] == "FP32"
+        assert out["shape"] == [len(x), len(classes)]
+        np.testing.assert_allclose(np.array(out["data"]).reshape(out["shape"]), expected, atol=1e-5)
+
+
+def test_model_info_and_docs(server, predictor):
+    info = httpx.get(server["url"] + "/model").json()
+    assert info["sha256"] == predictor.loaded.sha256
+    assert info["classes"] == list(predictor.classes)
+    assert info["val_acc"] == predictor.loaded.meta["metrics"]["val_acc"]
+    assert "test_acc" in info and info["config"]["model"]["widths"]
+    assert httpx.get(server["url"] + "/docs").status_code == 200
+    paths = httpx.get(server["url"] + "/openapi.json").json()["paths"]
+    assert {"/predict", "/v2/models/modresnet/infer", "/model"} <= set(paths)
+
+
+# --- every class of bad input is a 4xx with a JSON reason -----------------------------------
+
+def _png(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=kw.pop("format", "PNG"), **kw)
+    return buf.getvalue()
+
+
+def _bomb() -> bytes:
+    """A valid PNG header declaring 30000 x 30000 pixels (900 MP): must be refused unread."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("case", ["text", "truncated_png", "corrupt_jpeg", "bomb", "empty_file"])
+def test_bad_image_bytes_are_400(server, images, case):
+    png = images[2][0]
+    jpeg = _png(Image.new("RGB", (64, 64), (200, 10, 10)), format="JPEG")
+    data = {"text": b"hello, not an image", "truncated_png": png[: len(png) // 2],
+            "corrupt_jpeg": jpeg[:200] + b"\xff" * 50 + jpeg[250:300], "bomb": _bomb(),
+            "empty_file": b""}[case]
+    r = httpx.post(server["url"] + "/predict", files=[("files", ("x.png", data, "image/png"))])
+    assert r.status_code == 400, (case, r.status_code, r.text)
+    assert r.json()["error"] and r.json()["status"] == 400
+
+
+@pytest.mark.parametrize("case,status", [
+    ("empty_body", 400), ("oversize", 413), ("content_type", 415), ("bad_json", 400),
+    ("bad_base64", 400), ("json_no_images", 400), ("multipart_no_files", 400),
+    ("v2_shape", 400), ("v2_dtype", 400), ("v2_length", 400), ("v2_name", 400),
+    ("v2_range", 400), ("v2_bad_json", 400), ("v2_content_type", 415), ("top_k", 400)])
+def test_bad_requests_are_4xx_json(server, case, status):
+    url = server["url"]
+    v2 = url + "/v2/models/modresnet/infer"
+
+    def tensor(**kw):
+        t = {"name": "input", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072}
+        return {"inputs": [{**t, **kw}]}
+    requests = {
+        "empty_body": lambda: httpx.post(url + "/predict", content=b"",
+                                         headers={"content-type": "application/json"}),
+        "oversize": lambda: httpx.post(url + "/predict", content=b"\0" * (2 * 1024 * 1024),
+                                       headers={"content-type": "application/json"}),
+        "content_type": lambda: httpx.post(url + "/predict", content=b"abc",
+                                           headers={"content-type": "text/plain"}),
+        "bad_json": lambda: httpx.post(url + "/predict", content=b"{not json",
+                                       headers={"content-type": "application/json"}),
+        "bad_base64": lambda: httpx.post(url + "/predict", json={"images": ["***"]}),
+        "json_no_images": lambda: httpx.post(url + "/predict", json={"pictures": []}),
+        "multipart_no_files": lambda: httpx.post(url + "/predict", data={"other": "x"},
+                                                 files=[("nope", ("a", b"x"))]),
+        "v2_shape": lambda: httpx.post(v2, json=tensor(shape=[1, 28, 28, 1], data=[0] * 784)),
+        "v2_dtype": lambda: httpx.post(v2, json=tensor(datatype="INT64")),
+        "v2_length": lambda: httpx.post(v2, json=tensor(data=[0] * 100)),
+        "v2_name": lambda: httpx.post(v2, json=tensor(name="pixels")),
+        "v2_range": lambda: httpx.post(v2, json=tensor(data=[300] * 3072)),
+        "v2_bad_json": lambda: httpx.post(v2, content=b"[1,2",
+                                          headers={"content-type": "application/json"}),
+        "v2_content_type": lambda: httpx.post(v2, content=b"x", headers={"content-type": "image/png"}),
+        "top_k": lambda: httpx.post(url + "/predict?top_k=99", files=[("files", ("a", b"x"))]),
+    }
+    r = requests[case]()
+    assert r.status_code == status, (case, r.status_code, r.text)
+    assert r.json()["status"] == status and r.json()["error"], r.text
+
+
+def test_unusual_image_modes_accepted(server):
+    rgb = Image.effect_mandelbrot((40, 40), (-2, -1.5, 1, 1.5), 80).convert("RGB")
+    frames = [rgb, rgb.rotate(90), rgb.rotate(180)]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    sixteen = Image.fromarray(np.arange(48 * 48, dtype=np.uint16).reshape(48, 48) * 28)
+    assert sixteen.mode == "I;16"
+    cases = {"animated.gif": gif.getvalue(), "16bit.png": _png(sixteen),
+             "gray.png": _png(rgb.convert("L")), "palette.png": _png(rgb.convert("P")),
+             "rgba.png": _png(rgb.convert("RGBA")),
+             "cmyk.jpg": _png(rgb.convert("CMYK"), format="JPEG"),
+             "big.jpg": _png(rgb.resize((800, 600)), format="JPEG")}
+    r = httpx.post(server["url"] + "/predict",
+                   files=[("files", (name, data, "application/octet-stream"))
+                          for name, data in cases.items()])
+    assert r.status_code == 200, r.text
+    assert [p["filename"] for p in r.json()["predictions"]] == list(cases)
+
+
+# --- API key, backpressure --------------------------------------------------------------------
+
+def test_api_key(server, images):
+    base = server["url"] + "/secure"
+    files = [("files", ("a.png", images[2][0], "image/png"))]
+    assert httpx.post(base + "/predict", files=files).status_code == 401
+    r = httpx.post(base + "/predict", files=files, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and "wrong" in r.json()["error"]
+    assert httpx.get(base + "/model").status_code == 401
+    assert httpx.post(base + "/predict", files=files, headers=server["auth"]).status_code == 200
+    assert httpx.get(base + "/v2/health/live").status_code == 200  # probes stay open
+    # the key never appears in the deployment's (readable) args
+    assert KEY not in str(serve.status())
+
+
+def test_backpressure_429_when_queue_full(server, images):
+    files = [("files", (f"{i}.png", p, "image/png")) for i, p in enumerate(images[2] * 2)]
+    with Load(server["url"] + "/secure/predict", files, 8, headers=server["auth"]) as load:
+        time.sleep(4)
+    assert load.codes[200] > 0
+    assert load.codes[429] > 0, load.codes
+    assert set(load.codes) <= {200, 429}, load.errors[:3]
+
+
+# --- batching, autoscaling, replica failure, rolling update -----------------------------------
+
+def test_dynamic_batching_and_autoscaling(server, images):
+    url = server["url"]
+    files = [("files", ("a.png", images[2][0], "image/png"))]
+    assert _replicas() == 1
+    start_t = time.monotonic()
+    with Load(url + "/predict", files, 12) as load:
+        while _replicas() < 2 and time.monotonic() - start_t < 60:
+            time.sleep(0.5)
+        scaled_up = _replicas()
+        batch_sizes: Counter = Counter()
+        for _ in range(10):
+            info = httpx.get(url + "/model", timeout=30).json()
+            batch_sizes.update({int(k): v for k, v in info["replica"]["batch_sizes"].items()})
+    print(f"scaled to {scaled_up} replicas in {time.monotonic() - start_t:.1f}s; "
+          f"batch sizes {dict(sorted(batch_sizes.items()))}; {dict(load.codes)}")
+    assert load.failures == 0, load.errors[:3]
+    assert scaled_up >= 2
+    assert max(batch_sizes) > 1, batch_sizes
+    deadline = time.monotonic() + 60
+    while _replicas() > 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _replicas() == 1
+
+
+def test_killed_replica_recovers(server, images):
+    url = server["url"]
+    files = [("files", ("a.png", images[2][0], "image/png"))]
+    pid = httpx.get(url + "/model").json()["replica"]["pid"]
+    with Load(url + "/predict", files, 4) as load:
+        time.sleep(1)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        new_pid = pid
+        while time.monotonic() < deadline:
+            try:
+                new_pid = httpx.get(url + "/model", timeout=10).json()["replica"]["pid"]
+                if new_pid != pid:
+                    break
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(0.5)
+        before = load.codes[200]
+        time.sleep(2)
+        served_after = load.codes[200] - before
+    print(f"kill: {dict(load.codes)}; errors {load.errors[:3]}")
+    assert new_pid != pid
+    assert served_after > 0
+    assert load.failures <= KILL_FAILURE_BOUND, load.errors[:5]
+
+
+def test_rolling_update_without_failures(server, runs, images):
+    """`modresnet serve NEW --address <cluster>` against the running app: no failed request."""
+    url = server["url"]
+    new_sha = Predictor.from_path(runs[1]).loaded.sha256
+    assert httpx.get(url + "/model").json()["sha256"] != new_sha
+    files = [("files", ("a.png", images[2][0], "image/png"))]
+    address = ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "modresnet.cli", "serve", str(runs[1]), "--address", address,
+           "--port", str(server["port"]), "--replica-cpus", "0.25", "--max-replicas", "3",
+           "--target-ongoing-requests", "2", "--max-ongoing-requests", "8",
+           "--max-queued-requests", "-1", "--max-body-mb", "1", "--max-batch-size", "16"]
+    with Load(url + "/predict", files, 4) as load:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                              cwd=Path(__file__).resolve().parents[1])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "rolling" in proc.stdout
+        time.sleep(1)
+    print(f"rolling update: {dict(load.codes)}")
+    assert load.codes[200] > 0
+    assert load.failures == 0, load.errors[:5]
+    for _ in range(5):
+        assert httpx.get(url + "/model").json()["sha256"] == new_sha
+
+
+# --- the web page in headless Chromium --------------------------------------------------------
+
+def test_web_page_in_chromium(server, images, predictor, tmp_path):
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("/usr/bin/chromium missing (make install apt-installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    # Use the secure app's torch backend so the expected answer is exactly the Predictor's.
+    png = tmp_path / "cifar.png"
+    png.write_bytes(images[2][0])
+    want = predictor.top_k(predictor.probabilities(decode_image(images[2][0])[None]), 5)[0]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page()
+            page.goto(server["url"] + "/secure")
+            page.fill("#key", KEY)
+            page.dispatch_event("#key", "change")
+            page.set_input_files("#file", str(png))
+            page.wait_for_selector("#results .row", timeout=30_000)
+            rows = page.locator("#results .row")
+            assert rows.count() == 5
+            labels = rows.locator(".label").all_inner_texts()
+            widths = [float(w.rstrip("%")) for w in rows.locator(".pct").all_inner_texts()]
+            assert labels == [w.label for w in want]
+            np.testing.assert_allclose(widths, [100 * w.probability for w in want], atol=0.051)
+            assert page.locator("#error").inner_text() == ""
+        finally:
+            browser.close()

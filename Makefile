@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-cluster clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest tests
+
+# A real local Ray cluster (head + 2 worker raylets, token auth) driven through the CLI.
+test-cluster: install
+	$(BIN)/python -m pytest tests/test_cluster.py -x -q
 
 clean:
 	rm -rf $(VENV)

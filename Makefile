@@ -22,7 +22,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: install
-	$(BIN)/modresnet train --local --preset demo --storage runs
+	$(BIN)/modresnet train --preset demo --workers 2 --storage runs
 	$(BIN)/modresnet tune --preset demo --subset 500 --set data.val_subset=200 --samples 4 --max-epochs 2 --concurrent 2 --storage runs --name tune-demo-$$(date +%Y%m%d-%H%M%S)
 
 test: install

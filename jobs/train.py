@@ -23,6 +23,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -259,6 +260,9 @@ def train_ray(config: Config, run_path: Path, options: RayOptions = RayOptions()
     if ray_dir.exists() and not run.test_file.exists() and not resume:
         resume = True  # an unfinished Ray run of this name: re-running the command resumes it
         info(f"resuming the unfinished Ray run in {ray_dir}")
+    elif resume and not ray_dir.exists() and run.exists():
+        raise RayTrainSetupError(f"--resume: {run_path} was trained in-process (no {RAY_SUBDIR}/ "
+                                 f"folder); resume it with --local")
     elif (run.exists() or ray_dir.exists()) and not resume:
         raise RayTrainSetupError(f"run directory {run_path} already holds a run; pass --resume "
                                  f"to continue it, or choose another --name")
@@ -319,8 +323,9 @@ def train_ray(config: Config, run_path: Path, options: RayOptions = RayOptions()
         printer = threading.Thread(target=pump, daemon=True)
         printer.start()
         result = trainer.fit()
-        while not queue.empty():  # let the last epoch line out before the summary
-            stop.wait(0.2)
+        deadline = time.monotonic() + 10
+        while printer.is_alive() and not queue.empty() and time.monotonic() < deadline:
+            stop.wait(0.2)  # let the last epoch line out before the summary
         stop.set()
         printer.join(timeout=5)
 

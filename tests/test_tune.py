@@ -195,20 +195,30 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     storage, name = tmp_path / "runs", "killed"
     exp = storage / name
     log = (tmp_path / "first.txt").open("w")
+    # One trial at a time and no early stops, so the kill lands after trial 0 finished and
+    # while trial 1 is between epochs: one finished, one half-done, one not started.
+    pairs = list(zip(COMMON[::2], COMMON[1::2]))
+    args = [x for flag, value in pairs if flag not in ("--grace-period", "--concurrent")
+            for x in (flag, value)]
     proc = subprocess.Popen(
-        _tune_cmd(*COMMON, "--space", str(tmp_path / "space.yaml"), "--samples", "4",
-                  "--search-seed", "3", "--storage", str(storage), "--name", name, "--no-wandb"),
+        _tune_cmd(*args, "--grace-period", "3", "--concurrent", "1", "--space",
+                  str(tmp_path / "space.yaml"), "--samples", "3", "--storage", str(storage),
+                  "--name", name, "--no-wandb"),
         cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     finished: dict[str, int] = {}
+    partial: set[str] = set()
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            done = {t: len(r) for t, d in _trial_dirs(exp).items()
-                    if (r := _results(d)) and r[-1].get("epoch") == 3}
-            if done:
+            reported = {t: _results(d) for t, d in _trial_dirs(exp).items()}
+            done = [t for t, r in reported.items() if r and r[-1].get("epoch") == 3]
+            started = [t for t, r in reported.items() if r and r[-1].get("epoch") < 3]
+            if done and started:
                 time.sleep(1.0)  # let the experiment state record it
-                finished = {t: len(_results(d)) for t, d in _trial_dirs(exp).items()
-                            if (r := _results(d)) and r[-1].get("epoch") == 3}
+                os.killpg(proc.pid, signal.SIGSTOP)  # freeze the search, then read it
+                reported = {t: _results(d) for t, d in _trial_dirs(exp).items()}
+                finished = {t: len(r) for t, r in reported.items() if r and r[-1].get("epoch") == 3}
+                partial = {t for t, r in reported.items() if r and r[-1].get("epoch") in (1, 2)}
                 break
             time.sleep(0.5)
     finally:
@@ -216,21 +226,23 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
         proc.wait(timeout=60)
         log.close()
-    assert finished, (tmp_path / "first.txt").read_text()[-3000:]
+    assert finished and partial, (tmp_path / "first.txt").read_text()[-3000:]
     assert not (exp / "leaderboard.csv").exists()  # it really died mid-search
 
     resumed = subprocess.run(
         _tune_cmd("--resume", name, "--storage", str(storage), "--no-wandb"),
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    (tmp_path / "second.txt").write_text(resumed.stdout + resumed.stderr)
     rows = _leaderboard(exp)
-    assert len(rows) == 4
+    assert len(rows) == 3 and all(r["status"] == "TERMINATED" for r in rows), rows
     trials = _trial_dirs(exp)
     for trial_id, count in finished.items():  # finished trials were not run again
         assert len(_results(trials[trial_id])) == count, trial_id
-    for row in rows:  # every trial's history holds each of its epochs exactly once
-        epochs = [json.loads(line)["epoch"] for line in
-                  (exp / "best-run" / "metrics.jsonl").read_text().splitlines()]
-        assert epochs == list(range(1, len(epochs) + 1))
-        assert row["status"] == "TERMINATED"
+    for trial_id in partial:  # unfinished trials went on from their checkpoint, not epoch 1
+        epochs = [r["epoch"] for r in _results(trials[trial_id])]
+        assert epochs.count(1) == 1, (trial_id, epochs)
+    epochs = [json.loads(line)["epoch"] for line in
+              (exp / "best-run" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, len(epochs) + 1))
     assert (exp / "best-run" / "test.json").exists()

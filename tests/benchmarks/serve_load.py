@@ -1,0 +1,165 @@
+"""Serve load test: a bounded closed-loop load generator against a real `modresnet` Serve app
+at concurrency 1, 8 and 32 (one image per request, multipart PNG), against the raw model's
+batched images/s in this process (the ceiling). Not part of the pytest run.
+
+    .venv/bin/python tests/benchmarks/serve_load.py --checkpoint RUN --requests 200
+    .venv/bin/python tests/benchmarks/serve_load.py            # trains a tiny debug run first
+
+For each concurrency level: throughput (requests/s = images/s), p50/p99 latency, error count.
+The ceiling is the same backend (onnx by default), 1 thread, batch = --max-batch-size, in
+this process with no HTTP. The ratio is the best served images/s over the ceiling. The last
+line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.pop("RAY_ADDRESS", None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load(url: str, files: list[bytes], concurrency: int, total: int) -> dict:
+    """`total` requests from `concurrency` threads, each thread sending its next request as
+    soon as the previous one answers (bounded: never more than `concurrency` in flight)."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    counter = iter(range(total))
+
+    def worker() -> None:
+        nonlocal errors
+        with httpx.Client(timeout=120) as client:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                png = files[i % len(files)]
+                start = time.perf_counter()
+                try:
+                    r = client.post(url + "/predict", files=[("files", ("x.png", png, "image/png"))])
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                elapsed = time.perf_counter() - start
+                with lock:
+                    latencies.append(elapsed) if ok else None
+                    errors += 0 if ok else 1
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    lat = sorted(latencies) or [float("nan")]
+    return {"concurrency": concurrency, "requests": total, "errors": errors,
+            "throughput_rps": round(len(latencies) / wall, 1),
+            "p50_ms": round(1000 * statistics.median(lat), 1),
+            "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1)}
+
+
+def ceiling(checkpoint: str, backend: str, batch: int, seconds: float = 3.0) -> float:
+    import torch
+
+    from modresnet.checkpoint import load_model
+    from serve.backends import make_backend
+
+    torch.set_num_threads(1)
+    model = make_backend(backend, load_model(checkpoint), threads=1)
+    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
+    model.probabilities(x)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        model.probabilities(x)
+        n += batch
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="Run or checkpoint (default: train a debug run).")
+    parser.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
+    parser.add_argument("--requests", type=int, default=200, help="Requests per level.")
+    parser.add_argument("--levels", default="1,8,32")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--batch-wait-ms", type=float, default=5)
+    parser.add_argument("--replicas", type=int, default=1)
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    from modresnet import config as configs
+    from modresnet.data import load_cifar10
+    from modresnet.images import encode_png
+    from serve.app import ServeArgs, deploy, start, wait_ready
+
+    data_dir = os.environ.get("MODRESNET_DATA", str(REPO.parent / "shared" / "data"))
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        from modresnet.local import train_local
+
+        checkpoint = str(Path(tempfile.mkdtemp(prefix="serve-load-")) / "run")
+        train_local(configs.resolve("debug", overrides={"data.data_dir": data_dir}), Path(checkpoint))
+    test = load_cifar10(configs.DataConfig(data_dir=data_dir, subset=100, val_subset=50,
+                                           test_subset=64)).test
+    files = [encode_png(img) for img in test.x]
+
+    ceil = ceiling(checkpoint, args.backend, args.max_batch_size)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        port = _free_port()
+        start("127.0.0.1", port)
+        url = f"http://127.0.0.1:{port}"
+        deploy(ServeArgs(checkpoint=checkpoint, backend=args.backend, min_replicas=args.replicas,
+                         max_replicas=args.replicas, max_batch_size=args.max_batch_size,
+                         batch_wait_timeout_s=args.batch_wait_ms / 1000, max_ongoing_requests=64,
+                         max_queued_requests=-1))
+        wait_ready(url, timeout=300)
+        load(url, files, 4, 20)  # warm-up
+        results = []
+        for level in (int(v) for v in args.levels.split(",")):
+            r = load(url, files, level, args.requests)
+            results.append(r)
+            print(f"concurrency {level:>3}: {r['throughput_rps']:7.1f} img/s  p50 "
+                  f"{r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}",
+                  flush=True)
+        batches = __import__("httpx").get(url + "/model").json()["replica"]["batch_sizes"]
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    best = max(r["throughput_rps"] for r in results)
+    print(f"in-process ceiling ({args.backend}, batch {args.max_batch_size}, 1 thread): "
+          f"{ceil:.0f} img/s; best served {best:.0f} img/s = {best / ceil:.1%} of it")
+    print(f"server-side batch sizes: {batches}")
+    print(json.dumps({"backend": args.backend, "checkpoint": checkpoint, "levels": results,
+                      "ceiling_img_s": round(ceil, 1), "best_served_img_s": best,
+                      "ratio": round(best / ceil, 4), "batch_sizes": batches,
+                      "cpus": os.cpu_count()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -297,6 +297,9 @@ def test_bad_addresses_and_job_ids_fail_fast_and_clearly(cluster):
     env = cluster.env
     cases = [
         (("jobs", "status", "x", "--address", f"http://127.0.0.1:{free_port()}"), "cannot reach"),
+        # unroutable (or, behind a sandbox's interceptor, answered by something that is not Ray)
+        (("jobs", "list", "--address", "http://10.255.255.1:8265"),
+         "cannot reach|not a Ray Jobs API"),
         (("jobs", "list", "--address", "ray://127.0.0.1:10001"), "not a Jobs API address"),
         (("jobs", "list", "--address", "http://bad host:1"), "expected http"),
         (("jobs", "status", "no-such-job", "--address", cluster.address), "no job 'no-such-job'"),
@@ -306,16 +309,25 @@ def test_bad_addresses_and_job_ids_fail_fast_and_clearly(cluster):
          "no-such-flag"),
         (("jobs", "submit", "--address", cluster.address, "evaluate"), "unknown command"),
     ]
-    for args, message in cases:
+    cases.append((("jobs", "list"), "no cluster address"))  # no address anywhere
+    no_home = {**env, "MODRESNET_HOME": str(cluster.home / "none")}
+
+    def run(case):
+        args, _ = case
         t0 = time.monotonic()
-        r = cli(*args, env=env, timeout=60)
-        took = time.monotonic() - t0
+        r = cli(*args, env=no_home if args == ("jobs", "list") else env, timeout=90)
+        return r, time.monotonic() - t0
+
+    # concurrently: each call pays the CLI's import time (torch), slow on 2 busy cores
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, cases))
+    for (args, message), (r, took) in zip(cases, results):
         assert r.returncode == 2, (args, r.stdout, r.stderr)
-        assert message in r.stderr, (args, r.stderr)
+        assert re.search(message, r.stderr), (args, r.stderr)
         assert "Traceback" not in r.stderr
-        assert took < 20, (args, took)
-    no_cluster = cli("jobs", "list", env={**env, "MODRESNET_HOME": str(cluster.home / "none")})
-    assert no_cluster.returncode == 2 and "no cluster address" in no_cluster.stderr
+        assert took < 45, (args, took)  # connection checks time out after 5 s; the rest is imports
 
 
 @pytest.mark.ray

@@ -218,6 +218,32 @@ def test_model_info_and_docs(server, predictor):
     assert {"/predict", "/v2/models/modresnet/infer", "/model"} <= set(paths)
 
 
+def test_cli_predict_url(server, images, predictor, tmp_path):
+    """`modresnet predict IMAGE... --url URL`: the client mode beside --checkpoint."""
+    import json as jsonlib
+
+    from typer.testing import CliRunner
+
+    from modresnet.cli import app
+
+    paths = []
+    for i, png in enumerate(images[2][:3]):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(png)
+    want = predictor.top_k(predictor.probabilities(torch.stack([decode_image(p) for p in images[2][:3]])), 2)
+    result = CliRunner().invoke(app, ["predict", *map(str, paths), "--url", server["url"],
+                                      "--top-k", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    got = jsonlib.loads(result.stdout)
+    assert [[r["label"] for r in g["top_k"]] for g in got] == [[w.label for w in row] for row in want]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    result = CliRunner().invoke(app, ["predict", str(bad), "--url", server["url"]])
+    assert result.exit_code == 2 and "400" in result.output
+    result = CliRunner().invoke(app, ["predict", str(paths[0]), "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "cannot reach" in result.output
+
+
 # --- every class of bad input is a 4xx with a JSON reason -----------------------------------
 
 def _png(img: Image.Image, **kw) -> bytes:

@@ -189,6 +189,10 @@ def submit(command: str, args: list[str], address: str | None = None,
                                                    submission_id):
         raise JobsError(f"--submission-id {submission_id!r}: use letters, digits, '.', '_', '-'")
     c = client(address)
+    import logging
+
+    for name in ("ray", "ray._private.runtime_env", "ray.dashboard"):  # packaging INFO chatter
+        logging.getLogger(name).setLevel(logging.WARNING)
     env_vars = {**job_env(), **(env or {})}
     runtime_env = {"working_dir": str(project_root()), "env_vars": env_vars}
     kwargs = {}

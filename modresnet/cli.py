@@ -431,15 +431,15 @@ def _exit_for(status: str) -> None:
 def _check_passthrough(command: str, args: list[str]) -> None:
     """Parse the pass-through args with the local command's own options, so a typo fails here
     in a second instead of on the cluster."""
-    import click
-
     cmd = getattr(typer.main.get_command(app), "commands", {}).get(command)
     if cmd is None:
         raise UserError(f"this modresnet has no `{command}` command to submit")
     try:
         cmd.make_context(command, list(args), resilient_parsing=False)
-    except click.UsageError as err:
-        raise UserError(f"{command}: {err.format_message()}") from None
+    except Exception as err:  # click's UsageError, or typer's vendored copy of it
+        if any(c.__name__ == "UsageError" for c in type(err).__mro__):
+            raise UserError(f"{command}: {err.format_message()}") from None
+        raise
 
 
 @jobs_app.command("submit", context_settings={"allow_extra_args": True,
@@ -471,7 +471,7 @@ def jobs_submit(
     job_id = jobs_submit_mod.submit(command, args, address=addr, submission_id=submission_id,
                                     env=extra_env, entrypoint_num_cpus=entrypoint_num_cpus)
     err_console.print(f"submitted `modresnet {command}` to {addr}; follow it with: "
-                      f"modresnet jobs logs {job_id} --follow", highlight=False)
+                      f"modresnet jobs logs {job_id} --follow", highlight=False, soft_wrap=True)
     print(job_id, flush=True)
 
 

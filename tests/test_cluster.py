@@ -306,7 +306,7 @@ def test_bad_addresses_and_job_ids_fail_fast_and_clearly(cluster):
         (("jobs", "logs", "no-such-job", "--address", cluster.address), "no job 'no-such-job'"),
         (("jobs", "stop", "no-such-job", "--address", cluster.address), "no job 'no-such-job'"),
         (("jobs", "submit", "--address", cluster.address, "train", "--no-such-flag"),
-         "no-such-flag"),
+         "train: No such option: --no-such-flag"),
         (("jobs", "submit", "--address", cluster.address, "evaluate"), "unknown command"),
     ]
     cases.append((("jobs", "list"), "no cluster address"))  # no address anywhere

@@ -308,7 +308,11 @@ def _run_train_trial(config: Config, job: dict) -> None:
     from jobs.train import train_loop_per_worker
 
     workers = job["workers_per_trial"]
-    per_worker_cpu = job["cpus_per_trial"] / workers
+    # The trial itself holds 0.01 CPU (see _trainable); the workers share the rest, so a
+    # trial of --cpus-per-trial N fits in N CPUs (whole CPUs per worker above one).
+    per_worker_cpu = (job["cpus_per_trial"] - 0.01) / workers
+    if per_worker_cpu >= 1:
+        per_worker_cpu = float(int(job["cpus_per_trial"] // workers))
     per_worker_gpu = job["gpus_per_trial"] / workers
     trial_id = tune.get_context().get_trial_id()
     resources = {"CPU": per_worker_cpu, **({"GPU": per_worker_gpu} if per_worker_gpu else {})}
@@ -453,8 +457,11 @@ def _connect(address: str | None) -> bool:
 def _trainable(job: dict):
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(run_trial, job=job),
-                               {"cpu": job["cpus_per_trial"], "gpu": job["gpus_per_trial"]})
+    if job["workers_per_trial"] > 1:  # the trial only drives a TorchTrainer; its workers hold the CPUs
+        resources = {"cpu": 0.01}
+    else:
+        resources = {"cpu": job["cpus_per_trial"], "gpu": job["gpus_per_trial"]}
+    return tune.with_resources(tune.with_parameters(run_trial, job=job), resources)
 
 
 def _tuner_parts(job: dict, callbacks: list):

@@ -560,6 +560,7 @@ def run_search(job: dict, options: TuneOptions, resume: bool = False,
             tuner = tune.Tuner(_trainable(job), param_space=param_space,
                                tune_config=tune_config, run_config=run_config)
         grid = tuner.fit()
+        _sync_wandb_dirs(grid)
         return summarize(grid, job, info)
     finally:
         if started:
@@ -567,6 +568,21 @@ def run_search(job: dict, options: TuneOptions, resume: bool = False,
 
 
 # --------------------------------------------------------------------------- results
+
+
+def _sync_wandb_dirs(grid) -> None:
+    """Copy each trial's W&B files from Ray's local trial folder to the experiment folder.
+    Tune syncs a trial folder when the trial ends, which is before its W&B logging actor has
+    written the last records; the callback has waited for every actor by the time fit returns."""
+    try:
+        trials = grid._experiment_analysis.trials
+    except AttributeError:
+        return
+    for trial in trials:
+        src, dst = Path(trial.local_path) / "wandb", Path(trial.path) / "wandb"
+        if src.is_dir() and src.resolve() != dst.resolve():
+            shutil.copytree(src, dst, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("latest-run"))
 
 
 def _trial_status(grid) -> dict[str, str]:
@@ -690,6 +706,7 @@ def _varied(rows: list[TrialRow]) -> set[str]:
 def plot_trials(rows: list[TrialRow], job: dict, path: Path) -> Path:
     from modresnet import plots  # noqa: F401  (selects the Agg backend)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(9, 5))
     rung = job["grace_period"]
@@ -707,6 +724,7 @@ def plot_trials(rows: list[TrialRow], job: dict, path: Path) -> Path:
     ax.plot([], [], "x", color="red", ms=10, mew=2, label="stopped by ASHA")
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)",
            title=f"Validation accuracy per trial (dotted: ASHA rungs, max {job['max_epochs']} epochs)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(rows) > 12 else 1, loc="best")
     fig.tight_layout()

@@ -170,7 +170,9 @@ def train_one_epoch(state: TrainingState, train: Split, config: Config, device: 
     start = time.perf_counter()
     for step in range(steps):
         idx = perm[step * tc.batch_size: (step + 1) * tc.batch_size]
-        x = _prepare(augment(train.x[idx], config.augment, g), config)
+        x = augment(train.x[idx], config.augment, g, config.data.mean, config.data.std)
+        if config.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = train.y[idx]
         with _autocast(config, device):
             logits = model(x)

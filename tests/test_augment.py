@@ -24,10 +24,14 @@ def test_shape_dtype_and_range(batch):
     out = augment(batch, paper().augment, gen())
     assert out.shape == batch.shape and out.dtype == torch.float32
     assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    normalized = augment(batch, paper().augment, gen(), (0.5,) * 3, (0.5,) * 3)
+    assert torch.allclose(normalized, out * 2 - 1, atol=1e-5)
 
 
 def test_strength_zero_is_identity(batch):
     assert torch.equal(augment(batch, OFF, gen()), batch.float() / 255)
+    assert torch.allclose(augment(batch, OFF, gen(), (0.5,) * 3, (0.25,) * 3),
+                          (batch.float() / 255 - 0.5) / 0.25)
 
 
 @pytest.mark.parametrize("field, value", [
@@ -66,7 +70,7 @@ def test_seeds_reproduce(batch):
 
 def test_cutout_fills_one_square_with_the_mean():
     x = torch.zeros(8, 3, 32, 32)
-    out = cutout(x, 8, gen())
+    out = cutout(x, 8, gen(), fill=0.5)
     filled = (out[:, 0] == 0.5).sum(dim=(1, 2))
     assert (filled > 0).all() and (filled <= 64).all()
 

@@ -31,9 +31,9 @@ from typing import Callable
 import torch
 
 from modresnet import checkpoint, engine
-from modresnet.cli import UserError
 from modresnet.config import Config, from_dict
 from modresnet.data import load_cifar10
+from modresnet.errors import UserError
 from modresnet.model import build_model
 from modresnet.rundir import RunDir, finalize
 

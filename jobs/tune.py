@@ -35,9 +35,9 @@ import torch
 import yaml
 
 from modresnet import checkpoint, config as configs, engine
-from modresnet.cli import UserError
 from modresnet.config import Config, ConfigError
 from modresnet.data import load_cifar10
+from modresnet.errors import UserError
 from modresnet.model import build_model
 from modresnet.rundir import RunDir, finalize
 

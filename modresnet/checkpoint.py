@@ -23,6 +23,7 @@ from torch import nn
 
 from modresnet.config import Config, ConfigError, from_dict
 from modresnet.engine import TrainingState, unwrap
+from modresnet.errors import UserError
 from modresnet.model import ModifiedResNet, build_model
 
 FORMAT = "modresnet-checkpoint"
@@ -31,7 +32,7 @@ WEIGHTS, META = "model.safetensors", "model.json"
 STATE_TENSORS, STATE_META = "train_state.safetensors", "train_state.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint path a user gave is missing, not ours, corrupt or tampered with."""
 
 

@@ -17,10 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from modresnet import config as configs
-from modresnet.checkpoint import CheckpointError
-from modresnet.config import ConfigError
-from modresnet.data import DataError
-from modresnet.images import ImageError
+from modresnet.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train, tune and serve ModifiedResNet CIFAR-10 classifiers.")
@@ -28,11 +25,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-class UserError(Exception):
-    """Anything a user can fix: printed as one line, exit code 2."""
-
-
-USER_ERRORS = (UserError, ConfigError, DataError, CheckpointError, ImageError, FileExistsError)
+USER_ERRORS = (UserError, FileExistsError)
 
 
 def user_errors(fn):
@@ -222,15 +215,12 @@ def _train_on_ray(cfg: configs.Config, run_path: Path, resume: bool, **options: 
     """The Ray Train path (jobs/train.py); Ray is imported only there."""
     import time
 
-    from jobs.train import RayOptions, RayTrainSetupError, train_ray
+    from jobs.train import RayOptions, train_ray
 
     start = time.perf_counter()
-    try:
-        result = train_ray(cfg, run_path, RayOptions(**options), resume=resume,
-                           on_epoch_done=lambda record: console.print(epoch_line(record, cfg.train.epochs)),
-                           info=lambda line: console.print(f"[dim]{line}[/]"))
-    except RayTrainSetupError as err:  # also under `python -m modresnet.cli` (a second module)
-        raise UserError(str(err)) from None
+    result = train_ray(cfg, run_path, RayOptions(**options), resume=resume,
+                       on_epoch_done=lambda record: console.print(epoch_line(record, cfg.train.epochs)),
+                       info=lambda line: console.print(f"[dim]{line}[/]"))
     test = result.test
     console.print(f"[bold green]test accuracy {100 * test['test_acc']:.2f}%[/] on {test['n']:,} "
                   f"test images (best epoch {test['epoch']}, validation "
@@ -287,7 +277,7 @@ def predict(
         return
     import torch
 
-    from modresnet.images import decode_image
+    from modresnet.images import ImageError, decode_image
     from modresnet.inference import Predictor
 
     if checkpoint is None:

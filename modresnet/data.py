@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from modresnet.config import DataConfig
+from modresnet.errors import UserError
 
 ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -40,7 +41,7 @@ SUPPLY_HINT = (
 )
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The data set is missing, corrupt or unreachable; the message says how to fix it."""
 
 

@@ -13,11 +13,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from modresnet.errors import UserError
+
 MAX_PIXELS = 40_000_000  # ~ a 6300 x 6300 photo; larger declared sizes are refused unread
 SIDE = 32
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """The bytes are not an image we can classify; the message says why."""
 
 

@@ -13,11 +13,12 @@ from modresnet import checkpoint, engine
 from modresnet.config import Config
 from modresnet.data import Cifar10, load_cifar10
 from modresnet.engine import BatchCallback, TrainingState
+from modresnet.errors import UserError
 from modresnet.model import build_model
 from modresnet.rundir import RunDir, finalize
 
 
-class RunExistsError(ValueError):
+class RunExistsError(UserError, ValueError):
     """A run of that name exists and the user did not ask to resume it."""
 
 

@@ -9,38 +9,11 @@ the only way the paper's count works out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig:
-    """Architecture knobs; `flavor` names a preset, explicit widths/blocks override it."""
-
-    widths: tuple[int, ...] = (64, 128, 256)
-    blocks: tuple[int, ...] = (2, 2, 2)
-    num_classes: int = 10
-
-    def __post_init__(self) -> None:
-        if not self.widths or any(w < 1 for w in self.widths):
-            raise ValueError(f"model.widths: need positive channel counts, got {list(self.widths)}")
-        if len(self.blocks) != len(self.widths) or any(b < 1 for b in self.blocks):
-            raise ValueError(
-                f"model.blocks: need one positive block count per stage "
-                f"({len(self.widths)} stages), got {list(self.blocks)}"
-            )
-        if self.num_classes < 2:
-            raise ValueError(f"model.num_classes: need at least 2, got {self.num_classes}")
-
-
-FLAVORS: dict[str, ModelConfig] = {
-    "paper": ModelConfig(),
-    # Same topology, 1/8 the width: ~44k parameters, for fast CPU tests.
-    "debug": ModelConfig(widths=(8, 16, 32)),
-}
+from modresnet.config import FLAVORS, ModelConfig  # noqa: F401  (re-exported: the model's config)
 
 
 class BasicBlock(nn.Module):

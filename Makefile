@@ -21,9 +21,14 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The main job on an embedded local Ray: train (Ray Train, 2 workers), a tiny ASHA search,
+# then serve the trained model and classify real test images over HTTP.
+DEMO := demo-$(shell date +%Y%m%d-%H%M%S)
+
 demo: install
-	$(BIN)/modresnet train --preset demo --workers 2 --storage runs
-	$(BIN)/modresnet tune --preset demo --subset 500 --set data.val_subset=200 --samples 4 --max-epochs 2 --concurrent 2 --storage runs --name tune-demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/modresnet train --preset demo --workers 2 --storage runs --name $(DEMO)
+	$(BIN)/modresnet tune --preset demo --subset 500 --set data.val_subset=200 --samples 4 --max-epochs 2 --concurrent 2 --storage runs --name tune-$(DEMO)
+	$(BIN)/python -m serve.demo runs/$(DEMO) --n 8
 
 test: install
 	$(BIN)/python -m pytest tests

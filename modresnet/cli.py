@@ -338,6 +338,8 @@ def tune(
 ) -> None:
     """Search recipes with Ray Tune + ASHA; write a leaderboard and export the best model."""
     from jobs import tune as tuning
+    from jobs.search_space import DEFAULT_SPACE, load_space
+    from jobs.tune_results import leaderboard_table
     from modresnet.rundir import default_storage
 
     root = (storage or default_storage()).expanduser().resolve()
@@ -355,7 +357,7 @@ def tune(
         options = tuning.TuneOptions(**{**options_kw, "max_epochs": max_epochs or cfg.train.epochs})
         options.check()
         cfg = cfg.with_overrides({"train.epochs": options.max_epochs})
-        search_space = tuning.load_space(space or tuning.DEFAULT_SPACE, cfg)
+        search_space = load_space(space or DEFAULT_SPACE, cfg)
         job = tuning.new_job(cfg, search_space, options, root, name or f"tune-{default_name(preset)}")
     exp = root / job["name"]
     console.print(f"experiment: {exp}  ({job['samples']} trials, ASHA max {job['max_epochs']} "
@@ -363,7 +365,7 @@ def tune(
     outcome = tuning.run_search(job, options, resume=bool(resume),
                                 info=lambda line: console.print(line, highlight=False))
     if outcome.rows:
-        console.print(tuning.leaderboard_table(outcome.rows, job))
+        console.print(leaderboard_table(outcome.rows, job))
     if outcome.interrupted or outcome.best is None:
         err_console.print(f"[bold yellow]search interrupted[/]; continue it with: modresnet tune "
                           f"--resume {job['name']} --storage {root}", highlight=False)

@@ -54,7 +54,6 @@ def _leaderboard(exp: Path) -> list[dict]:
 def _trial_dirs(exp: Path) -> dict[str, Path]:
     out = {}
     for d in exp.glob("run_trial_*"):
-        params = d / "params.json"
         if d.is_dir():
             out["_".join(d.name.split("_")[2:4])] = d
     return out
@@ -99,22 +98,22 @@ def test_invalid_space_exits_2_naming_the_field(tmp_path, text, fragment):
 
 
 def test_default_space_is_valid_and_holds_the_paper_point():
-    from jobs import tune as tuning
+    from jobs import search_space as spaces
 
     base = configs.resolve("debug")
-    space = tuning.load_space(tuning.DEFAULT_SPACE, base)
+    space = spaces.load_space(spaces.DEFAULT_SPACE, base)
     for family in ("augment.cutout", "augment.rotation", "optim.name", "optim.lr",
                    "optim.betas", "optim.nesterov", "train.batch_size", "schedule.name",
                    "train.label_smoothing"):
         assert family in space.tuned_keys()
     point = space.point(configs.paper())
-    paper = tuning.trial_config(base, point)
+    paper = spaces.trial_config(base, point)
     assert paper.optim.name == "adam" and paper.optim.lr == 1e-3
     assert paper.schedule.name == "plateau" and paper.augment.rotation == 20.0
     # sgd-only fields never reach adam, betas never reach sgd
-    sgd = tuning.overrides_for({"optim": {"name": "sgd", "nesterov": True, "betas": [0.9, 0.99]}}, base)
+    sgd = spaces.overrides_for({"optim": {"name": "sgd", "nesterov": True, "betas": [0.9, 0.99]}}, base)
     assert "optim.betas" not in sgd and sgd["optim.nesterov"] is True
-    adam = tuning.overrides_for({"optim": {"name": "adam", "nesterov": True}}, base)
+    adam = spaces.overrides_for({"optim": {"name": "adam", "nesterov": True}}, base)
     assert "optim.nesterov" not in adam
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from jobs import tune as tuning
+from jobs.search_space import parse_space
 from modresnet import config as configs
 
 SPACE = {
@@ -62,7 +63,7 @@ def main() -> None:
     base = configs.resolve("debug", overrides={
         "data.subset": args.subset, "data.val_subset": 300, "data.test_subset": 200,
         "train.batch_size": 32, "train.epochs": args.max_epochs})
-    space = tuning.parse_space(SPACE, base, "asha_vs_fifo")
+    space = parse_space(SPACE, base, "asha_vs_fifo")
     storage = args.storage or Path(tempfile.mkdtemp(prefix="asha-vs-fifo-"))
     asha = run("asha", base, space, args, storage, args.grace_period)
     fifo = run("fifo", base, space, args, storage, args.max_epochs)

@@ -9,7 +9,6 @@ Prints both images/s and, last, one JSON line with key `ratio`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time

@@ -1,0 +1,256 @@
+"""What a finished search leaves behind: the leaderboard (console and CSV), the per-trial
+validation curves with ASHA's stops, the best config as YAML and the best trial exported
+as a core run directory, evaluated once on the test set."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from modresnet import checkpoint, config as configs
+from modresnet.config import Config
+from modresnet.data import load_cifar10
+from modresnet.errors import UserError
+from modresnet.rundir import RunDir, finalize
+
+from jobs.search_space import flatten, parse_space, trial_config
+from jobs.train import write_run_dir
+
+BEST_RUN = "best-run"
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    status: str
+    config: Config
+    values: dict[str, Any]
+    history: list[dict]
+    best_metric: float
+    best_val_acc: float
+    epochs: int
+    stopped_early: bool
+    latest: Path | None
+    best: Path | None
+    path: str
+
+
+@dataclass
+class TuneOutcome:
+    path: Path
+    rows: list[TrialRow]
+    interrupted: bool
+    best: TrialRow | None = None
+    test: dict | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def sync_wandb_dirs(grid) -> None:
+    """Copy each trial's W&B files from Ray's local trial folder to the experiment folder.
+    Tune syncs a trial folder when the trial ends, which is before its W&B logging actor has
+    written the last records; the callback has waited for every actor by the time fit returns."""
+    try:
+        trials = grid._experiment_analysis.trials
+    except AttributeError:
+        return
+    for trial in trials:
+        src, dst = Path(trial.local_path) / "wandb", Path(trial.path) / "wandb"
+        if src.is_dir() and src.resolve() != dst.resolve():
+            shutil.copytree(src, dst, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("latest-run"))
+
+
+def _trial_status(grid) -> dict[str, str]:
+    try:
+        return {t.trial_id: t.status for t in grid._experiment_analysis.trials}
+    except AttributeError:  # private API moved: treat every trial with results as finished
+        return {}
+
+
+def _checkpoint_dirs(result, job: dict) -> tuple[Path | None, Path | None]:
+    """(latest, best) checkpoint folders of a trial, from Tune or its nested Train run."""
+    latest = result.checkpoint
+    best = result.get_best_checkpoint(job["metric"], job["mode"]) if result.best_checkpoints else None
+    if latest is None and result.metrics and result.metrics.get("checkpoint_path"):
+        import ray.train
+
+        train_path = Path(job["train_storage"]) / f"train-{result.metrics['trial_id']}"
+        try:
+            train_result = ray.train.Result.from_path(str(train_path))
+        except Exception:  # noqa: BLE001 - no usable Train run: the trial is reported without files
+            return None, None
+        latest = train_result.checkpoint
+        best = train_result.get_best_checkpoint(job["metric"], job["mode"])
+    latest_path = Path(latest.path) if latest is not None else None
+    best_path = Path(best.path) if best is not None else latest_path
+    return latest_path, best_path
+
+
+def _history(result, latest: Path | None) -> list[dict]:
+    if latest is not None and checkpoint.has_training_state(latest):
+        return json.loads((latest / checkpoint.STATE_META).read_text())["history"]
+    df = result.metrics_dataframe
+    if df is None or "epoch" not in df:
+        return []
+    df = df.drop_duplicates("epoch", keep="last").sort_values("epoch")
+    return df.to_dict("records")
+
+
+def collect(grid, job: dict) -> tuple[list[TrialRow], bool]:
+    base = configs.from_dict(job["base"])
+    space = parse_space(job["space"], base, job["space_source"], checks=0)
+    statuses = _trial_status(grid)
+    rows, interrupted = [], False
+    for result in grid:
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        status = statuses.get(trial_id, "ERROR" if result.error else "TERMINATED")
+        if status not in ("TERMINATED", "ERROR"):
+            interrupted = True
+        if not metrics:
+            continue
+        sampled = {k: v for k, v in result.config.items()}
+        config = trial_config(base, sampled)
+        latest, best = _checkpoint_dirs(result, job)
+        history = _history(result, latest)
+        if not history:
+            continue
+        pick = max if job["mode"] == "max" else min
+        epochs = int(history[-1]["epoch"])
+        rows.append(TrialRow(
+            trial_id=trial_id, status=status, config=config,
+            values={k: v for k, v in flatten(sampled).items() if k in space.params},
+            history=history, best_metric=pick(h[job["metric"]] for h in history),
+            best_val_acc=max(h["val_acc"] for h in history), epochs=epochs,
+            stopped_early=status == "TERMINATED" and epochs < job["max_epochs"],
+            latest=latest, best=best, path=result.path))
+    reverse = job["mode"] == "max"
+    rows.sort(key=lambda r: r.best_metric, reverse=reverse)
+    return rows, interrupted
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return "/".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def write_leaderboard(rows: list[TrialRow], job: dict, path: Path) -> Path:
+    keys = sorted({k for r in rows for k in r.values})
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        extra = [f"best_{job['metric']}"] if job["metric"] != "val_acc" else []
+        writer.writerow(["rank", "trial", *keys, "best_val_acc", "last_val_acc", *extra,
+                         "epochs", "stopped_early", "status"])
+        for i, r in enumerate(rows, 1):
+            writer.writerow([i, r.trial_id, *[json.dumps(r.values[k]) if isinstance(r.values.get(k), list)
+                                              else r.values.get(k, "") for k in keys],
+                             f"{r.best_val_acc:.4f}", f"{r.history[-1]['val_acc']:.4f}",
+                             *([f"{r.best_metric:.4f}"] if extra else []),
+                             r.epochs, r.stopped_early, r.status])
+    return path
+
+
+def leaderboard_table(rows: list[TrialRow], job: dict, limit: int = 20):
+    from rich.table import Table
+
+    keys = sorted({k for r in rows for k in r.values if k in _varied(rows)})
+    table = Table(title=f"ASHA leaderboard ({len(rows)} trials, metric {job['metric']})")
+    table.add_column("#", justify="right")
+    table.add_column("trial", no_wrap=True)
+    short = [k.split(".", 1)[1] for k in keys]
+    for k, s in zip(keys, short):
+        table.add_column(s if short.count(s) == 1 else k)
+    table.add_column("best val acc", justify="right")
+    table.add_column("epochs", justify="right")
+    table.add_column("stopped early")
+    for i, r in enumerate(rows[:limit], 1):
+        table.add_row(str(i), r.trial_id, *[_fmt(r.values.get(k, "")) for k in keys],
+                      f"{100 * r.best_val_acc:.1f}%", f"{r.epochs}/{job['max_epochs']}",
+                      "yes" if r.stopped_early else ("error" if r.status == "ERROR" else "no"))
+    return table
+
+
+def _varied(rows: list[TrialRow]) -> set[str]:
+    keys = {k for r in rows for k in r.values}
+    return {k for k in keys if len({json.dumps(r.values.get(k)) for r in rows}) > 1}
+
+
+def plot_trials(rows: list[TrialRow], job: dict, path: Path) -> Path:
+    from modresnet import plots  # noqa: F401  (selects the Agg backend)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    rung = job["grace_period"]
+    while rung < job["max_epochs"]:
+        ax.axvline(rung, color="grey", ls=":", lw=1)
+        rung *= job["reduction_factor"]
+    for i, r in enumerate(rows):
+        epochs = [h["epoch"] for h in r.history]
+        accs = [100 * h["val_acc"] for h in r.history]
+        best = i == 0
+        line, = ax.plot(epochs, accs, "o-", lw=2.5 if best else 1, ms=3,
+                        label=f"{r.trial_id}{' (best)' if best else ''}", zorder=3 if best else 2)
+        if r.stopped_early:
+            ax.plot(epochs[-1], accs[-1], "x", color="red", ms=10, mew=2, zorder=4)
+    ax.plot([], [], "x", color="red", ms=10, mew=2, label="stopped by ASHA")
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%)",
+           title=f"Validation accuracy per trial (dotted: ASHA rungs, max {job['max_epochs']} epochs)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(rows) > 12 else 1, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def export_best(row: TrialRow, exp: Path) -> tuple[RunDir, dict]:
+    """The best trial as a core run directory, and its test accuracy (evaluated once)."""
+    if row.best is None or row.latest is None:
+        raise UserError(f"best trial {row.trial_id} left no checkpoint to export")
+    run = RunDir(exp / BEST_RUN)
+    tmp = RunDir(exp / (BEST_RUN + ".tmp"))
+    shutil.rmtree(tmp.path, ignore_errors=True)
+    write_run_dir(tmp, row.config, row.latest, row.best)
+    data = load_cifar10(row.config.data)
+    test = finalize(tmp, data.test, data.classes, torch.device("cpu"))
+    shutil.rmtree(run.path, ignore_errors=True)
+    tmp.path.rename(run.path)
+    return run, test
+
+
+def summarize(grid, job: dict, info: Callable[[str], None] = print) -> TuneOutcome:
+    exp = Path(job["storage"]) / job["name"]
+    rows, interrupted = collect(grid, job)
+    outcome = TuneOutcome(exp, rows, interrupted)
+    if not rows:
+        return outcome
+    outcome.files["leaderboard"] = write_leaderboard(rows, job, exp / "leaderboard.csv")
+    outcome.files["plot"] = plot_trials(rows, job, exp / "trials.png")
+    if interrupted:
+        return outcome
+    best = rows[0]
+    outcome.best = best
+    (exp / "best_config.yaml").write_text(best.config.to_yaml())
+    outcome.files["best_config"] = exp / "best_config.yaml"
+    run, test = export_best(best, exp)
+    outcome.test = test
+    outcome.files["best_run"] = run.path
+    (exp / "summary.json").write_text(json.dumps({
+        "best_trial": best.trial_id, f"best_{job['metric']}": best.best_metric,
+        "best_val_acc": best.best_val_acc, "test_acc": test["test_acc"], "test_n": test["n"],
+        "trials": len(rows), "stopped_early": sum(r.stopped_early for r in rows),
+        "epochs_trained": sum(r.epochs for r in rows), "best_run": str(run.path),
+        "best_config": best.values}, indent=2))
+    outcome.files["summary"] = exp / "summary.json"
+    return outcome

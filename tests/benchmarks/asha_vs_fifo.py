@@ -55,13 +55,14 @@ def main() -> None:
     p.add_argument("--reduction-factor", type=int, default=2)
     p.add_argument("--concurrent", type=int, default=2)
     p.add_argument("--subset", type=int, default=1000)
+    p.add_argument("--val-subset", type=int, default=1000, help="a bigger split ranks trials less noisily")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--storage", type=Path, default=None)
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     base = configs.resolve("debug", overrides={
-        "data.subset": args.subset, "data.val_subset": 300, "data.test_subset": 200,
+        "data.subset": args.subset, "data.val_subset": args.val_subset, "data.test_subset": 1000,
         "train.batch_size": 32, "train.epochs": args.max_epochs})
     space = parse_space(SPACE, base, "asha_vs_fifo")
     storage = args.storage or Path(tempfile.mkdtemp(prefix="asha-vs-fifo-"))
@@ -77,7 +78,7 @@ def main() -> None:
           f"wall {ratio['seconds']:.2f}x")
     print(json.dumps({"samples": args.samples, "max_epochs": args.max_epochs,
                       "grace_period": args.grace_period, "reduction_factor": args.reduction_factor,
-                      "subset": args.subset, "asha": asha, "fifo": fifo, "ratio": ratio,
+                      "subset": args.subset, "val_subset": args.val_subset, "asha": asha, "fifo": fifo, "ratio": ratio,
                       "storage": str(storage)}))
 
 

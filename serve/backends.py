@@ -3,8 +3,8 @@ uses) or ONNX Runtime on a graph exported from the same checkpoint at deploy tim
 
 Both take uint8 N x 3 x 32 x 32 and return float32 N x classes probabilities, and both put
 normalization inside, so the HTTP layer never sees model details. Measured on this 2-core CPU
-box with one thread per replica (see docs-serve.md): ONNX Runtime is ~1.5-4x faster at the
-small batches a server sees, and on par at 32, so it is the CPU default.
+box with one thread per replica (tests/benchmarks/serve_backends.py, README "Measured"):
+ONNX Runtime is faster or on par at the small batches a server sees, so it is the CPU default.
 """
 
 from __future__ import annotations

@@ -160,22 +160,26 @@ def write_leaderboard(rows: list[TrialRow], job: dict, path: Path) -> Path:
 
 
 def leaderboard_table(rows: list[TrialRow], job: dict, limit: int = 20):
+    """Best first; the sampled values of each trial wrap in one column, so the table fits a
+    terminal however many fields the space varies (leaderboard.csv has one column each)."""
     from rich.table import Table
 
     keys = sorted({k for r in rows for k in r.values if k in _varied(rows)})
+    names = [k.split(".", 1)[1] for k in keys]
+    short = {k: n if names.count(n) == 1 else k for k, n in zip(keys, names)}
     table = Table(title=f"ASHA leaderboard ({len(rows)} trials, metric {job['metric']})")
     table.add_column("#", justify="right")
     table.add_column("trial", no_wrap=True)
-    short = [k.split(".", 1)[1] for k in keys]
-    for k, s in zip(keys, short):
-        table.add_column(s if short.count(s) == 1 else k)
     table.add_column("best val acc", justify="right")
     table.add_column("epochs", justify="right")
     table.add_column("stopped early")
+    table.add_column("sampled config", overflow="fold", ratio=1)
     for i, r in enumerate(rows[:limit], 1):
-        table.add_row(str(i), r.trial_id, *[_fmt(r.values.get(k, "")) for k in keys],
-                      f"{100 * r.best_val_acc:.1f}%", f"{r.epochs}/{job['max_epochs']}",
-                      "yes" if r.stopped_early else ("error" if r.status == "ERROR" else "no"))
+        values = "  ".join(f"{short[k]}={_fmt(r.values[k])}" for k in keys if k in r.values)
+        table.add_row(str(i), r.trial_id, f"{100 * r.best_val_acc:.1f}%",
+                      f"{r.epochs}/{job['max_epochs']}",
+                      "yes" if r.stopped_early else ("error" if r.status == "ERROR" else "no"),
+                      values)
     return table
 
 

@@ -166,7 +166,7 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-_SCHEDULE_LENGTH = ("total_steps", "_schedule_phases", "T_max")
+_SCHEDULE_LENGTH = ("T_max",)
 
 
 def save_training_state(directory: Path, state: TrainingState) -> None:

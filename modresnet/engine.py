@@ -70,6 +70,22 @@ def build_optimizer(config: Config, model: nn.Module, world_size: int) -> torch.
     return cls(model.parameters(), lr=lr, betas=o.betas, weight_decay=o.weight_decay)
 
 
+def one_cycle(total: int, warmup_fraction: float, final_fraction: float,
+              start_fraction: float = 0.04) -> Callable[[int], float]:
+    """Linear warm-up from start_fraction to 1, then linear decay to final_fraction (the
+    piecewise-linear one-cycle of Page and airbench). Written out because torch's OneCycleLR
+    divides by zero when warm-up spans exactly one step, as on small subsets."""
+    warm = max(1, round(warmup_fraction * total))
+    decay = max(1, total - warm)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return start_fraction + (1 - start_fraction) * step / warm
+        return max(final_fraction, 1 - (1 - final_fraction) * (step - warm) / decay)
+
+    return factor
+
+
 def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps: int):
     s, total = config.schedule, config.train.epochs * steps
     peak = optimizer.param_groups[0]["lr"]
@@ -77,12 +93,8 @@ def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps: int
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=s.plateau_factor, patience=s.plateau_patience)
     if s.name == "onecycle":
-        div = 25.0
-        final_div = 1.0 / (s.final_lr_fraction * div) if s.final_lr_fraction else 1e4
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=peak, total_steps=max(total, 2), pct_start=s.warmup_fraction,
-            anneal_strategy="linear", cycle_momentum=False, div_factor=div,
-            final_div_factor=final_div)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, one_cycle(total, s.warmup_fraction, s.final_lr_fraction))
     if s.name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(total, 1), eta_min=peak * s.final_lr_fraction)

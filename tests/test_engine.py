@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pytest
 import torch
 
 from modresnet import checkpoint, config as configs, engine
@@ -87,3 +88,14 @@ def test_tta_evaluates_the_mirror(small_cifar):
     mirrored = engine.predict_logits(model, val.x.flip(3), cfg, CPU)
     tta = engine.predict_logits(model, val.x, cfg, CPU, tta=True)
     assert torch.allclose(tta, (plain + mirrored) / 2, atol=1e-5)
+
+
+def test_one_cycle_survives_tiny_runs_and_peaks_once():
+    from modresnet.engine import one_cycle
+
+    for total in range(1, 12):  # torch's OneCycleLR divided by zero at 4 steps, warm-up 0.25
+        f = one_cycle(total, 0.25, 0.0)
+        values = [f(step) for step in range(total + 1)]
+        assert all(0.0 <= v <= 1.0 for v in values)
+    f = one_cycle(100, 0.2, 0.01)
+    assert f(0) < f(10) < f(20) == 1.0 > f(60) > f(100) == pytest.approx(0.01)

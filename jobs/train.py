@@ -190,7 +190,7 @@ def connect(address: str | None) -> bool:
             raise RayTrainSetupError(f"--address {address}: cannot connect "
                                      f"({str(err).splitlines()[0]})") from None
     else:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True,
                  object_store_memory=256 * 1024**2, **quiet)
     return True
 

@@ -201,18 +201,10 @@ def _wandb_callbacks(options: TuneOptions, group: str, info: Callable[[str], Non
 def _connect(address: str | None) -> bool:
     import ray
 
+    from jobs.train import connect
+
     if ray.is_initialized():
         return False
-    try:
-        from jobs.train import connect
-    except ImportError:  # the Ray Train driver is optional for single-worker trials
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                     object_store_memory=256 * 1024**2)
-        return True
     return connect(address)
 
 

@@ -245,3 +245,20 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
               (exp / "best-run" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, len(epochs) + 1))
     assert (exp / "best-run" / "test.json").exists()
+
+
+@pytest.mark.ray
+def test_data_parallel_trials_run_one_after_another(tmp_path):
+    """--workers-per-trial 2: each trial is a 2-worker TorchTrainer; the second must get the
+    CPUs back from the first (its placement group is freed), not wait forever."""
+    (tmp_path / "space.yaml").write_text(SPACE)
+    proc = subprocess.run(
+        _tune_cmd("--preset", "debug", "--subset", "200", "--set", "data.val_subset=100",
+                  "--set", "data.test_subset=100", "--max-epochs", "1", "--samples", "2",
+                  "--concurrent", "1", "--workers-per-trial", "2", "--cpus-per-trial", "2",
+                  "--space", str(tmp_path / "space.yaml"), "--no-wandb",
+                  "--storage", str(tmp_path / "runs"), "--name", "ddp"),
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    rows = _leaderboard(tmp_path / "runs" / "ddp")
+    assert len(rows) == 2 and all(r["epochs"] == "1" for r in rows), rows

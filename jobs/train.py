@@ -128,9 +128,7 @@ def train_loop_per_worker(loop_config: dict) -> dict:
         with tempfile.TemporaryDirectory(prefix="modresnet-ckpt-") as tmp:
             ckpt = None
             if rank == 0:
-                checkpoint.save_model(Path(tmp), st.eval_model(), config, data.classes,
-                                      st.epoch, record)
-                checkpoint.save_training_state(Path(tmp), st)
+                checkpoint.save_resumable(Path(tmp), st, config, data.classes, record)
                 ckpt = Checkpoint.from_directory(tmp)
             ray.train.report(dict(record), checkpoint=ckpt)  # a barrier: every rank reports
 

@@ -77,8 +77,7 @@ def run_trial(params: dict, job: dict) -> None:
 
     def on_epoch(record: dict, st: engine.TrainingState) -> None:
         with tempfile.TemporaryDirectory(prefix="modresnet-tune-") as d:
-            checkpoint.save_model(Path(d), st.eval_model(), config, data.classes, st.epoch, record)
-            checkpoint.save_training_state(Path(d), st)
+            checkpoint.save_resumable(Path(d), st, config, data.classes, record)
             tune.report(_report_metrics(record), checkpoint=tune.Checkpoint.from_directory(d))
 
     train, val = engine.to_device(data.train, device), engine.to_device(data.val, device)

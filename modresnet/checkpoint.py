@@ -185,6 +185,15 @@ def save_training_state(directory: Path, state: TrainingState) -> None:
     (Path(directory) / STATE_META).write_text(json.dumps(meta))
 
 
+def save_resumable(directory: Path, state: TrainingState, config: Config,
+                   classes: tuple[str, ...], record: dict[str, Any]) -> Path:
+    """The per-epoch checkpoint every training path writes: the evaluated weights plus the
+    training state that resumes them (local last/, Ray Train and Tune reports alike)."""
+    save_model(directory, state.eval_model(), config, classes, state.epoch, record)
+    save_training_state(directory, state)
+    return Path(directory)
+
+
 def has_training_state(directory: Path) -> bool:
     return (Path(directory) / STATE_META).exists()
 

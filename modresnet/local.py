@@ -42,8 +42,7 @@ def epoch_writer(run: RunDir, config: Config, classes: tuple[str, ...]):
             checkpoint.replace_dir(tmp, run.best)
         tmp = run.path / "last.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        checkpoint.save_model(tmp, state.eval_model(), config, classes, state.epoch, record)
-        checkpoint.save_training_state(tmp, state)
+        checkpoint.save_resumable(tmp, state, config, classes, record)
         checkpoint.replace_dir(tmp, run.last)
 
     return on_epoch

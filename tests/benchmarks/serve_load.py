@@ -87,16 +87,10 @@ def ceiling(checkpoint: str, backend: str, batch: int, seconds: float = 3.0) -> 
 
     from modresnet.checkpoint import load_model
     from serve.backends import make_backend
+    from serve_backends import rate  # the same timing loop as the backend benchmark
 
     torch.set_num_threads(1)
-    model = make_backend(backend, load_model(checkpoint), threads=1)
-    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
-    model.probabilities(x)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        model.probabilities(x)
-        n += batch
-    return n / (time.perf_counter() - start)
+    return rate(make_backend(backend, load_model(checkpoint), threads=1), batch, seconds)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ variable *named* by `api_key_env` (default MODRESNET_API_KEY).
 from __future__ import annotations
 
 import asyncio
+import difflib
 import hmac
 import os
 import time
@@ -21,7 +22,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -33,7 +34,12 @@ PAGE = (Path(__file__).parent / "page.html").read_text()
 
 
 class ServeArgs(BaseModel):
-    """Everything about a deployment except secrets; visible through `serve config`."""
+    """Everything about a deployment except secrets; visible through `serve config`.
+
+    Unknown keys are an error: a misspelt arg in serve/config.yaml or a RayService's
+    serveConfigV2 would otherwise be dropped silently and its default served instead."""
+
+    model_config = ConfigDict(extra="forbid")
 
     checkpoint: str = Field(description="Run directory or checkpoint folder (readable by replicas).")
     backend: Literal["onnx", "torch"] = "onnx"
@@ -58,6 +64,21 @@ class ServeArgs(BaseModel):
     health_check_period_s: float = Field(5, gt=0)
     health_check_timeout_s: float = Field(30, gt=0)
     graceful_shutdown_timeout_s: float = Field(20, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data):
+        if isinstance(data, dict):
+            known = list(cls.model_fields)
+            unknown = [str(k) for k in data if k not in cls.model_fields]
+            if unknown:
+                def hint(key: str) -> str:
+                    close = difflib.get_close_matches(key, known, n=1)
+                    return f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+                raise ValueError(f"unknown serve arg{'s' if len(unknown) > 1 else ''} "
+                                 f"{', '.join(map(hint, unknown))}; the args are: {', '.join(known)}")
+        return data
 
     @field_validator("max_replicas")
     @classmethod

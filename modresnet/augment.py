@@ -27,9 +27,15 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
+def const(values, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A small constant on `device` without a host sync: a blocking host-to-GPU copy waits
+    for every queued kernel, which per batch starves the GPU."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    m = const(mean, x.device, x.dtype).view(1, -1, 1, 1)
+    s = const(std, x.device, x.dtype).view(1, -1, 1, 1)
     return (x - m) / s
 
 
@@ -48,8 +54,8 @@ def color_normalize(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator,
     so y = M x + o with one M (N x 3 x 3) and o (N x 3). Normalizing is linear too, so it
     folds into M and o, and the [0, 1] clamp becomes a clamp to the normalized bounds."""
     n, dev = x.shape[0], x.device
-    m = torch.tensor(mean, device=dev, dtype=x.dtype).view(1, 3, 1)
-    sd = torch.tensor(std, device=dev, dtype=x.dtype).view(1, 3, 1)
+    m = const(mean, dev, x.dtype).view(1, 3, 1)
+    sd = const(std, dev, x.dtype).view(1, 3, 1)
     flat = x.reshape(n, 3, -1)
     if not (cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue):
         return ((flat / divisor - m) / sd).view_as(x)
@@ -57,7 +63,7 @@ def color_normalize(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator,
     b = _uniform(n, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness, g, dev) if cfg.brightness else ones
     c = _uniform(n, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast, g, dev) if cfg.contrast else ones
     s = _uniform(n, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation, g, dev) if cfg.saturation else ones
-    gray = torch.tensor(_GRAY, device=dev)
+    gray = const(_GRAY, dev)
     eye = torch.eye(3, device=dev).expand(n, 3, 3)
     sat = s.view(n, 1, 1) * eye + (1 - s).view(n, 1, 1) * gray.view(1, 1, 3).expand(n, 3, 3)
     matrix = sat * (b * c).view(n, 1, 1)
@@ -67,7 +73,7 @@ def color_normalize(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator,
         rot = torch.zeros(n, 3, 3, device=dev)
         rot[:, 0, 0] = 1
         rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-        hue = torch.tensor(_YIQ_TO_RGB, device=dev) @ rot @ torch.tensor(_RGB_TO_YIQ, device=dev)
+        hue = const(_YIQ_TO_RGB, dev) @ rot @ const(_RGB_TO_YIQ, dev)
         matrix = hue @ matrix
     mean_gray = (flat.mean(2) @ gray) / divisor
     offset = ((1 - c) * b * mean_gray).view(n, 1, 1)
@@ -96,8 +102,7 @@ def geometry(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.T
         p = cfg.crop_padding
         shift += torch.randint(-p, p + 1, (n, 2), generator=g, device=dev).float()
     if cfg.translate:
-        shift += (torch.rand(n, 2, generator=g, device=dev) * 2 - 1) * cfg.translate * torch.tensor(
-            [w, h], device=dev, dtype=torch.float32)
+        shift += (torch.rand(n, 2, generator=g, device=dev) * 2 - 1) * cfg.translate * const((w, h), dev)
         shift = shift.round()  # torchvision's RandomAffine also moves by whole pixels
     angle = torch.zeros(n, device=dev)
     if cfg.rotation:

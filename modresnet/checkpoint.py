@@ -177,6 +177,9 @@ def save_training_state(directory: Path, state: TrainingState) -> None:
         "scheduler": _encode(state.scheduler.state_dict(), "scheduler", tensors)
         if state.scheduler is not None else None,
         "ema": _encode(state.ema.state_dict(), "ema", tensors) if state.ema is not None else None,
+        "scaler": _encode(state.scaler.state_dict(), "scaler", tensors)
+        if state.scaler is not None else None,
+        "use_ema": state.use_ema,
         "rng": _encode(torch.get_rng_state(), "rng", tensors),
     }
     sha = _save_tensors(tensors, Path(directory) / STATE_TENSORS)
@@ -207,9 +210,18 @@ def load_training_state(directory: Path, state: TrainingState) -> TrainingState:
         raise CheckpointError(f"{directory / STATE_META}: unreadable training state ({err})") from None
     tensors = _verified_tensors(directory / STATE_TENSORS, meta["sha256"])
     payload = {k: _decode(v, tensors) for k, v in meta["state"].items()}
-    device = next(unwrap(state.model).parameters()).device
-    unwrap(state.model).load_state_dict(payload["model"])
-    state.optimizer.load_state_dict(payload["optimizer"])
+    try:
+        unwrap(state.model).load_state_dict(payload["model"])
+        state.optimizer.load_state_dict(payload["optimizer"])
+        if state.ema is not None and payload["ema"] is not None:
+            state.ema.load_state_dict(payload["ema"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{directory}: the training state does not fit this config or "
+                              f"was written by another modresnet version "
+                              f"({str(err).splitlines()[0]}); start a new run") from None
+    if state.scaler is not None and payload.get("scaler") is not None:
+        state.scaler.load_state_dict(payload["scaler"])
+    state.use_ema = payload.get("use_ema", True)
     if state.scheduler is not None and payload["scheduler"] is not None:
         # Keep the new schedule's length, so a resumed run may extend train.epochs.
         saved = {k: v for k, v in payload["scheduler"].items() if k not in _SCHEDULE_LENGTH}
@@ -217,8 +229,6 @@ def load_training_state(directory: Path, state: TrainingState) -> TrainingState:
         if not isinstance(state.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             state.scheduler.last_epoch -= 1  # re-derive the lr under the new length
             state.scheduler.step()
-    if state.ema is not None and payload["ema"] is not None:
-        state.ema.load_state_dict({k: v.to(device) for k, v in payload["ema"].items()})
     torch.set_rng_state(payload["rng"])
     state.epoch = meta["epoch"]
     state.history = meta["history"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -106,6 +107,20 @@ def ray_default_name(preset: str, cfg: configs.Config, root: Path) -> str:
     return default_name(preset)
 
 
+def describe(cfg: configs.Config) -> str:
+    """What a run trains, in one line: model flavor and size, data, epochs, recipe."""
+    from modresnet.model import build_model
+
+    flavor = next((name for name, m in configs.FLAVORS.items() if m == cfg.model), "custom")
+    params = sum(p.numel() for p in build_model(cfg.model).parameters())
+    train_n = cfg.data.subset or 50000 - cfg.data.val_size
+    test_n = cfg.data.test_subset or 10000
+    return (f"training ModifiedResNet ({flavor} flavor, {params:,} parameters) on {train_n:,} "
+            f"CIFAR-10 training images for {cfg.train.epochs} epochs ({cfg.optim.name} lr "
+            f"{cfg.optim.lr:g}, {cfg.schedule.name} schedule, batch {cfg.train.batch_size} per "
+            f"worker); test set: {test_n:,} images")
+
+
 def epoch_line(record: dict, total: int) -> str:
     return (f"epoch {record['epoch']:>3}/{total}  train {record['train_loss']:.3f} / "
             f"{100 * record['train_acc']:5.1f}%  val {record['val_loss']:.3f} / "
@@ -184,14 +199,22 @@ def train(
                         TimeElapsedColumn(), console=console, transient=True)
     task = progress.add_task("train", total=None, epoch=1, loss=float("nan"))
 
-    def on_batch(step: int, steps: int, loss: float) -> None:
-        progress.update(task, completed=step, total=steps, loss=loss)
+    last_loss_read = [0.0]
+
+    def on_batch(step: int, steps: int, loss) -> None:
+        now = time.monotonic()  # reading the loss waits for the GPU: a few times a second
+        if now - last_loss_read[0] > 0.5 or step == steps:
+            last_loss_read[0] = now
+            progress.update(task, completed=step, total=steps, loss=float(loss))
+        else:
+            progress.update(task, completed=step, total=steps)
 
     def on_epoch(record: dict) -> None:
-        progress.console.print(epoch_line(record, cfg.train.epochs))
+        progress.console.print(epoch_line(record, cfg.train.epochs), highlight=False, soft_wrap=True)
         progress.update(task, completed=0, epoch=record["epoch"] + 1)
 
-    console.print(f"run directory: {run_path}")
+    console.print(f"run directory: {run_path}", highlight=False, soft_wrap=True)
+    console.print(describe(cfg), highlight=False, soft_wrap=True)
     if not local:
         _train_on_ray(cfg, run_path, resume, workers=workers, use_gpu=gpu,
                       cpus_per_worker=cpus_per_worker, address=address,
@@ -208,26 +231,30 @@ def train(
                   f"test images (best epoch {test['epoch']}, validation "
                   f"{100 * test['val_acc']:.2f}%)")
     console.print(f"outputs: {result.run.path}  (metrics.jsonl, curves.png, confusion.png, "
-                  f"best/, last/, test.json)")
+                  f"best/, last/, test.json)", highlight=False, soft_wrap=True)
+    console.print(f"learning curves: {result.run.path / 'curves.png'}", highlight=False,
+                  soft_wrap=True)
 
 
 def _train_on_ray(cfg: configs.Config, run_path: Path, resume: bool, **options: Any) -> None:
     """The Ray Train path (jobs/train.py); Ray is imported only there."""
-    import time
-
     from jobs.train import RayOptions, train_ray
 
     start = time.perf_counter()
     result = train_ray(cfg, run_path, RayOptions(**options), resume=resume,
-                       on_epoch_done=lambda record: console.print(epoch_line(record, cfg.train.epochs)),
-                       info=lambda line: console.print(f"[dim]{line}[/]"))
+                       on_epoch_done=lambda record: console.print(
+                           epoch_line(record, cfg.train.epochs), highlight=False, soft_wrap=True),
+                       info=lambda line: console.print(f"[dim]{line}[/]", highlight=False,
+                                                       soft_wrap=True))
     test = result.test
     console.print(f"[bold green]test accuracy {100 * test['test_acc']:.2f}%[/] on {test['n']:,} "
                   f"test images (best epoch {test['epoch']}, validation "
                   f"{100 * test['val_acc']:.2f}%) in {time.perf_counter() - start:.0f}s on "
-                  f"{options['workers']} Ray worker(s)")
+                  f"{options['workers']} Ray worker(s)", soft_wrap=True)
     console.print(f"outputs: {result.run.path}  (metrics.jsonl, curves.png, confusion.png, "
-                  f"best/, last/, test.json, ray/)")
+                  f"best/, last/, test.json, ray/, ray.log)", highlight=False, soft_wrap=True)
+    console.print(f"learning curves: {result.run.path / 'curves.png'}", highlight=False,
+                  soft_wrap=True)
 
 
 @app.command()
@@ -335,6 +362,7 @@ def tune(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default $RAY_ADDRESS, else a local Ray).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted search NAME (its saved settings are used).")] = None,
     wandb: Annotated[Optional[bool], typer.Option("--wandb/--no-wandb", help="W&B run per trial (default on; offline without WANDB_API_KEY).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Ray Tune's own progress reporter (trial tables, configs, results) instead of the compact table.")] = False,
 ) -> None:
     """Search recipes with Ray Tune + ASHA; write a leaderboard and export the best model."""
     from jobs import tune as tuning
@@ -361,11 +389,14 @@ def tune(
         job = tuning.new_job(cfg, search_space, options, root, name or f"tune-{default_name(preset)}")
     exp = root / job["name"]
     console.print(f"experiment: {exp}  ({job['samples']} trials, ASHA max {job['max_epochs']} "
-                  f"epochs, grace {job['grace_period']}, reduction {job['reduction_factor']})")
-    outcome = tuning.run_search(job, options, resume=bool(resume),
-                                info=lambda line: console.print(line, highlight=False))
+                  f"epochs, grace {job['grace_period']}, reduction {job['reduction_factor']}; "
+                  f"Ray's log: {exp / 'ray.log'})", highlight=False, soft_wrap=True)
+    outcome = tuning.run_search(job, options, resume=bool(resume), verbose=verbose,
+                                console=console,
+                                info=lambda line: console.print(line, highlight=False,
+                                                                soft_wrap=True))
     if outcome.rows:
-        console.print(leaderboard_table(outcome.rows, job))
+        console.print(leaderboard_table(outcome.rows, job, width=console.width))
     if outcome.interrupted or outcome.best is None:
         err_console.print(f"[bold yellow]search interrupted[/]; continue it with: modresnet tune "
                           f"--resume {job['name']} --storage {root}", highlight=False)
@@ -374,9 +405,10 @@ def tune(
     console.print(f"[bold green]best trial {best.trial_id}[/]: validation "
                   f"{100 * best.best_val_acc:.2f}%, test accuracy {100 * test['test_acc']:.2f}% "
                   f"on {test['n']:,} images ({sum(r.stopped_early for r in outcome.rows)} of "
-                  f"{len(outcome.rows)} trials stopped early by ASHA)")
+                  f"{len(outcome.rows)} trials stopped early by ASHA)", soft_wrap=True)
+    console.print(f"outputs in {exp}:", highlight=False, soft_wrap=True)
     for label, path in outcome.files.items():
-        console.print(f"  {label}: {path}", highlight=False)
+        console.print(f"  {label + ':':<13} {path}", highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------

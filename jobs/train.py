@@ -171,15 +171,76 @@ def check_address(address: str, timeout: float = 3.0) -> None:
                                  f"or drop --address to use a local Ray") from None
 
 
-def connect(address: str | None) -> bool:
-    """Connect to (or start) Ray; True when this call started it and must shut it down."""
+def local_token_auth() -> None:
+    """Token auth for a Ray this process starts, without Ray's warning or a token file.
+
+    A local `ray.init()` with RAY_AUTH_MODE unset turns token auth on, writes
+    ~/.ray/auth_token and warns on every start. Setting the mode explicitly keeps auth on
+    and silences the warning; a token only this process tree knows (children inherit the
+    environment) keeps the home folder untouched. An explicit RAY_AUTH_MODE is respected."""
+    import secrets
+
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    # This process read Ray's config when it imported ray; refresh it as ray.init does when
+    # it turns auth on by default (ray._private.authentication.authentication_token_setup).
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+_RAY_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)d -- %(message)s"
+
+
+def ray_logs_to(path: Path) -> None:
+    """Send the Python logs of Ray's libraries (ray, ray.tune, ray.train, ray.serve, ...)
+    to `path` (appended) instead of the console; call again after importing a Ray library
+    that sets up its own console handler (ray.serve does at import). Idempotent."""
+    import sys
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = ["ray"] + sorted(n for n in logging.root.manager.loggerDict if n.startswith("ray."))
+    for name in names:
+        logger = logging.getLogger(name)
+        if not logger.handlers and name != "ray":
+            continue
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler):
+                continue  # Ray's own files (session logs) stay
+            if isinstance(handler, logging.StreamHandler) and (
+                    handler.stream in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+                    or type(handler).__name__ == "PlainRayHandler"):
+                logger.removeHandler(handler)
+        if logger.propagate and name != "ray":
+            continue  # reaches "ray"'s file handler
+        target = str(path.resolve())
+        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == target
+                   for h in logger.handlers):
+            handler = logging.FileHandler(target, mode="a", encoding="utf-8")
+            handler.setFormatter(logging.Formatter(_RAY_LOG_FORMAT))
+            logger.addHandler(handler)
+
+
+def connect(address: str | None, log_file: Path | None = None) -> bool:
+    """Connect to (or start) Ray; True when this call started it and must shut it down.
+    With `log_file`, Ray's Python logs go there (INFO and up) instead of the console."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if ray.is_initialized():
+        if log_file is not None:
+            ray_logs_to(log_file)
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
+    quiet = dict(log_to_driver=False,
+                 logging_level=logging.INFO if log_file is not None else logging.WARNING)
+    if log_file is not None:
+        ray_logs_to(log_file)
     if address:
         check_address(address)
         try:
@@ -188,8 +249,11 @@ def connect(address: str | None) -> bool:
             raise RayTrainSetupError(f"--address {address}: cannot connect "
                                      f"({str(err).splitlines()[0]})") from None
     else:
+        local_token_auth()
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True,
                  object_store_memory=256 * 1024**2, **quiet)
+    if log_file is not None:
+        ray_logs_to(log_file)  # ray.init may have set up more of Ray's loggers
     return True
 
 
@@ -273,7 +337,7 @@ def train_ray(config: Config, run_path: Path, options: RayOptions = RayOptions()
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Empty, Queue
 
-    started = connect(options.address)
+    started = connect(options.address, log_file=run_path / "ray.log")
     stop = threading.Event()
     try:
         check_resources(options)

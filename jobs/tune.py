@@ -168,7 +168,9 @@ def _flushing_wandb_callback():
     """WandbLoggerCallback whose per-trial actor tears wandb down after `finish`, so the
     offline run file is complete before Ray kills the actor (finish alone returns before
     wandb-core has written the last records, and a trial ending last lost them)."""
+    import ray
     from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+    from ray.air.util.node import _force_on_current_node
 
     class _FlushingActor(_WandbLoggingActor):
         def run(self):
@@ -177,6 +179,18 @@ def _flushing_wandb_callback():
 
     class FlushingWandbLoggerCallback(WandbLoggerCallback):
         _logger_actor_cls = _FlushingActor
+
+        def _start_logging_actor(self, trial, exclude_results, **wandb_init_kwargs):
+            # Ray's callback makes its logging actor restartable (max_restarts=-1) and hands
+            # it a Queue actor handle, which Ray counts as an object-store argument: its
+            # core worker then logs an error line for every search (ray#53727). The actor
+            # is pinned to this node and lives as long as its trial: no restarts.
+            if not self._remote_logger_class:
+                env = {k: os.environ[k] for k in ("WANDB_API_KEY",) if k in os.environ}
+                self._remote_logger_class = ray.remote(
+                    num_cpus=0, **_force_on_current_node(), runtime_env={"env_vars": env},
+                    max_restarts=0)(self._logger_actor_cls)
+            super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
 
     return FlushingWandbLoggerCallback
 
@@ -197,14 +211,16 @@ def _wandb_callbacks(options: TuneOptions, group: str, info: Callable[[str], Non
                                 log_config=True, **kwargs)]
 
 
-def _connect(address: str | None) -> bool:
+def _connect(address: str | None, log_file: Path | None = None) -> bool:
     import ray
 
-    from jobs.train import connect
+    from jobs.train import connect, ray_logs_to
 
     if ray.is_initialized():
+        if log_file is not None:
+            ray_logs_to(log_file)
         return False
-    return connect(address)
+    return connect(address, log_file=log_file)
 
 
 def _trainable(job: dict):
@@ -217,7 +233,7 @@ def _trainable(job: dict):
     return tune.with_resources(tune.with_parameters(run_trial, job=job), resources)
 
 
-def _tuner_parts(job: dict, callbacks: list):
+def _tuner_parts(job: dict, callbacks: list, verbose: bool = True):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -238,7 +254,8 @@ def _tuner_parts(job: dict, callbacks: list):
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1,
                                                 checkpoint_score_attribute=job["metric"],
                                                 checkpoint_score_order=job["mode"]),
-        failure_config=tune.FailureConfig(max_failures=1))
+        failure_config=tune.FailureConfig(max_failures=1),
+        verbose=None if verbose else 0)  # 0: no Ray reporter; jobs/tune_progress draws a table
     return space.param_space(), tune_config, run_config
 
 
@@ -266,9 +283,26 @@ def read_job(exp: Path) -> dict:
                              f"check NAME and --storage") from None
 
 
+def _restored_output(tuner, run_config) -> None:
+    """A restored Tuner brings the pickled RunConfig of the first run; give it this run's
+    console settings (reporter verbosity, the progress callback)."""
+    from jobs.tune_progress import ProgressCallback
+
+    restored = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+    if restored is None:  # private API moved: the first run's settings stay
+        return
+    restored.verbose = run_config.verbose
+    if not any(isinstance(c, ProgressCallback) for c in restored.callbacks or []):
+        restored.callbacks = list(restored.callbacks or []) + [ProgressCallback()]
+
+
 def run_search(job: dict, options: TuneOptions, resume: bool = False,
-               info: Callable[[str], None] = print) -> TuneOutcome:
-    """Start (or restore) the search, then write the leaderboard, plot and best run."""
+               info: Callable[[str], None] = print, verbose: bool = False,
+               console=None) -> TuneOutcome:
+    """Start (or restore) the search, then write the leaderboard, plot and best run.
+
+    Progress: one compact table of trials on `console` (jobs/tune_progress.py), or with
+    `verbose` Ray Tune's own reporter. Ray's Python logs go to <experiment>/ray.log."""
     storage = Path(job["storage"])
     exp = storage / job["name"]
     if resume:
@@ -290,8 +324,10 @@ def run_search(job: dict, options: TuneOptions, resume: bool = False,
     from ray import tune
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    callbacks = _wandb_callbacks(options, job["name"], info)
-    started = _connect(options.address)
+    from jobs.tune_progress import ProgressCallback, TrialTable
+
+    callbacks = _wandb_callbacks(options, job["name"], info) + [ProgressCallback()]
+    started = _connect(options.address, log_file=exp / "ray.log")
     try:
         import ray
 
@@ -304,15 +340,28 @@ def run_search(job: dict, options: TuneOptions, resume: bool = False,
                 raise TuneSetupError(f"--resume: {exp} has no Tune experiment state to restore "
                                      f"(it was interrupted before the first trial started); "
                                      f"start it again under a new --name")
-            param_space, _, _ = _tuner_parts(job, callbacks)
+            param_space, _, run_config = _tuner_parts(job, callbacks, verbose)
             tuner = tune.Tuner.restore(str(exp), trainable=_trainable(job), resume_errored=True,
                                        param_space=param_space)
+            _restored_output(tuner, run_config)
             info(f"resuming search {exp}")
         else:
-            param_space, tune_config, run_config = _tuner_parts(job, callbacks)
+            param_space, tune_config, run_config = _tuner_parts(job, callbacks, verbose)
             tuner = tune.Tuner(_trainable(job), param_space=param_space,
                                tune_config=tune_config, run_config=run_config)
-        grid = tuner.fit()
+        # Ray's new output engine prints its experiment banner even at verbose=0; the
+        # legacy engine at verbose=0 prints nothing (RAY_AIR_NEW_OUTPUT, read at fit time).
+        air_output = os.environ.get("RAY_AIR_NEW_OUTPUT")
+        if not verbose:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        try:
+            with TrialTable(job, console=console, enabled=not verbose):
+                grid = tuner.fit()
+        finally:
+            if air_output is None:
+                os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+            else:
+                os.environ["RAY_AIR_NEW_OUTPUT"] = air_output
         sync_wandb_dirs(grid)
         return summarize(grid, job, info)
     finally:

@@ -135,14 +135,6 @@ def collect(grid, job: dict) -> tuple[list[TrialRow], bool]:
     return rows, interrupted
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, (list, tuple)):
-        return "/".join(_fmt(v) for v in value)
-    return str(value)
-
-
 def write_leaderboard(rows: list[TrialRow], job: dict, path: Path) -> Path:
     keys = sorted({k for r in rows for k in r.values})
     with path.open("w", newline="") as f:
@@ -159,33 +151,36 @@ def write_leaderboard(rows: list[TrialRow], job: dict, path: Path) -> Path:
     return path
 
 
-def leaderboard_table(rows: list[TrialRow], job: dict, limit: int = 20):
-    """Best first; the sampled values of each trial wrap in one column, so the table fits a
-    terminal however many fields the space varies (leaderboard.csv has one column each)."""
+def leaderboard_table(rows: list[TrialRow], job: dict, limit: int = 20, width: int | None = None):
+    """Best first; one column per sampled value that differs between trials, most telling
+    first, as many as fit in `width` characters (leaderboard.csv has every value)."""
     from rich.table import Table
 
-    keys = sorted({k for r in rows for k in r.values if k in _varied(rows)})
-    names = [k.split(".", 1)[1] for k in keys]
-    short = {k: n if names.count(n) == 1 else k for k, n in zip(keys, names)}
-    table = Table(title=f"ASHA leaderboard ({len(rows)} trials, metric {job['metric']})")
+    from jobs.tune_progress import applicable, fmt, value_columns
+
+    base_optimizer = job["base"]["optim"]["name"]
+    values = [applicable(r.values, base_optimizer) for r in rows]
+    order = list(job["space"]) if isinstance(job.get("space"), dict) else []
+    keys, hidden, names = value_columns(values, order, width, fixed=62)
+    stopped = sum(r.stopped_early for r in rows)
+    table = Table(title=f"Leaderboard: {len(rows)} trials by {job['metric']}, "
+                        f"{stopped} stopped early by ASHA",
+                  caption=f"+{hidden} more sampled values in leaderboard.csv" if hidden else None,
+                  title_justify="left", caption_justify="left")
     table.add_column("#", justify="right")
     table.add_column("trial", no_wrap=True)
-    table.add_column("best val acc", justify="right")
-    table.add_column("epochs", justify="right")
-    table.add_column("stopped early")
-    table.add_column("sampled config", overflow="fold", ratio=1)
-    for i, r in enumerate(rows[:limit], 1):
-        values = "  ".join(f"{short[k]}={_fmt(r.values[k])}" for k in keys if k in r.values)
+    table.add_column("best val acc", justify="right", no_wrap=True)
+    table.add_column("epochs", justify="right", no_wrap=True)
+    table.add_column("ended", no_wrap=True)
+    for key in keys:
+        table.add_column(names[key], justify="right", no_wrap=True)
+    for i, (r, v) in enumerate(zip(rows[:limit], values), 1):
+        ended = ("error" if r.status == "ERROR" else "stopped (ASHA)" if r.stopped_early
+                 else "ran to the max")
         table.add_row(str(i), r.trial_id, f"{100 * r.best_val_acc:.1f}%",
-                      f"{r.epochs}/{job['max_epochs']}",
-                      "yes" if r.stopped_early else ("error" if r.status == "ERROR" else "no"),
-                      values)
+                      f"{r.epochs}/{job['max_epochs']}", ended,
+                      *[fmt(v[k]) if k in v else "-" for k in keys])
     return table
-
-
-def _varied(rows: list[TrialRow]) -> set[str]:
-    keys = {k for r in rows for k in r.values}
-    return {k for k in keys if len({json.dumps(r.values.get(k)) for r in rows}) > 1}
 
 
 def plot_trials(rows: list[TrialRow], job: dict, path: Path) -> Path:

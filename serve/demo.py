@@ -1,11 +1,24 @@
-"""Serve a run, classify a few real CIFAR-10 test images over HTTP, print the answers next to
-the true labels, and shut down. `python -m serve.demo RUN_DIR [--n 8] [--port 8000]`."""
+"""Serve a run, classify the whole CIFAR-10 test set over HTTP, check that the answers are
+the ones `modresnet evaluate` computes, show a few of them, shut down, and (with --tune)
+close `make demo` with a summary of what was trained, found and served.
+
+    python -m serve.demo RUN_DIR [--n 8] [--port PORT] [--tune TUNE_DIR]
+
+Ray's Python logs go to RUN_DIR/ray.log, not the console.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+
+CHUNK = 64  # images per HTTP request: the app's default max_images
 
 
 def _free_port() -> int:
@@ -14,62 +27,183 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class DemoResult:
+    url: str
+    sha256: str
+    backend: str
+    n: int
+    http_acc: float  # accuracy of the served model's answers over HTTP
+    local_acc: float  # accuracy `modresnet evaluate` computes (same checkpoint, no TTA)
+    agree: int  # images whose HTTP label equals the local one
+    rows: list[dict]  # the first --n images: true, predicted, probability
+
+
+def _http_labels(url: str, pngs: list[bytes], workers: int = 4) -> list[str]:
+    from serve.client import predict_files
+
+    chunks = [[(f"test{i + j}.png", data) for j, data in enumerate(pngs[i:i + CHUNK])]
+              for i in range(0, len(pngs), CHUNK)]
+    with ThreadPoolExecutor(workers) as pool:
+        answers = pool.map(lambda files: predict_files(url, files, top_k=1, timeout=120), chunks)
+        return [a["top_k"][0]["label"] for batch in answers for a in batch]
+
+
 def demo(run: str | Path, n: int = 8, port: int | None = None, backend: str = "onnx",
-         data_dir: str | None = None, print_fn=print) -> list[dict]:
-    """Returns one {"true", "predicted", "probability"} per image (also printed)."""
+         data_dir: str | None = None, print_fn=print) -> DemoResult:
+    """Serve `run` on 127.0.0.1, classify every test image over HTTP, compare with the local
+    evaluation of the same checkpoint, print a few answers, shut down."""
     import dataclasses
 
     import ray
     from ray import serve
 
-    from modresnet.checkpoint import load_model
+    from jobs.train import local_token_auth, ray_logs_to
     from modresnet.data import load_cifar10
     from modresnet.images import encode_png
-    from serve.app import ServeArgs, deploy, start, wait_ready
-    from serve.client import predict_files
+    from modresnet.inference import Predictor
+    from serve.app import APP_NAME, ServeArgs, deploy, start, wait_ready
     from serve.launch import connect
 
-    loaded = load_model(run)
+    predictor = Predictor.from_path(run)  # exactly what `modresnet evaluate RUN` loads
+    loaded = predictor.loaded
     data_cfg = dataclasses.replace(loaded.config.data, data_dir=data_dir or loaded.config.data.data_dir,
-                                   subset=None, val_subset=None, test_subset=max(n, 10))
+                                   subset=None, val_subset=None, test_subset=None)
     cifar = load_cifar10(data_cfg)
     test, classes = cifar.test, cifar.classes
+    local = predictor.probabilities(test.x).argmax(1)
+    local_labels = [classes[int(i)] for i in local]
+    truth = [classes[int(i)] for i in test.y]
+    pngs = [encode_png(test.x[i]) for i in range(len(test))]
+
+    log_file = Path(run) / "ray.log"
+    local_token_auth()
+    ray_logs_to(log_file)  # ray.serve set up its console handler when it was imported
     port = port or _free_port()
     owns = connect(None, num_cpus=2)
+    ray_logs_to(log_file)
     try:
         start("127.0.0.1", port)
         url = f"http://127.0.0.1:{port}"
         deploy(ServeArgs(checkpoint=str(run), backend=backend, max_replicas=1))
-        wait_ready(url, timeout=300)
-        files = [(f"test{i}.png", encode_png(test.x[i])) for i in range(n)]
-        answers = predict_files(url, files, top_k=1)
-        rows = []
-        print_fn(f"served {loaded.sha256[:12]} ({backend}) at {url}")
-        print_fn(f"{'image':<11} {'true':<11} {'predicted':<11} probability")
-        for i, answer in enumerate(answers):
-            top = answer["top_k"][0]
-            true = classes[int(test.y[i])]
-            mark = "ok" if top["label"] == true else "--"
-            print_fn(f"{answer['filename']:<11} {true:<11} {top['label']:<11} "
-                     f"{100 * top['probability']:5.1f}%  {mark}")
-            rows.append({"true": true, "predicted": top["label"], "probability": top["probability"]})
-        correct = sum(r["true"] == r["predicted"] for r in rows)
-        print_fn(f"{correct}/{len(rows)} correct over HTTP")
-        return rows
+        wait_ready(url, timeout=300, sha256=loaded.sha256)
+        print_fn(f"serving {loaded.sha256[:12]} ({backend}) at {url}: sending all "
+                 f"{len(pngs):,} test images as PNG files, {CHUNK} per POST /predict")
+        labels = _http_labels(url, pngs)
     finally:
-        serve.shutdown()
         if owns:
-            ray.shutdown()
+            # Delete the app (its replicas drain), then stop the Ray this process started.
+            # serve.shutdown() would also kill the controller while its own graceful_shutdown
+            # task runs, and Ray reports that task as failed ("will be retried").
+            try:
+                serve.delete(APP_NAME)
+            finally:
+                ray.shutdown()
+        else:
+            serve.shutdown()
+
+    rows = [{"file": f"test{i}.png", "true": truth[i], "predicted": labels[i]}
+            for i in range(min(n, len(labels)))]
+    if rows:
+        print_fn(f"{'image':<11} {'true':<11} {'over HTTP':<11}")
+        for r in rows:
+            mark = "ok" if r["predicted"] == r["true"] else "--"
+            print_fn(f"{r['file']:<11} {r['true']:<11} {r['predicted']:<11} {mark}")
+    total = len(labels)
+    http_acc = sum(a == b for a, b in zip(labels, truth)) / total
+    local_acc = sum(a == b for a, b in zip(local_labels, truth)) / total
+    agree = sum(a == b for a, b in zip(labels, local_labels))
+    print_fn(f"over HTTP: {100 * http_acc:.2f}% of {total:,} test images correct; "
+             f"`modresnet evaluate`: {100 * local_acc:.2f}%; the two agree on "
+             f"{agree:,}/{total:,} images")
+    return DemoResult(url, loaded.sha256, backend, total, http_acc, local_acc, agree, rows)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _cli() -> str:
+    """How to call modresnet from here: .venv/bin/modresnet when this Python is the venv's."""
+    exe = Path(sys.executable).parent / "modresnet"
+    if exe.exists():
+        try:
+            return os.path.relpath(exe)
+        except ValueError:
+            return str(exe)
+    return "modresnet"
+
+
+def summary_table(run: str | Path, result: DemoResult, tune: str | Path | None = None):
+    from rich.table import Table
+
+    from modresnet import config as configs
+    from modresnet.rundir import RunDir
+
+    run = RunDir(Path(run))
+    cfg = configs.load_yaml(run.path / "config.yaml")
+    config = configs.from_dict(cfg)
+    flavor = next((k for k, m in configs.FLAVORS.items() if m == config.model), "custom")
+    test = json.loads(run.test_file.read_text())
+    history = run.read_metrics()
+    how = "Ray Train" if (run.path / "ray").exists() else "in-process"
+    train_n = config.data.subset or 50000 - config.data.val_size
+    cli = _cli()
+
+    table = Table(title="modresnet demo: summary (a demo-sized run: a small model, a few "
+                        "minutes on a CPU)", title_justify="left", show_header=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("trained", f"ModifiedResNet, {flavor} flavor, with {how}; recipe: "
+                             f"{config.optim.name} lr {config.optim.lr:g}, "
+                             f"{config.schedule.name} schedule")
+    table.add_row("data", f"{train_n:,} CIFAR-10 training images, {len(history)} epochs")
+    table.add_row("test accuracy", f"{100 * test['test_acc']:.2f}% on {test['n']:,} test images "
+                                   f"(over HTTP {100 * result.http_acc:.2f}%, agreeing with "
+                                   f"`evaluate` on {result.agree:,}/{result.n:,})")
+    table.add_row("learning curves", str(run.path / "curves.png"))
+    if tune is not None and (Path(tune) / "summary.json").exists():
+        s = json.loads((Path(tune) / "summary.json").read_text())
+        table.add_row("best search trial",
+                      f"{s['best_trial']}: validation {100 * s['best_val_acc']:.1f}%, test "
+                      f"{100 * s['test_acc']:.1f}% ({s['trials']} trials, {s['stopped_early']} "
+                      f"stopped early by ASHA); {s['best_run']}")
+    table.add_row("served", f"{result.url} ({result.backend}; stopped when the demo ended)")
+    table.add_row("a real model", f"{cli} train --preset paper --gpu --workers 1   (the paper's "
+                                  f"2.78M-parameter model, 50 epochs, on a GPU)")
+    table.add_row("a real search", f"{cli} tune --preset paper --samples 16 --max-epochs 10 "
+                                   f"--include-paper")
+    table.add_row("serve it", f"{cli} serve {run.path}   (then open http://127.0.0.1:8000)")
+    table.add_row("on a cluster", "README.md, \"From laptop to cluster\": "
+                                  f"eval \"$({cli} cluster up)\", then {cli} jobs submit ...")
+    return table
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
-    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--n", type=int, default=8, help="answers to print (all are checked)")
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
+    parser.add_argument("--tune", default=None, help="the demo's search, for the summary")
     args = parser.parse_args()
-    demo(args.run, args.n, args.port, args.backend)
+
+    from rich.console import Console
+
+    from modresnet.errors import UserError
+
+    console = Console()
+    try:
+        result = demo(args.run, args.n, args.port, args.backend,
+                      print_fn=lambda line: console.print(line, highlight=False, soft_wrap=True))
+        if result.agree != result.n:
+            console.print(f"[bold red]error:[/] the served model disagrees with `modresnet "
+                          f"evaluate` on {result.n - result.agree:,} test images")
+            sys.exit(1)
+        console.print(summary_table(args.run, result, args.tune))
+    except UserError as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ into a JSON 4xx body `{"error": ..., "status": ...}`; nothing here can produce a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import json
+import itertools
 from typing import Any, Literal
 
 import numpy as np
@@ -17,7 +18,8 @@ from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from modresnet.images import ImageError, decode_image
+from serve import jsonlimits
+from serve.decode import DecodeError, DecodePool
 
 MODEL_NAME = "modresnet"
 
@@ -60,9 +62,10 @@ class PredictJson(BaseModel):
 class InferTensor(BaseModel):
     name: str
     shape: list[int]
-    datatype: str
+    datatype: str = Field(description="UINT8 (JSON integers 0..255) or FP32 (numbers 0..1).")
     parameters: dict[str, Any] | None = None
-    data: list[Any]
+    data: list[Any] = Field(description="Numbers only, flat or nested evenly, row-major; "
+                            "strings and booleans are refused.")
 
 
 class InferRequest(BaseModel):
@@ -86,17 +89,35 @@ class InferResponse(BaseModel):
     outputs: list[InferOutput]
 
 
+def inline_schema(model: type[BaseModel]) -> dict:
+    """The model's JSON schema with its `$defs` inlined: in openapi_extra a `#/$defs/...` ref
+    would point into the OpenAPI document's root, where nothing is."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+    return resolve(schema)
+
+
 PREDICT_OPENAPI = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
-    "application/json": {"schema": PredictJson.model_json_schema()},
+    "application/json": {"schema": inline_schema(PredictJson)},
 }}}
 INFER_OPENAPI = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": InferRequest.model_json_schema()}}}}
+    "application/json": {"schema": inline_schema(InferRequest)}}}}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) more than `limit` bytes without buffering them."""
+async def read_body(request: Request, limit: int, timeout_s: float = 10.0) -> bytes:
+    """The request body, refusing (413) more than `limit` bytes without buffering them, and
+    (408) a body that has not fully arrived `timeout_s` after the request started."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -106,11 +127,16 @@ async def read_body(request: Request, limit: int) -> bytes:
         except ValueError:
             raise ApiError(400, "Content-Length header is not an integer") from None
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body is over the limit of {limit:,} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"request body is over the limit of {limit:,} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"request body not received within {timeout_s:g} s ({size:,} bytes "
+                            f"arrived); send it in one go, or over a faster link") from None
     body = b"".join(chunks)
     if not body:
         raise ApiError(400, "empty request body: send images as multipart field `files` or "
@@ -124,24 +150,31 @@ def _media_type(request: Request) -> str:
 
 def _json(body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return jsonlimits.loads(body)
+    except jsonlimits.JsonLimitError as err:
+        raise ApiError(400, f"JSON body refused: {err}") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         raise ApiError(400, f"body is not valid JSON ({err})") from None
 
 
-def _validation_message(err: ValidationError) -> str:
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()]
+def validation_message(errors: list[dict]) -> str:
+    """pydantic/FastAPI errors -> one line (never echoing the offending input, which may be huge)."""
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg'][:200]}" for e in errors]
     return "invalid request: " + "; ".join(parts[:5])
 
 
-def _decode(data: bytes, name: str, max_pixels: int) -> torch.Tensor:
+def _validation_message(err: ValidationError) -> str:
+    return validation_message(err.errors())
+
+
+async def _decode_all(decoder: DecodePool, items: list[tuple[str, bytes]]) -> list[torch.Tensor]:
     try:
-        return decode_image(data, max_pixels=max_pixels)
-    except ImageError as err:
-        raise ApiError(400, f"{name}: {err}") from None
+        return await decoder.decode_all(items)
+    except DecodeError as err:
+        raise ApiError(err.status, err.message) from None
 
 
-async def parse_predict(request: Request, body: bytes, max_images: int, max_pixels: int
+async def parse_predict(request: Request, body: bytes, max_images: int, decoder: DecodePool
                         ) -> tuple[list[torch.Tensor], list[str | None], int | None]:
     """Images (uint8 3x32x32), their filenames, and a top_k the client asked for, if any."""
     media = _media_type(request)
@@ -157,17 +190,16 @@ async def parse_predict(request: Request, body: bytes, max_images: int, max_pixe
         files = [f for f in form.getlist("files") if not isinstance(f, str)]
         if not files:
             raise ApiError(400, "multipart body has no file in field `files`")
-        images, names = [], []
-        for i, f in enumerate(files):
-            data = await f.read()
-            name = f.filename or f"files[{i}]"
-            images.append(_decode(data, name, max_pixels))
-            names.append(f.filename)
         top_k = form.get("top_k")
         try:
-            return images, names, int(top_k) if isinstance(top_k, str) else None
+            k = int(top_k) if isinstance(top_k, str) else None
         except ValueError:
-            raise ApiError(400, f"top_k: not an integer ({top_k!r})") from None
+            raise ApiError(400, f"top_k: not an integer ({top_k[:40]!r})") from None
+        items, names = [], []
+        for i, f in enumerate(files):
+            items.append((f.filename or f"files[{i}]", await f.read()))
+            names.append(f.filename)
+        return await _decode_all(decoder, items), names, k
     if media == "application/json":
         try:
             req = PredictJson.model_validate(_json(body))
@@ -177,16 +209,15 @@ async def parse_predict(request: Request, body: bytes, max_images: int, max_pixe
             raise ApiError(400, "images: the list is empty")
         if len(req.images) > max_images:
             raise ApiError(413, f"{len(req.images)} images in one request; the limit is {max_images}")
-        images = []
+        items = []
         for i, text in enumerate(req.images):
             if text.startswith("data:") and "," in text:
                 text = text.split(",", 1)[1]
             try:
-                data = base64.b64decode(text, validate=True)
+                items.append((f"images[{i}]", base64.b64decode(text, validate=True)))
             except (binascii.Error, ValueError):
                 raise ApiError(400, f"images[{i}]: not valid base64") from None
-            images.append(_decode(data, f"images[{i}]", max_pixels))
-        return images, [None] * len(images), req.top_k
+        return await _decode_all(decoder, items), [None] * len(items), req.top_k
     raise ApiError(415, f"unsupported Content-Type {media or '(none)'!r}: use multipart/form-data "
                         f"(field `files`) or application/json ({{\"images\": [base64, ...]}})")
 
@@ -218,27 +249,44 @@ def parse_infer(request: Request, body: bytes, max_images: int) -> tuple[InferRe
     if tensor.datatype not in ("UINT8", "FP32"):
         raise ApiError(400, f"input datatype {tensor.datatype!r}: expected UINT8 (0..255) or "
                             f"FP32 (0..1)")
-    try:
-        arr = np.asarray(tensor.data, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise ApiError(400, "input data: not a flat (or evenly nested) list of numbers") from None
-    expected = int(np.prod(shape))
-    if arr.size != expected:
-        raise ApiError(400, f"input data has {arr.size} values; shape {shape} needs {expected}")
-    if not np.isfinite(arr).all():
-        raise ApiError(400, "input data holds NaN or infinite values")
-    if tensor.datatype == "UINT8":
-        if (arr < 0).any() or (arr > 255).any() or (arr != np.round(arr)).any():
-            raise ApiError(400, "UINT8 input data must be integers in 0..255")
-        pixels = arr
-    else:
-        if (arr < 0).any() or (arr > 1).any():
-            raise ApiError(400, "FP32 input data must be pixel intensities in 0..1")
-        pixels = np.round(arr * 255.0)
-    x = torch.from_numpy(pixels.reshape(shape).astype(np.uint8))
+    pixels = typed_data(tensor.data, tensor.datatype, int(np.prod(shape)))
+    x = torch.from_numpy(pixels.reshape(shape))
     if shape[1:] == [32, 32, 3]:
         x = x.permute(0, 3, 1, 2)
     return req, x.contiguous()
+
+
+_JSON_TYPE = {bool: "boolean", str: "string", dict: "object", list: "array", type(None): "null"}
+
+
+def typed_data(data: list, datatype: str, expected: int) -> np.ndarray:
+    """v2 JSON `data` (flat, or nested evenly) -> uint8 pixels, refusing anything that is not
+    a number of the datatype: UINT8 takes JSON integers 0..255 only, FP32 finite numbers 0..1."""
+    flat, depth = data, 0
+    while flat and type(flat[0]) is list:
+        if not all(type(v) is list for v in flat):
+            raise ApiError(400, "input data: nested unevenly (mixes arrays and numbers at one level)")
+        flat, depth = list(itertools.chain.from_iterable(flat)), depth + 1
+        if len(flat) > expected or depth > 4:
+            break
+    if len(flat) != expected:
+        raise ApiError(400, f"input data has {len(flat)} values; the shape needs {expected}")
+    allowed = {int} if datatype == "UINT8" else {int, float}
+    types = set(map(type, flat))
+    if not types <= allowed:
+        bad = sorted(_JSON_TYPE.get(t, t.__name__) if t is not float else "non-integer number"
+                     for t in types - allowed)
+        want = "JSON integers 0..255" if datatype == "UINT8" else "JSON numbers 0..1"
+        raise ApiError(400, f"{datatype} input data must be {want}; got {', '.join(bad)}")
+    lo, hi = min(flat), max(flat)
+    if datatype == "UINT8":
+        if lo < 0 or hi > 255:
+            raise ApiError(400, f"UINT8 input data must be integers in 0..255; got {lo}..{hi}")
+        return np.array(flat, dtype=np.uint8)
+    if not (0 <= lo and hi <= 1):  # also refuses inf (1e400) and NaN
+        raise ApiError(400, f"FP32 input data must be pixel intensities in 0..1; got "
+                            f"{lo:.3g}..{hi:.3g}")
+    return np.round(np.array(flat, dtype=np.float64) * 255.0).astype(np.uint8)
 
 
 def top_k_rows(probs: np.ndarray, classes: tuple[str, ...], k: int) -> list[list[LabelProbability]]:

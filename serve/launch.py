@@ -10,6 +10,7 @@ import signal
 import threading
 from collections.abc import Callable
 
+from modresnet.errors import UserError
 from serve.app import APP_NAME, ServeArgs, deploy, start, wait_ready
 
 
@@ -30,7 +31,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
 
 def serve_app(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
               address: str | None = None, block: bool = True,
-              info: Callable[[str], None] = print) -> str:
+              info: Callable[[str], None] = print, name: str = APP_NAME,
+              route_prefix: str = "/") -> str:
     """Deploy `args`; with an existing app of the same name the replicas roll over to the new
     checkpoint with no downtime. Blocks until Ctrl-C/SIGTERM when this process owns Ray."""
     from modresnet.checkpoint import load_model
@@ -39,12 +41,24 @@ def serve_app(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
     sha = load_model(args.checkpoint).sha256  # refuse a bad checkpoint before touching Serve
     owns = connect(address)
     start(host, port)
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}" + \
+        route_prefix.rstrip("/")
     try:
-        rolling = APP_NAME in serve.status().applications
+        rolling = name in serve.status().applications
         info(("rolling the running app over to " if rolling else "deploying ") + args.checkpoint)
-        deploy(args)
+        try:
+            deploy(args, name=name, route_prefix=route_prefix)
+        except RuntimeError as err:  # DEPLOY_FAILED: the replicas' constructor error inside
+            if "api_key_required" in str(err):
+                raise UserError(f"deployment failed, no replica could read the API key: "
+                                f"export {args.api_key_env} on every Ray node before `ray "
+                                f"start`, then run this again. (Serve said: "
+                                f"{_last_line(err, 'api_key_required')})") from None
+            raise UserError(f"deployment failed: {_last_line(err)}") from None
         wait_ready(url, timeout=300, headers=_headers(args), sha256=sha)
+        if args.api_key_required:
+            check_auth_enforced(url)
+            info("auth: on (an unauthenticated /predict gets 401)")
         info(f"serving {sha[:12]} ({args.backend}) at {url}  (docs: {url}/docs)")
         if owns and block:
             stop = threading.Event()
@@ -60,6 +74,24 @@ def serve_app(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
 
             ray.shutdown()
     return url
+
+
+def check_auth_enforced(url: str) -> None:
+    """Fail unless an unauthenticated POST /predict is refused with 401."""
+    import httpx
+
+    r = httpx.post(url.rstrip("/") + "/predict", content=b"{}", timeout=30,
+                   headers={"content-type": "application/json"})
+    if r.status_code != 401:
+        raise UserError(f"auth was required but an unauthenticated POST {url}/predict got HTTP "
+                        f"{r.status_code}, not 401: a replica is serving without the key. Run "
+                        f"`serve shutdown` and check the key's env var on every node.")
+
+
+def _last_line(err: Exception, containing: str = "") -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    picked = [ln for ln in lines if containing in ln] or lines or [repr(err)]
+    return picked[-1][:500]
 
 
 def _headers(args: ServeArgs) -> dict[str, str]:

@@ -1,0 +1,93 @@
+"""Image decoding off the event loop, with bounds on what one image and one request may cost.
+
+The replica's event loop also answers health probes and reads other bodies, so a decode
+must never run on it: `DecodePool` runs `modresnet.images.decode_image` on a small thread
+pool (Pillow's zlib/libjpeg/libwebp decoders release the GIL). Bounds:
+
+* `max_pixels` per image, checked from the header before decoding (images.open_image);
+* `request_pixels`: declared pixels summed over the images of one request; the next image
+  is refused (413) once the sum would pass it, so one request costs at most that many
+  decoded pixels (~ 1 s of CPU per 10-15 MP on this box for PNG; JPEGs decode at reduced
+  scale and cost far less);
+* `timeout_s` per image: the client gets a 413 if its decode runs longer. A Python thread
+  cannot be killed, so the decode finishes in the background, but it keeps holding its pool
+  slot until then, so at most `workers` decodes ever run at once, and the pixel limits bound
+  how long each can take;
+* memory: Pillow holds at most ~4 bytes per pixel (8 for 16-bit input, converted in
+  float32), so a replica's decoders hold at most ~ workers x max_pixels x 8 bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from modresnet.images import ImageError, decode_image, open_image
+
+
+class DecodeError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _pixels(data: bytes, max_pixels: int) -> int:
+    img = open_image(data, max_pixels)
+    return img.width * img.height
+
+
+class DecodePool:
+    def __init__(self, workers: int = 2, timeout_s: float = 2.0, max_pixels: int = 16_000_000,
+                 request_pixels: int = 32_000_000) -> None:
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self.max_pixels = max_pixels
+        self.request_pixels = request_pixels
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        self._slots: asyncio.Semaphore | None = None
+        self.timeouts = 0
+
+    async def decode_all(self, items: list[tuple[str, bytes]]) -> list[torch.Tensor]:
+        """(name, bytes) -> uint8 3x32x32 tensors, in order; DecodeError(4xx) on the first bad one."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.workers)
+        budget = self.request_pixels
+        out = []
+        for name, data in items:
+            limit = min(self.max_pixels, budget)
+            try:
+                # header only: cheap, but not free for a huge PNG's chunks, so off the loop too
+                pixels = await self._run(_pixels, data, self.max_pixels)
+                if pixels > limit:
+                    raise DecodeError(413, f"{name}: {pixels:,} pixels; this request has "
+                                           f"{budget:,} of its {self.request_pixels:,}-pixel "
+                                           f"decoding budget left: send fewer or smaller images")
+                tensor = await self._run(decode_image, data, self.max_pixels, name=name)
+            except ImageError as err:
+                raise DecodeError(400, f"{name}: {err}") from None
+            budget -= pixels
+            out.append(tensor)
+        return out
+
+    async def _run(self, fn, *args, name: str | None = None):
+        assert self._slots is not None
+        await self._slots.acquire()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, fn, *args)
+        # The slot is freed when the work really ends, not when we stop waiting for it.
+        future.add_done_callback(lambda _: self._slots.release())
+        if name is None:
+            return await future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
+        except TimeoutError:
+            self.timeouts += 1
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # consume it: no "never retrieved"
+            raise DecodeError(413, f"{name}: decoding took over {self.timeout_s:g} s; send a "
+                                   f"smaller image (it is classified at 32x32 anyway)") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

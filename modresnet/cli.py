@@ -651,17 +651,19 @@ def serve_cmd(
     max_batch_size: Annotated[int, typer.Option(help="Dynamic batching: most images per forward pass.")] = 16,
     batch_wait_ms: Annotated[float, typer.Option(help="Dynamic batching: longest wait to fill a batch.")] = 10,
     max_ongoing_requests: Annotated[int, typer.Option(help="Requests one replica works on at once.")] = 32,
-    max_queued_requests: Annotated[int, typer.Option(help="Queued requests before 429 (-1: unbounded).")] = 128,
+    max_queued_requests: Annotated[int, typer.Option(help="Queued requests before 429 + Retry-After (-1: unbounded).")] = 32,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body; larger gets 413.")] = 10,
     replica_cpus: Annotated[float, typer.Option(help="Logical CPUs each replica reserves.")] = 1.0,
     threads: Annotated[int, typer.Option(help="Inference threads per replica.")] = 1,
     address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster (e.g. auto) instead of starting one; a running app is updated in place and the command returns.")] = None,
-    api_key_env: Annotated[str, typer.Option(help="Env var the replicas read the API key from (unset: no auth).")] = "MODRESNET_API_KEY",
+    api_key_env: Annotated[Optional[str], typer.Option(help="Require auth: the env var the replicas read the API key from; a replica without it fails the deploy. Default: required if MODRESNET_API_KEY is set in this shell.")] = None,
 ) -> None:
     """Serve a checkpoint over HTTP with Ray Serve (FastAPI, batching, autoscaling).
 
     Run it again with another checkpoint and --address auto to roll replicas over with no
     downtime."""
+    import os
+
     from pydantic import ValidationError
 
     from modresnet.checkpoint import resolve
@@ -676,7 +678,9 @@ def serve_cmd(
                          max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_ms / 1000,
                          max_ongoing_requests=max_ongoing_requests,
                          max_queued_requests=max_queued_requests,
-                         max_body_bytes=int(max_body_mb * 1024 * 1024), api_key_env=api_key_env)
+                         max_body_bytes=int(max_body_mb * 1024 * 1024),
+                         api_key_env=api_key_env or "MODRESNET_API_KEY",
+                         api_key_required=bool(api_key_env or os.environ.get("MODRESNET_API_KEY")))
     except ValidationError as err:
         first = err.errors()[0]
         raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None

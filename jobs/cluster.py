@@ -9,7 +9,8 @@ lives under a state dir, `$MODRESNET_HOME/cluster` (default ~/.modresnet/cluster
     logs/          output of each `ray start`
 
 Ray's own files go to a distinct short `--temp-dir` per cluster (/tmp/mrray-XXXXXXXX, short
-because Ray's unix socket paths must stay under 108 bytes). Every port is chosen free, so two
+because Ray's unix socket paths must stay under 108 bytes); each worker node gets its own
+`w<i>/` inside it, as nodes on separate machines would (see `node_temp_dir`). Every port is chosen free, so two
 clusters with different MODRESNET_HOMEs (or a test cluster next to a developer's) never collide.
 
 `ray start` daemonizes: it exits and leaves its processes behind. Each `ray start` runs in a new
@@ -271,6 +272,18 @@ def _kill(procs: list[Proc], grace_s: float = 8.0) -> int:
     return len(targets)
 
 
+def node_temp_dir(temp_dir: str, i: int) -> str:
+    """Node i's own Ray temp dir: the head uses the cluster's, worker i a `w<i>` folder in it.
+
+    Never one folder for all nodes: each node's runtime-env agent unpacks a job's working_dir
+    into <temp dir>/<session>/runtime_resources/working_dir_files/ and, on its first use on
+    that node, deletes and unpacks it again (`overwrite=True`). With a shared temp dir a worker
+    node starting a job's Train workers deleted the folder that was the job driver's working
+    directory on the head, so the driver's later os.getcwd() (wandb.init) raised
+    FileNotFoundError and the finished job ended FAILED."""
+    return temp_dir if i == 0 else os.path.join(temp_dir, f"w{i}")
+
+
 def _ray_start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen([ray_executable(), "start", *args], env=env, stdout=out,
@@ -331,7 +344,7 @@ def up(workers: int = 2, cpus_per_node: float = 1, head_cpus: float = 0,
 
     def node_args(i: int) -> list[str]:
         agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = node_ports[6 * i: 6 * i + 6]
-        return ["--node-ip-address", node_ip, "--temp-dir", temp_dir,
+        return ["--node-ip-address", node_ip, "--temp-dir", node_temp_dir(temp_dir, i),
                 "--dashboard-agent-listen-port", str(agent),
                 "--dashboard-agent-grpc-port", str(agent_grpc),
                 "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(rt_env),

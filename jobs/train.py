@@ -395,10 +395,22 @@ def train_ray(config: Config, run_path: Path, options: RayOptions = RayOptions()
         if result.checkpoint is None:
             raise RayTrainSetupError(f"Ray Train finished without a checkpoint in {ray_dir}")
         history = write_run_dir(run, config, Path(result.checkpoint.path), Path(best.path))
-        data = load_cifar10(config.data)
-        test = finalize(run, data.test, data.classes, torch.device("cpu"))
+        try:
+            data = load_cifar10(config.data)
+            test = finalize(run, data.test, data.classes, torch.device("cpu"))
+        except Exception as err:  # training is done and saved: say so, in one line
+            _append_traceback(run_path / "ray.log")
+            raise RayTrainSetupError(
+                f"training finished and {run_path} holds its checkpoints and metrics, but the "
+                f"test evaluation failed ({_one_line(err)}); `modresnet evaluate {run_path}` "
+                f"evaluates it once that is fixed (traceback in {run_path / 'ray.log'})") from None
         if wb is not None:
-            _log_final_wandb(wb, config, run, test)
+            try:
+                _log_final_wandb(wb, config, run, test, step=history[-1]["epoch"] + 1)
+            except Exception as err:  # W&B is a copy; the run directory is complete
+                _append_traceback(run_path / "ray.log")
+                info(f"warning: W&B could not record the test result ({_one_line(err)}); the "
+                     f"run directory {run_path} is complete and W&B holds every epoch")
         return RayResult(run, history, test, result.path)
     finally:
         stop.set()
@@ -406,7 +418,25 @@ def train_ray(config: Config, run_path: Path, options: RayOptions = RayOptions()
             ray.shutdown()
 
 
-def _log_final_wandb(wb: dict, config: Config, run: RunDir, test: dict) -> None:
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def _append_traceback(path: Path) -> None:
+    import traceback
+
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(traceback.format_exc())
+    except OSError:
+        pass
+
+
+def _log_final_wandb(wb: dict, config: Config, run: RunDir, test: dict, step: int) -> None:
+    """The test result, as the step after the last epoch: the epochs were logged at steps
+    1..N by rank 0, and W&B drops a step lower than one it has (an offline resume starts its
+    counter at 0, so the step must be explicit)."""
     import wandb
 
     wrun = _wandb_init(wb, config.to_dict())
@@ -414,6 +444,6 @@ def _log_final_wandb(wb: dict, config: Config, run: RunDir, test: dict) -> None:
     curves = run.path / "curves.png"
     if curves.exists():
         payload["curves"] = wandb.Image(str(curves))
-    wrun.log(payload)
+    wrun.log(payload, step=step)
     wrun.summary.update({"test_acc": test["test_acc"], "best_epoch": test["epoch"]})
     wrun.finish()

@@ -38,6 +38,21 @@ def http(url: str, token: str | None = None) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
+def wandb_history(wandb_dir: Path) -> list[dict]:
+    """Every history record of the W&B runs under `wandb_dir`, read back from the offline
+    .wandb logs with W&B's own reader (`wandb leet inspect --json`), in file order."""
+    runs = sorted(wandb_dir.glob("offline-run-*"))
+    assert runs, f"no offline W&B run in {wandb_dir}"
+    out = []
+    for run in runs:
+        read = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect",
+                               "--json", str(run)], capture_output=True, text=True, timeout=60)
+        assert read.returncode == 0, read.stderr
+        out += [json.loads(line)["history"]["item"] for line in read.stdout.splitlines()
+                if '"type":"history"' in line]
+    return out
+
+
 def free_port() -> int:
     import socket
 
@@ -175,8 +190,12 @@ def test_jobs_api_needs_the_token(cluster):
 
 
 @pytest.mark.ray
-def test_train_job_succeeds_logs_every_epoch_and_spreads_over_both_workers(cluster, tmp_path):
-    env = {**cluster.env, **cluster.exports}  # the user's flow: eval "$(modresnet cluster up)"
+def test_train_job_with_wandb_succeeds_logs_every_epoch_and_spreads_over_both_workers(
+        cluster, tmp_path):
+    # the user's flow: eval "$(modresnet cluster up)", with W&B on (offline). This job used to
+    # end FAILED after training: worker nodes shared the head's Ray temp dir, re-unpacked the
+    # job's working_dir there and so deleted the driver's cwd before its last wandb.init.
+    env = {**cluster.env, **cluster.exports, "WANDB_MODE": "offline"}
     t0 = time.monotonic()
     sub = cli("jobs", "submit", "train", "--preset", "debug", "--subset", "200", "--epochs", "2",
               "--workers", "2", "--storage", str(tmp_path), "--name", "cluster-train", env=env)
@@ -190,7 +209,14 @@ def test_train_job_succeeds_logs_every_epoch_and_spreads_over_both_workers(clust
         assert re.search(rf"epoch\s+{epoch}/2\s+train", follow.stdout), follow.stdout[-4000:]
     status = cli("jobs", "status", job_id, env=env)
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout
-    assert (tmp_path / "cluster-train" / "test.json").exists()
+    run = tmp_path / "cluster-train"
+    test = json.loads((run / "test.json").read_text())
+    # W&B holds every epoch (rank 0, steps 1..2) and then the test result (the driver, step 3)
+    history = wandb_history(run / "wandb")
+    assert [(h["_step"], h.get("epoch")) for h in history if "val_acc" in h] == [(1, 1), (2, 2)]
+    final = [h for h in history if "test_acc" in h]
+    assert len(final) == 1 and final[0]["_step"] == 3
+    assert final[0]["test_acc"] == pytest.approx(test["test_acc"])
 
     # the Ray Train workers of this job ran on both worker nodes (1 CPU each), none on the head
     code, body = http(f"{cluster.address}/api/jobs/{job_id}", cluster.token)
@@ -203,6 +229,25 @@ def test_train_job_succeeds_logs_every_epoch_and_spreads_over_both_workers(clust
               if a["class_name"] == "RayTrainWorker" and a["job_id"] == info["job_id"]]
     workers = {n["node_id"] for n in nodes(cluster) if not n["is_head_node"]}
     assert {a["node_id"] for a in actors} == workers
+
+
+@pytest.mark.ray
+def test_tune_job_with_wandb_succeeds_and_each_trial_logs_every_epoch(cluster, tmp_path):
+    env = {**cluster.env, **cluster.exports, "WANDB_MODE": "offline"}
+    sub = cli("jobs", "submit", "tune", "--preset", "debug", "--subset", "256", "--samples", "2",
+              "--max-epochs", "2", "--grace-period", "2", "--concurrent", "2", "--storage", str(tmp_path), "--name",
+              "cluster-tune", env=env)
+    assert sub.returncode == 0, sub.stderr[-3000:]
+    job_id = sub.stdout.strip().splitlines()[-1]
+    follow = cli("jobs", "logs", job_id, "--follow", env=env, timeout=400)
+    assert follow.returncode == 0, follow.stdout[-4000:] + follow.stderr[-2000:]
+    exp = tmp_path / "cluster-tune"
+    assert (exp / "best-run" / "test.json").exists()
+    trials = sorted(exp.glob("run_trial_*"))
+    assert len(trials) == 2
+    for trial in trials:  # grace period = max epochs: ASHA stops none, both run 2 epochs
+        epochs = [h["epoch"] for h in wandb_history(trial / "wandb") if "val_acc" in h]
+        assert epochs == [1, 2], (trial.name, epochs)
 
 
 @pytest.mark.ray

@@ -18,7 +18,7 @@ from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from serve import jsonlimits
+from serve import jsonlimits, v2binary
 from serve.decode import DecodeError, DecodePool
 
 MODEL_NAME = "modresnet"
@@ -64,8 +64,10 @@ class InferTensor(BaseModel):
     shape: list[int]
     datatype: str = Field(description="UINT8 (JSON integers 0..255) or FP32 (numbers 0..1).")
     parameters: dict[str, Any] | None = None
-    data: list[Any] = Field(description="Numbers only, flat or nested evenly, row-major; "
-                            "strings and booleans are refused.")
+    data: list[Any] | None = Field(None, description="Numbers only, flat or nested evenly, "
+                                   "row-major; strings and booleans are refused. Omitted when "
+                                   "parameters.binary_data_size puts the tensor after the JSON "
+                                   "(binary tensor data extension).")
 
 
 class InferRequest(BaseModel):
@@ -79,7 +81,8 @@ class InferOutput(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[float]
+    parameters: dict[str, Any] | None = None
+    data: list[float] | None = None
 
 
 class InferResponse(BaseModel):
@@ -223,11 +226,24 @@ async def parse_predict(request: Request, body: bytes, max_images: int, decoder:
 
 
 def parse_infer(request: Request, body: bytes, max_images: int) -> tuple[InferRequest, torch.Tensor]:
-    """An Open Inference Protocol v2 request -> uint8 N x 3 x 32 x 32."""
+    """An Open Inference Protocol v2 request (JSON, or JSON + binary tensor data) -> uint8
+    N x 3 x 32 x 32. One input, `input`: its datatype (UINT8 or FP32) and shape ([N,32,32,3]
+    or [N,3,32,32]) say how to read it."""
     media = _media_type(request)
-    if media not in ("application/json", ""):
+    header = request.headers.get(v2binary.HEADER)
+    binary = b""
+    if header is not None:
+        if media not in ("application/json", "application/octet-stream", ""):
+            raise ApiError(415, f"unsupported Content-Type {media!r} for a binary v2 request: "
+                                f"use application/octet-stream")
+        try:
+            body, binary = v2binary.split_body(body, header)
+        except v2binary.BinaryError as err:
+            raise ApiError(400, str(err)) from None
+    elif media not in ("application/json", ""):
         raise ApiError(415, f"unsupported Content-Type {media!r}: the v2 protocol takes "
-                            f"application/json")
+                            f"application/json (or the binary tensor extension, with an "
+                            f"Inference-Header-Content-Length header)")
     try:
         req = InferRequest.model_validate(_json(body))
     except ValidationError as err:
@@ -249,11 +265,39 @@ def parse_infer(request: Request, body: bytes, max_images: int) -> tuple[InferRe
     if tensor.datatype not in ("UINT8", "FP32"):
         raise ApiError(400, f"input datatype {tensor.datatype!r}: expected UINT8 (0..255) or "
                             f"FP32 (0..1)")
-    pixels = typed_data(tensor.data, tensor.datatype, int(np.prod(shape)))
+    expected = int(np.prod(shape))
+    try:
+        size = v2binary.binary_size(tensor.parameters)
+        if size is not None:
+            if tensor.data is not None:
+                raise v2binary.BinaryError("input has both `data` and binary_data_size: send one")
+            if size != len(binary):
+                raise v2binary.BinaryError(f"binary_data_size {size} but {len(binary)} bytes "
+                                           f"follow the JSON")
+            pixels = _pixels(v2binary.tensor_from_bytes(binary, tensor.datatype, expected),
+                             tensor.datatype)
+        elif binary:
+            raise v2binary.BinaryError(f"{len(binary)} bytes follow the JSON but no input has "
+                                       f"parameters.binary_data_size")
+        elif tensor.data is None:
+            raise ApiError(400, "input has no `data` (nor parameters.binary_data_size)")
+        else:
+            pixels = typed_data(tensor.data, tensor.datatype, expected)
+    except v2binary.BinaryError as err:
+        raise ApiError(400, str(err)) from None
     x = torch.from_numpy(pixels.reshape(shape))
     if shape[1:] == [32, 32, 3]:
         x = x.permute(0, 3, 1, 2)
     return req, x.contiguous()
+
+
+def _pixels(arr: np.ndarray, datatype: str) -> np.ndarray:
+    """A binary input's values (uint8 or float32) -> uint8 pixels; FP32 must be finite 0..1."""
+    if datatype == "UINT8":
+        return arr.astype(np.uint8)
+    if not (np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1):
+        raise ApiError(400, "FP32 input data must be finite pixel intensities in 0..1")
+    return np.round(arr.astype(np.float64) * 255.0).astype(np.uint8)
 
 
 _JSON_TYPE = {bool: "boolean", str: "string", dict: "object", list: "array", type(None): "null"}

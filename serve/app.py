@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve import api as schemas
+from serve import v2binary
 from serve.api import ApiError, error_response
 
 APP_NAME = "modresnet"
@@ -114,15 +115,18 @@ class MissingApiKey(RuntimeError):
     """Auth was required but this replica's environment lacks the key."""
 
 
-def read_api_key(args: ServeArgs) -> str | None:
-    key = os.environ.get(args.api_key_env) or None
-    if key is None and args.api_key_required:
+def read_api_keys(args: ServeArgs) -> list[str] | None:
+    """The accepted keys: the env var holds one key, or several comma-separated (rotation:
+    "new,old" while clients switch over), None for no auth."""
+    value = os.environ.get(args.api_key_env) or ""
+    keys = [k.strip() for k in value.split(",") if k.strip()] or None
+    if keys is None and args.api_key_required:
         raise MissingApiKey(
             f"api_key_required is set but the environment variable {args.api_key_env} is unset "
             f"or empty in this replica (node {socket.gethostname()}); refusing to serve without "
             f"auth. Fix: export {args.api_key_env} on every Ray node before `ray start` (replicas "
             f"inherit the raylet's environment), then deploy again.")
-    return key
+    return keys
 
 
 class Service:
@@ -135,7 +139,7 @@ class Service:
         from serve.decode import DecodePool
 
         self.args = ServeArgs.model_validate(args)
-        self._api_key = read_api_key(self.args)  # first: fail before the slow model load
+        self._api_keys = read_api_keys(self.args)  # first: fail before the slow model load
         torch.set_num_threads(self.args.threads)
         start = time.perf_counter()
         self.loaded = load_model(self.args.checkpoint)
@@ -180,13 +184,14 @@ class Service:
         return np.stack(rows).astype(np.float32)
 
     def _auth(self, request: Request) -> None:
-        if self._api_key is None:
+        if self._api_keys is None:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "missing API key: send `Authorization: Bearer <key>`")
-        if not hmac.compare_digest(token.strip().encode(), self._api_key.encode()):
+        sent = token.strip().encode()
+        if not any([hmac.compare_digest(sent, key.encode()) for key in self._api_keys]):
             raise ApiError(401, "wrong API key")
 
     # --- routes ---------------------------------------------------------------------------
@@ -223,8 +228,9 @@ class Service:
         self._auth(request)
         return {"name": schemas.MODEL_NAME, "versions": [self.loaded.sha256[:12]],
                 "platform": "onnxruntime_onnx" if self.backend.name == "onnx" else "pytorch_torch",
-                "inputs": [{"name": "input", "datatype": "UINT8", "shape": [-1, 32, 32, 3]},
-                           {"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}],
+                # One input. Also accepted under the same name: datatype FP32 (0..1) and/or
+                # shape [-1, 3, 32, 32] (NCHW); the request's datatype and shape choose.
+                "inputs": [{"name": "input", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}],
                 "outputs": [{"name": "probabilities", "datatype": "FP32",
                              "shape": [-1, len(self.classes)]}]}
 
@@ -238,10 +244,16 @@ class Service:
         req, x = schemas.parse_infer(request, body, self.args.max_images)
         probs = await self._probabilities(list(x))
         self.requests += 1
-        return schemas.InferResponse(
+        response = schemas.InferResponse(
             model_name=schemas.MODEL_NAME, model_version=self.loaded.sha256[:12], id=req.id,
             outputs=[schemas.InferOutput(name="probabilities", shape=list(probs.shape),
                                          datatype="FP32", data=probs.reshape(-1).tolist())])
+        if not v2binary.wants_binary_output(req.parameters, req.outputs):
+            return response
+        body, json_size = v2binary.encode_response(response.model_dump(exclude_none=True),
+                                                   {"probabilities": probs})
+        return Response(body, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(json_size)})
 
     def model_info(self, request: Request) -> dict:
         """The checkpoint this replica serves, and its batching statistics."""

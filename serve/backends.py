@@ -1,5 +1,10 @@
 """Inference backends for the Serve replicas: eager torch (the Predictor every other command
-uses) or ONNX Runtime on a graph exported from the same checkpoint at deploy time.
+uses) or ONNX Runtime on a graph exported from the same checkpoint.
+
+The export (2-10 s) happens once per checkpoint, not per replica start: the graph is cached
+beside the checkpoint as `onnx/<key>.onnx`, the key a sha256 over the weights' sha256, the
+model config, the normalization and the exporter version (`onnx_cache_path`). A replica
+that finds it loads it in milliseconds; a read-only checkpoint folder just means exporting.
 
 Both take uint8 N x 3 x 32 x 32 and return float32 N x classes probabilities, and both put
 normalization inside, so the HTTP layer never sees model details. Measured on this 2-core CPU
@@ -9,8 +14,14 @@ ONNX Runtime is faster or on par at the small batches a server sees, so it is th
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -69,6 +80,39 @@ def export_onnx(loaded: LoadedModel) -> bytes:
     return program.model_proto.SerializeToString()
 
 
+EXPORT_VERSION = 1  # bump when export_onnx changes what it writes
+log = logging.getLogger(__name__)
+
+
+def onnx_cache_path(loaded: LoadedModel) -> Path:
+    key = hashlib.sha256(json.dumps({
+        "weights_sha256": loaded.sha256, "model": loaded.config.to_dict()["model"],
+        "mean": list(loaded.config.data.mean), "std": list(loaded.config.data.std),
+        "export": EXPORT_VERSION, "torch": torch.__version__.split("+")[0],
+    }, sort_keys=True).encode()).hexdigest()
+    return Path(loaded.path) / "onnx" / f"{key}.onnx"
+
+
+def cached_onnx(loaded: LoadedModel) -> tuple[bytes, bool]:
+    """(ONNX bytes, whether they came from the cache); exports and caches on a miss."""
+    path = onnx_cache_path(loaded)
+    try:
+        return path.read_bytes(), True
+    except OSError:
+        pass
+    data = export_onnx(loaded)
+    try:  # atomic: replicas starting together each write a whole file, the last one wins
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as err:
+        log.warning("cannot cache the ONNX export at %s (%s); every replica start will "
+                    "export again", path, err)
+    return data, False
+
+
 class OnnxBackend:
     name = "onnx"
 
@@ -80,8 +124,15 @@ class OnnxBackend:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         start = time.perf_counter()
-        self.session = ort.InferenceSession(export_onnx(loaded), options,
-                                            providers=["CPUExecutionProvider"])
+        data, self.cached = cached_onnx(loaded)
+        try:
+            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        except Exception:  # a damaged cache file: export afresh, overwrite it
+            if not self.cached:
+                raise
+            onnx_cache_path(loaded).unlink(missing_ok=True)
+            data, self.cached = cached_onnx(loaded)
+            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         self.export_s = time.perf_counter() - start
         self._lock = threading.Lock()
 

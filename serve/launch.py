@@ -49,6 +49,7 @@ def serve_app(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
         try:
             deploy(args, name=name, route_prefix=route_prefix)
         except RuntimeError as err:  # DEPLOY_FAILED: the replicas' constructor error inside
+            err = RuntimeError(f"{err}\n{_failure_detail(name)}")
             if "api_key_required" in str(err):
                 raise UserError(f"deployment failed, no replica could read the API key: "
                                 f"export {args.api_key_env} on every Ray node before `ray "
@@ -86,6 +87,19 @@ def check_auth_enforced(url: str) -> None:
         raise UserError(f"auth was required but an unauthenticated POST {url}/predict got HTTP "
                         f"{r.status_code}, not 401: a replica is serving without the key. Run "
                         f"`serve shutdown` and check the key's env var on every node.")
+
+
+def _failure_detail(name: str) -> str:
+    """What the controller recorded about a failed app (the replica constructor's error)."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(name)
+    except Exception as err:  # noqa: BLE001 - only a better message is at stake
+        return f"(no status: {err!r})"
+    if app is None:
+        return ""
+    return "\n".join([app.message or ""] + [d.message or "" for d in app.deployments.values()])
 
 
 def _last_line(err: Exception, containing: str = "") -> str:

@@ -41,6 +41,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 KEY_ENV, KEY = "MODRESNET_TEST_API_KEY", "test-key-4f1c"
 N_IMAGES = 12
 KILL_FAILURE_BOUND = 12  # at most the killed replica's in-flight + queued requests
+BODY_TIMEOUT_S = 3
 
 
 def _free_port() -> int:
@@ -133,10 +134,11 @@ def server(runs):
                          upscale_delay_s=1, downscale_delay_s=3, look_back_period_s=2,
                          max_batch_size=16, batch_wait_timeout_s=0.02, max_ongoing_requests=8,
                          max_queued_requests=-1, max_body_bytes=1024 * 1024, max_images=32,
+                         body_timeout_s=BODY_TIMEOUT_S,
                          health_check_period_s=1, graceful_shutdown_timeout_s=10)
         secure = ServeArgs(checkpoint=str(runs[0]), backend="torch", replica_cpus=0.25,
                            min_replicas=1, max_replicas=1, max_ongoing_requests=1,
-                           max_queued_requests=1, api_key_env=KEY_ENV)
+                           max_queued_requests=1, api_key_env=KEY_ENV, api_key_required=True)
         deploy(main)
         deploy(secure, name="secure", route_prefix="/secure")
         auth = {"Authorization": f"Bearer {KEY}"}
@@ -349,6 +351,29 @@ def test_api_key(server, images):
     assert KEY not in str(serve.status())
 
 
+def test_auth_fails_closed(server, runs):
+    """Auth required + a replica without the key = a failed deployment with a clear error,
+    never an open endpoint; after a deploy, an unauthenticated /predict must get 401."""
+    from modresnet.errors import UserError
+    from serve.launch import check_auth_enforced, serve_app
+
+    check_auth_enforced(server["url"] + "/secure")
+    with pytest.raises(UserError, match="not 401"):
+        check_auth_enforced(server["url"])  # the main app has no key: the check catches it
+    args = ServeArgs(checkpoint=str(runs[0]), backend="torch", replica_cpus=0.25,
+                     api_key_env="MODRESNET_TEST_ABSENT_KEY", api_key_required=True)
+    start_t = time.monotonic()
+    try:
+        with pytest.raises(UserError, match="export MODRESNET_TEST_ABSENT_KEY on every Ray node"):
+            serve_app(args, port=server["port"], block=False, name="nokey",
+                      route_prefix="/nokey", info=lambda _: None)
+        print(f"failed deploy reported after {time.monotonic() - start_t:.1f}s")
+        assert httpx.post(server["url"] + "/nokey/predict", content=b"{}").status_code in (404, 503)
+    finally:
+        if "nokey" in serve.status().applications:
+            serve.delete("nokey")
+
+
 def test_backpressure_429_when_queue_full(server, images):
     files = [("files", (f"{i}.png", p, "image/png")) for i, p in enumerate(images[2] * 2)]
     with Load(server["url"] + "/secure/predict", files, 8, headers=server["auth"]) as load:
@@ -356,6 +381,95 @@ def test_backpressure_429_when_queue_full(server, images):
     assert load.codes[200] > 0
     assert load.codes[429] > 0, load.codes
     assert set(load.codes) <= {200, 429}, load.errors[:3]
+
+
+def test_burst_sheds_with_429_and_retry_after_fast(server, images):
+    """60 requests at once at a replica that takes 1 and queues 1: the excess is refused
+    with 429 + Retry-After within 100 ms, not made to wait."""
+    files = [("files", ("a.png", images[2][0], "image/png"))]
+    url = server["url"] + "/secure/predict"
+    gate = threading.Barrier(60)
+    results, lock = [], threading.Lock()
+
+    def one():
+        with httpx.Client(timeout=60) as client:
+            client.get(server["url"] + "/secure/v2/health/live")  # connect before the burst
+            gate.wait()
+            t = time.perf_counter()
+            r = client.post(url, files=files, headers=server["auth"])
+            with lock:
+                results.append((r.status_code, time.perf_counter() - t, r.headers.get("retry-after")))
+
+    threads = [threading.Thread(target=one) for _ in range(60)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    shed = [r for r in results if r[0] == 429]
+    codes = Counter(r[0] for r in results)
+    slowest_429 = max((r[1] for r in shed), default=0)
+    print(f"burst of 60: {dict(codes)}; slowest 429 in {slowest_429 * 1000:.0f} ms; "
+          f"median 429 in {sorted(r[1] for r in shed)[len(shed) // 2] * 1000 if shed else 0:.0f} ms")
+    assert set(codes) <= {200, 429} and codes[200] >= 1 and len(shed) >= 30, codes
+    assert all(r[2] == "1" for r in shed)
+    median = sorted(r[1] for r in shed)[len(shed) // 2]
+    assert median < 0.1, median  # the slowest ones include this 2-core box's thread start-up
+    assert sum(r[1] < 0.1 for r in shed) >= 0.8 * len(shed)
+
+
+def test_slow_clients_do_not_starve_probes_or_others(server, images):
+    """40 connections each trickling a body at 1 byte/s: readiness answers in < 1 s
+    throughout, the slow bodies get 408 after BODY_TIMEOUT_S, and a normal request is served."""
+    host, port = "127.0.0.1", server["port"]
+    socks = []
+    for _ in range(40):
+        s = socket.create_connection((host, port), timeout=30)
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 1000\r\n\r\n")
+        socks.append(s)
+    probes, normal = [], {}
+    files = [("files", ("a.png", images[2][0], "image/png"))]
+
+    def normal_request():
+        t = time.perf_counter()
+        r = httpx.post(server["url"] + "/predict", files=files, timeout=60)
+        normal.update(status=r.status_code, s=time.perf_counter() - t)
+
+    other = threading.Thread(target=normal_request)
+    start_t = time.monotonic()
+    other.start()
+    try:
+        while time.monotonic() - start_t < BODY_TIMEOUT_S + 3:
+            for s in socks:
+                try:
+                    s.sendall(b" ")
+                except OSError:
+                    pass
+            for _ in range(4):
+                t = time.perf_counter()
+                r = httpx.get(server["url"] + "/v2/health/ready", timeout=5)
+                probes.append(time.perf_counter() - t)
+                assert r.status_code == 200 and r.json() == {"ready": True}
+                time.sleep(0.2)
+        other.join(timeout=60)
+        answers, deadline = Counter(), time.monotonic() + 40
+        for s in socks:  # the ones queued behind the first slots get their turn, then 408
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                answers[s.recv(200).split(b"\r\n")[0][:12].decode(errors="replace")] += 1
+            except OSError as err:
+                answers[type(err).__name__] += 1
+    finally:
+        for s in socks:
+            s.close()
+    print(f"slow clients: {dict(answers)}; {len(probes)} probes, slowest "
+          f"{max(probes) * 1000:.0f} ms; normal request {normal}")
+    assert max(probes) < 1.0
+    assert normal.get("status") == 200, normal
+    assert answers.get("HTTP/1.1 408", 0) == 40, answers
+    deadline = time.monotonic() + 60  # leave one replica for the autoscaling test
+    while _replicas() > 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 # --- batching, autoscaling, replica failure, rolling update -----------------------------------

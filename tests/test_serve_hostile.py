@@ -238,3 +238,26 @@ def test_heavy_decode_does_not_block_probes_and_is_time_bounded(checkpoint):
     assert took < 2.0
     assert len(probes) >= 3 and max(probes) < 1.0
     svc.decoder.close()
+
+
+# --- item 4: auth fails closed; several keys for rotation ------------------------------------
+
+def test_auth_required_without_key_refuses_to_start(checkpoint, monkeypatch):
+    from serve.app import MissingApiKey
+
+    monkeypatch.delenv("MODRESNET_TEST_ROTATE", raising=False)
+    with pytest.raises(MissingApiKey, match="MODRESNET_TEST_ROTATE is unset or empty"):
+        _service(checkpoint, api_key_env="MODRESNET_TEST_ROTATE", api_key_required=True)
+    monkeypatch.setenv("MODRESNET_TEST_ROTATE", " , ")
+    with pytest.raises(MissingApiKey):
+        _service(checkpoint, api_key_env="MODRESNET_TEST_ROTATE", api_key_required=True)
+
+
+def test_rotation_accepts_every_listed_key(checkpoint, monkeypatch):
+    monkeypatch.setenv("MODRESNET_TEST_ROTATE", "new-key, old-key")
+    app = make_api(_service(checkpoint, api_key_env="MODRESNET_TEST_ROTATE", api_key_required=True))
+    with TestClient(app) as c:
+        for key, status in (("new-key", 200), ("old-key", 200), ("other", 401), (None, 401)):
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            assert c.get("/model", headers=headers).status_code == status, key
+        assert c.get("/v2/health/ready").status_code == 200

@@ -1,0 +1,74 @@
+"""The Open Inference Protocol's binary tensor data extension (as Triton and `tritonclient`
+speak it by default).
+
+Request: header `Inference-Header-Content-Length: N`; the body's first N bytes are the JSON
+request, the rest is raw tensor bytes (little-endian, row-major), one slice per input whose
+`parameters.binary_data_size` says its length, in input order.
+Response: when the request asks for it (request parameter `binary_data_output: true`, or an
+output's `parameters.binary_data: true`), outputs carry `parameters.binary_data_size` instead
+of `data`, and their bytes follow the JSON; the response header
+`Inference-Header-Content-Length` gives the JSON's length.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+HEADER = "inference-header-content-length"
+DTYPES = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
+
+
+class BinaryError(ValueError):
+    """The binary framing is wrong; the message says how."""
+
+
+def split_body(body: bytes, header_value: str) -> tuple[bytes, bytes]:
+    """(JSON part, binary part) of a body sent with Inference-Header-Content-Length."""
+    value = header_value.strip()
+    if not value.isdigit() or len(value) > 12:
+        raise BinaryError(f"Inference-Header-Content-Length {value[:20]!r} is not a byte count")
+    n = int(value)
+    if n == 0 or n > len(body):
+        raise BinaryError(f"Inference-Header-Content-Length {n} does not fit a body of "
+                          f"{len(body)} bytes")
+    return body[:n], body[n:]
+
+
+def binary_size(parameters: dict[str, Any] | None) -> int | None:
+    """`binary_data_size` of a tensor, validated; None if the tensor's data is in the JSON."""
+    if not parameters or "binary_data_size" not in parameters:
+        return None
+    size = parameters["binary_data_size"]
+    if type(size) is not int or size < 0:
+        raise BinaryError(f"binary_data_size must be a non-negative integer; got {size!r}")
+    return size
+
+
+def tensor_from_bytes(data: bytes, datatype: str, expected: int) -> np.ndarray:
+    """Raw bytes of one input -> flat array of its datatype, `expected` values long."""
+    dtype = DTYPES[datatype]
+    if len(data) != expected * dtype.itemsize:
+        raise BinaryError(f"input has {len(data)} bytes of binary data; its shape and datatype "
+                          f"{datatype} need {expected * dtype.itemsize}")
+    return np.frombuffer(data, dtype=dtype)
+
+
+def wants_binary_output(request_parameters: dict | None, outputs: list[dict] | None) -> bool:
+    if outputs:
+        return any(bool((o.get("parameters") or {}).get("binary_data")) for o in outputs)
+    return bool((request_parameters or {}).get("binary_data_output"))
+
+
+def encode_response(response: dict, arrays: dict[str, np.ndarray]) -> tuple[bytes, int]:
+    """(body, JSON length): `response` with each named output's data moved after the JSON."""
+    blobs = []
+    for out in response["outputs"]:
+        raw = np.ascontiguousarray(arrays[out["name"]], dtype=DTYPES[out["datatype"]]).tobytes()
+        out.pop("data", None)
+        out["parameters"] = {**(out.get("parameters") or {}), "binary_data_size": len(raw)}
+        blobs.append(raw)
+    header = json.dumps(response, separators=(",", ":")).encode()
+    return header + b"".join(blobs), len(header)

@@ -307,11 +307,23 @@ def write_run_dir(run: RunDir, config: Config, latest: Path, best: Path) -> list
     return history
 
 
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # what Ray Train resumes a run from
+
+
 def train_ray(config: Config, run_path: Path, options: RayOptions = RayOptions(),
               resume: bool = False, on_epoch_done: Callable[[dict], None] | None = None,
               info: Callable[[str], None] = print) -> RayResult:
+    """Train on Ray, holding the run's lock for the whole run (one process per --name)."""
     run_path = Path(run_path).expanduser().resolve()
-    run = RunDir(run_path)
+    with RunDir(run_path).lock() as run:
+        for line in run.recover():
+            info(line)
+        return _train_ray_locked(config, run_path, run, options, resume, on_epoch_done, info)
+
+
+def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayOptions,
+                      resume: bool, on_epoch_done: Callable[[dict], None] | None,
+                      info: Callable[[str], None]) -> RayResult:
     if options.workers < 1:
         raise RayTrainSetupError(f"--workers: need at least 1, got {options.workers}")
     if options.cpus_per_worker <= 0:
@@ -325,6 +337,10 @@ def train_ray(config: Config, run_path: Path, options: RayOptions = RayOptions()
     elif resume and not ray_dir.exists() and run.exists():
         raise RayTrainSetupError(f"--resume: {run_path} was trained in-process (no {RAY_SUBDIR}/ "
                                  f"folder); resume it with --local")
+    elif resume and not (ray_dir / RAY_SNAPSHOT).exists():
+        raise RayTrainSetupError(f"--resume: {ray_dir / RAY_SNAPSHOT} is missing, so run "
+                                 f"{run_path.name} has no training state to continue (it never "
+                                 f"finished an epoch); start it again under a new --name")
     elif (run.exists() or ray_dir.exists()) and not resume:
         raise RayTrainSetupError(f"run directory {run_path} already holds a run; pass --resume "
                                  f"to continue it, or choose another --name")

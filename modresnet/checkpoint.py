@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,13 +236,69 @@ def load_training_state(directory: Path, state: TrainingState) -> TrainingState:
     return state
 
 
+def _fsync_path(path: Path) -> None:
+    """Flush a file's data, or a folder's entries (names created/renamed in it), to disk."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so a crash leaves either the old or the new content, never a torn one:
+    write a temp file beside it, fsync, rename over, fsync the folder."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
 def replace_dir(src: Path, dst: Path) -> None:
-    """Move a fully written folder into place so a crash never leaves a half checkpoint."""
+    """Move a fully written folder into place so a crash never leaves a half checkpoint.
+
+    The one atomic-folder write of the project: fsync every file in `src` and `src` itself,
+    rename `dst` to `dst.old`, rename `src` to `dst`, fsync the parent, then delete the old
+    copy. A crash at any point leaves a state `recover_dir` repairs: between the renames `dst`
+    is missing and `dst.old` holds the previous complete version."""
+    src, dst = Path(src), Path(dst)
+    for f in src.rglob("*"):
+        if f.is_file():
+            _fsync_path(f)
+    _fsync_path(src)
     old = dst.with_name(dst.name + ".old")
     if old.exists():
         shutil.rmtree(old)
     if dst.exists():
         dst.rename(old)
     src.rename(dst)
+    _fsync_path(dst.parent)
     if old.exists():
         shutil.rmtree(old)
+
+
+def recover_dir(dst: Path) -> str | None:
+    """Repair what a crash inside `replace_dir` (or while writing `dst.tmp`) left behind.
+
+    `dst` missing with `dst.old` present: the crash came between the two renames; `dst.old` is
+    the last complete version and goes back into place (the newer `dst.tmp` may be complete
+    too, but nothing says so, so it is dropped and its epoch is trained again). `dst` present:
+    leftover `dst.old` / `dst.tmp` are stale and deleted. Returns what it did, or None."""
+    dst = Path(dst)
+    old, tmp = dst.with_name(dst.name + ".old"), dst.with_name(dst.name + ".tmp")
+    done = None
+    if not dst.exists() and old.exists():
+        old.rename(dst)
+        _fsync_path(dst.parent)
+        done = f"restored {dst.name}/ from {old.name}/ (a crash interrupted its last update)"
+    elif old.exists():
+        shutil.rmtree(old)
+        done = f"removed the stale {old.name}/"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+        done = (done + "; " if done else "") + f"removed the unfinished {tmp.name}/"
+    return done

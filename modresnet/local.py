@@ -50,11 +50,27 @@ def epoch_writer(run: RunDir, config: Config, classes: tuple[str, ...]):
 
 def train_local(config: Config, run_path: Path, resume: bool = False,
                 data: Cifar10 | None = None, on_batch: BatchCallback | None = None,
-                on_epoch_done=None) -> LocalResult:
+                on_epoch_done=None, info=print) -> LocalResult:
     run = RunDir(Path(run_path))
     if run.exists() and not resume:
         raise RunExistsError(f"run directory {run.path} already holds a run; pass --resume to "
                              f"continue it, or choose another --name")
+    with run.lock():
+        return _train_locked(run, config, resume, data, on_batch, on_epoch_done, info)
+
+
+def _train_locked(run: RunDir, config: Config, resume: bool, data: Cifar10 | None,
+                  on_batch: BatchCallback | None, on_epoch_done, info) -> LocalResult:
+    for line in run.recover():
+        info(line)
+    if run.exists() and not resume:  # checked again under the lock: another process may have
+        raise RunExistsError(f"run directory {run.path} already holds a run; pass --resume to "
+                             f"continue it, or choose another --name")
+    if resume and not checkpoint.has_training_state(run.last):
+        raise RunExistsError(f"--resume: {run.last / checkpoint.STATE_META} is missing, so run "
+                             f"{run.path.name} has no training state to continue (it never "
+                             f"finished an epoch, or was not trained here); start it again "
+                             f"under a new --name")
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     device = engine.select_device(config.train.device)
@@ -64,7 +80,7 @@ def train_local(config: Config, run_path: Path, resume: bool = False,
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     state = engine.build_state(config, model, len(data.train))
-    if resume and checkpoint.has_training_state(run.last):
+    if resume:
         checkpoint.load_training_state(run.last, state)
     run.create(config)
     writer = epoch_writer(run, config, data.classes)

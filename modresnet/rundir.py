@@ -7,15 +7,21 @@
       last/            latest checkpoint plus its resumable training state
       curves.png       train/validation accuracy and loss per epoch
       confusion.png    test-set confusion matrix of best/
-      test.json        the final test evaluation of best/
+      test.json        the final test evaluation of best/ (written last: the run is finished)
+      .lock            held by the process training the run (one at a time)
+
+Every file is written atomically (temp file, fsync, rename) and best/ and last/ are replaced
+whole by `checkpoint.replace_dir`; `RunDir.recover` repairs a replacement a crash interrupted.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -23,6 +29,11 @@ from modresnet import checkpoint, plots
 from modresnet.config import Config
 from modresnet.data import Split
 from modresnet.engine import predict_logits
+from modresnet.errors import UserError
+
+
+class RunInUseError(UserError):
+    """Another process holds the run's lock (the same --name is training right now)."""
 
 
 def default_storage() -> Path:
@@ -38,10 +49,41 @@ class RunDir:
     last = property(lambda self: self.path / "last")
     test_file = property(lambda self: self.path / "test.json")
 
+    lock_file = property(lambda self: self.path / ".lock")
+
     def create(self, config: Config) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "config.yaml").write_text(config.to_yaml())
+        checkpoint.atomic_write_text(self.path / "config.yaml", config.to_yaml())
         return self
+
+    @contextmanager
+    def lock(self) -> Iterator[RunDir]:
+        """Hold the run's lock for as long as it trains: one process per run at a time. An
+        flock, so the kernel drops it when the holder dies (a crash never leaves it stuck)."""
+        from filelock import FileLock, Timeout
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"--storage: cannot write to {self.path.parent} "
+                            f"({err.strerror or err}); choose a writable --storage") from None
+        lock = FileLock(self.lock_file, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunInUseError(f"run {self.path} is being written by another modresnet process "
+                                f"right now (it holds {self.lock_file}); wait for it to finish, "
+                                f"or choose another --name") from None
+        try:
+            yield self
+        finally:
+            lock.release()
+
+    def recover(self) -> list[str]:
+        """Repair best/ and last/ after a crash in the middle of replacing them (see
+        checkpoint.recover_dir); call with the lock held. Returns what was repaired."""
+        return [f"{self.path}: {done}" for d in (self.best, self.last)
+                if (done := checkpoint.recover_dir(d))]
 
     def exists(self) -> bool:
         return self.metrics_file.exists() or self.last.exists()
@@ -53,9 +95,8 @@ class RunDir:
 
     def write_metrics(self, history: list[dict]) -> None:
         """Rewrite the whole history: a resumed run keeps every epoch exactly once."""
-        tmp = self.metrics_file.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(m) + "\n" for m in history))
-        tmp.replace(self.metrics_file)
+        checkpoint.atomic_write_text(self.metrics_file,
+                                     "".join(json.dumps(m) + "\n" for m in history))
 
 
 def finalize(run: RunDir, test: Split, classes: tuple[str, ...], device: torch.device) -> dict:
@@ -73,10 +114,10 @@ def finalize(run: RunDir, test: Split, classes: tuple[str, ...], device: torch.d
               "sha256": loaded.sha256,
               "per_class_acc": {c: float(matrix[i, i] / max(1, int(matrix[i].sum())))
                                 for i, c in enumerate(classes)}}
-    run.test_file.write_text(json.dumps(result, indent=2))
     meta = dict(loaded.meta)
     meta["metrics"] = {**meta["metrics"], "test_acc": acc, "test_n": len(test)}
-    (run.best / checkpoint.META).write_text(json.dumps(meta, indent=2))
+    checkpoint.atomic_write_text(run.best / checkpoint.META, json.dumps(meta, indent=2))
+    checkpoint.atomic_write_text(run.test_file, json.dumps(result, indent=2))  # last: "finished"
     history = run.read_metrics()
     if history:
         plots.curves(history, run.path / "curves.png")

@@ -19,12 +19,18 @@ def _state(cfg, n):
 
 
 def test_overfits_256_real_images(small_cifar):
-    cfg = configs.resolve("debug", overrides={"optim.lr": 0.01, "train.epochs": 40, "train.batch_size": 64})
+    """A one-cycle schedule lets the model settle, so the last epoch does not depend on CPU
+    numerics: 1.000 train and validation accuracy under 1 and 2 threads, with oneDNN's AVX-512
+    and AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2). The plateau schedule this test used before
+    ended anywhere between 0.87 and 0.95, and failed its 0.9 threshold on an AVX2 machine."""
+    cfg = configs.resolve("debug", overrides={"optim.lr": 0.01, "train.epochs": 40, "train.batch_size": 64,
+                                              "schedule.name": "onecycle"})
     cfg = dataclasses.replace(cfg, augment=AugmentConfig())
     train = Split(small_cifar.train.x[:256], small_cifar.train.y[:256])
     state = _state(cfg, len(train))
     engine.fit(state, train, train, cfg, CPU, on_epoch=lambda r, s: None)
-    assert state.history[-1]["train_acc"] > 0.9
+    assert state.history[-1]["train_acc"] > 0.97  # margin: 8 of 256 images
+    assert state.history[-1]["val_acc"] > 0.97
 
 
 def test_beats_chance_on_validation(small_cifar):

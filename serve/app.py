@@ -52,7 +52,7 @@ class ServeArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     checkpoint: str = Field(description="Run directory or checkpoint folder (readable by replicas).")
-    backend: Literal["onnx", "torch"] = "onnx"
+    backend: Literal["onnx", "torch", "int8"] = "onnx"
     threads: int = Field(1, ge=1, le=64, description="Intra-op threads per replica.")
     replica_cpus: float = Field(1.0, gt=0, description="Logical CPUs each replica reserves.")
     min_replicas: int = Field(1, ge=1)
@@ -227,7 +227,7 @@ class Service:
     def model_metadata(self, request: Request) -> dict:
         self._auth(request)
         return {"name": schemas.MODEL_NAME, "versions": [self.loaded.sha256[:12]],
-                "platform": "onnxruntime_onnx" if self.backend.name == "onnx" else "pytorch_torch",
+                "platform": "onnxruntime_onnx" if self.backend.name in ("onnx", "int8") else "pytorch_torch",
                 # One input. Also accepted under the same name: datatype FP32 (0..1) and/or
                 # shape [-1, 3, 32, 32] (NCHW); the request's datatype and shape choose.
                 "inputs": [{"name": "input", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}],

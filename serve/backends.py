@@ -31,7 +31,7 @@ from modresnet.augment import normalize, to_float
 from modresnet.checkpoint import LoadedModel
 from modresnet.inference import Predictor
 
-BACKENDS = ("onnx", "torch")
+BACKENDS = ("onnx", "torch", "int8")
 DEFAULT_BACKEND = "onnx"
 
 
@@ -142,9 +142,40 @@ class OnnxBackend:
             return self.session.run(["probabilities"], {"input": x})[0].astype(np.float32)
 
 
+class Int8Backend(OnnxBackend):
+    """The int8 model `python -m serve.quantize RUN` made (static quantization calibrated on
+    the validation split; its accuracy report lies beside it)."""
+
+    name = "int8"
+
+    def __init__(self, loaded: LoadedModel, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        from serve.quantize import int8_paths
+
+        path, report = int8_paths(loaded)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"--backend int8: no int8 model for this checkpoint at {path}. Make it once with "
+                f"`python -m serve.quantize {loaded.path}` (calibrates on the validation split, "
+                f"prints the accuracy drop), or serve with --backend onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        start = time.perf_counter()
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.export_s = time.perf_counter() - start
+        self.cached = True
+        self.report = json.loads(report.read_text()) if report.exists() else {}
+        self._lock = threading.Lock()
+
+
 def make_backend(name: str, loaded: LoadedModel, threads: int = 1) -> Backend:
     if name == "torch":
         return TorchBackend(loaded)
     if name == "onnx":
         return OnnxBackend(loaded, threads)
+    if name == "int8":
+        return Int8Backend(loaded, threads)
     raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}; got {name!r}")

@@ -47,3 +47,42 @@ def test_export_once_per_checkpoint_then_cached(loaded, tmp_path):
         next(loaded.model.parameters()).add_(1.0)
     save_model(tmp_path / "other", loaded.model, loaded.config, loaded.classes, 2, {})
     assert onnx_cache_path(load_model(tmp_path / "other")).name != path.name
+
+
+def test_int8_backend_from_quantize_cli(tmp_path, data_dir, capsys):
+    """`python -m serve.quantize RUN` calibrates on the validation split, measures the test
+    accuracy of fp32 and int8 and prints it; `--backend int8` then serves the result."""
+    from modresnet.local import train_local
+    from serve.backends import Int8Backend, make_backend
+    from serve.quantize import int8_paths, main
+
+    cfg = configs.resolve("debug", overrides={"data.data_dir": str(data_dir), "data.subset": 1000,
+                                              "data.val_subset": 200, "data.test_subset": 200})
+    train_local(cfg, tmp_path / "run")
+    loaded = load_model(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="python -m serve.quantize"):
+        make_backend("int8", loaded)
+    assert main([str(tmp_path / "run"), "--calibration", "300", "--max-drop", "100",
+                 "--data-dir", str(data_dir), "--test-images", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy fp32" in out and "int8" in out, out
+    model_path, report_path = int8_paths(loaded)
+    report = __import__("json").loads(report_path.read_text())
+    assert report["calibration_split"] == "val" and report["test_images"] == 2000
+    assert report["int8_bytes"] < report["fp32_bytes"]
+    int8 = make_backend("int8", loaded)
+    assert isinstance(int8, Int8Backend) and int8.report == report
+    from modresnet.data import load_cifar10
+
+    test = load_cifar10(cfg.data).test
+    p8, p32 = int8.probabilities(test.x), OnnxBackend(loaded).probabilities(test.x)
+    assert p8.shape == p32.shape == (200, 10)
+    # probabilities stay close; accuracy (on the full test set) is in the report
+    assert np.abs(p8 - p32).max() < 0.05, np.abs(p8 - p32).max()
+    assert abs(report["drop_points"]) < 5
+    # a drop over the limit refuses to write the model, exit 2 with the reason
+    report_path.unlink()
+    model_path.unlink()
+    assert main([str(tmp_path / "run"), "--calibration", "1", "--max-drop", "-1",
+                 "--data-dir", str(data_dir), "--test-images", "200"]) == 2
+    assert "over the limit" in capsys.readouterr().err and not model_path.exists()

@@ -4,7 +4,9 @@ The job runs `python -m modresnet.cli <command> <args...>` with this source tree
 runtime_env working_dir (`.rayignore` keeps data, runs, checkpoints, .git and .venv out of the
 upload). The client authenticates with a Bearer header, so it works whether or not this shell has
 RAY_AUTH_MODE=token. Token lookup: RAY_AUTH_TOKEN, then the file RAY_AUTH_TOKEN_PATH, then the
-local cluster of $MODRESNET_HOME (only when the address is that cluster's).
+local cluster of $MODRESNET_HOME (only when the address is that cluster's). The token goes only
+over https or to a loopback address (else an error; --insecure-token overrides), and no request
+that carries it follows a redirect.
 
 Address lookup: --address, then RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, then the local cluster.
 """
@@ -12,12 +14,14 @@ Address lookup: --address, then RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, then t
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import re
 import shlex
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,14 +96,53 @@ def resolve_token(address: str) -> str | None:
     return None
 
 
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a DNS name: whatever it resolves to today, the path leaves this machine
+
+
+def check_token_transport(address: str, token: str | None, insecure: bool = False) -> None:
+    """The token is a key to the cluster (the Jobs API runs any command): send it only over
+    https, or over plain http to this machine (an SSH tunnel or `modresnet cluster up`)."""
+    if token is None or insecure:
+        return
+    parts = urllib.parse.urlsplit(address)
+    if parts.scheme == "https" or is_loopback(parts.hostname or ""):
+        return
+    raise JobsError(f"refusing to send the cluster token over plain http to {parts.hostname} (not "
+                    f"this machine): anyone on the path could read it and run code on the "
+                    f"cluster. Use https://, or an SSH tunnel (ssh -L 8265:127.0.0.1:8265 HEAD) "
+                    f"with --address http://127.0.0.1:8265; --insecure-token sends it anyway")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib copies the Authorization header into a redirect; never follow one."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _redirect_error(address: str, code: int, location: str | None) -> JobsError:
+    return JobsError(f"{address} answered with a redirect (HTTP {code}) to {location or '?'}; "
+                     f"the token is never sent on through a redirect: pass the final Jobs API "
+                     f"address with --address")
+
+
 def _check(address: str, token: str | None) -> None:
     """Reach the Jobs API within seconds and turn every failure into one clear line."""
     req = urllib.request.Request(f"{address}/api/version",
                                  headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(req, timeout=CONNECT_TIMEOUT_S) as resp:
+        with urllib.request.build_opener(_NoRedirect).open(req, timeout=CONNECT_TIMEOUT_S) as resp:
             body = resp.read()
     except urllib.error.HTTPError as err:
+        if 300 <= err.code < 400:
+            raise _redirect_error(address, err.code, err.headers.get("Location")) from None
         if err.code == 401:
             raise JobsError(f"{address}: the cluster requires a token (401); set RAY_AUTH_TOKEN or "
                             f"RAY_AUTH_TOKEN_PATH") from None
@@ -127,15 +170,32 @@ def _no_address_env() -> Iterator[None]:
         os.environ.update(saved)
 
 
-def client(address: str | None = None):
-    address = resolve_address(address)
-    token = resolve_token(address)
-    _check(address, token)
+def _client_class():
     from ray.job_submission import JobSubmissionClient
 
+    class NoRedirectClient(JobSubmissionClient):
+        """Every SDK request with allow_redirects=False: requests keeps the Authorization
+        header on a same-host redirect (http -> https -> another port alike)."""
+
+        def _do_request(self, method, endpoint, **kwargs):
+            kwargs["allow_redirects"] = False
+            response = super()._do_request(method, endpoint, **kwargs)
+            if response.is_redirect:
+                raise _redirect_error(self._address, response.status_code,
+                                      response.headers.get("Location"))
+            return response
+
+    return NoRedirectClient
+
+
+def client(address: str | None = None, insecure_token: bool = False):
+    address = resolve_address(address)
+    token = resolve_token(address)
+    check_token_transport(address, token, insecure_token)
+    _check(address, token)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     with _no_address_env():
-        return JobSubmissionClient(address, headers=headers)
+        return _client_class()(address, headers=headers)
 
 
 def _job_call(fn, job_id: str, address: str):
@@ -182,13 +242,13 @@ def entrypoint(command: str, args: list[str]) -> str:
 
 def submit(command: str, args: list[str], address: str | None = None,
            submission_id: str | None = None, env: dict[str, str] | None = None,
-           entrypoint_num_cpus: float | None = None) -> str:
+           entrypoint_num_cpus: float | None = None, insecure_token: bool = False) -> str:
     if command not in COMMANDS:
         raise JobsError(f"unknown command {command!r}: choose one of {', '.join(COMMANDS)}")
     if submission_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
                                                    submission_id):
         raise JobsError(f"--submission-id {submission_id!r}: use letters, digits, '.', '_', '-'")
-    c = client(address)
+    c = client(address, insecure_token)
     import logging
 
     for name in ("ray", "ray._private.runtime_env", "ray.dashboard"):  # packaging INFO chatter
@@ -217,19 +277,20 @@ def submit(command: str, args: list[str], address: str | None = None,
 # list / status / logs / stop
 
 
-def list_jobs(address: str | None = None) -> list:
-    return sorted(client(address).list_jobs(), key=lambda j: j.start_time or 0)
+def list_jobs(address: str | None = None, insecure_token: bool = False) -> list:
+    return sorted(client(address, insecure_token).list_jobs(), key=lambda j: j.start_time or 0)
 
 
-def job_info(job_id: str, address: str | None = None):
-    c = client(address)
+def job_info(job_id: str, address: str | None = None, insecure_token: bool = False):
+    c = client(address, insecure_token)
     return _job_call(c.get_job_info, job_id, resolve_address(address))
 
 
-def logs(job_id: str, address: str | None = None, follow: bool = False, out=sys.stdout) -> str:
+def logs(job_id: str, address: str | None = None, follow: bool = False, out=sys.stdout,
+         insecure_token: bool = False) -> str:
     """Print the job's logs (following them until the job ends); returns its final status."""
     addr = resolve_address(address)
-    c = client(addr)
+    c = client(addr, insecure_token)
     status = str(_job_call(c.get_job_status, job_id, addr))
     if not follow:
         out.write(c.get_job_logs(job_id))
@@ -250,10 +311,11 @@ def logs(job_id: str, address: str | None = None, follow: bool = False, out=sys.
         time.sleep(0.5)
 
 
-def stop(job_id: str, address: str | None = None, wait_s: float = 60) -> str:
+def stop(job_id: str, address: str | None = None, wait_s: float = 60,
+         insecure_token: bool = False) -> str:
     """Stop a job and wait until it has stopped; returns its final status."""
     addr = resolve_address(address)
-    c = client(addr)
+    c = client(addr, insecure_token)
     _job_call(c.stop_job, job_id, addr)
     deadline = time.monotonic() + wait_s
     while True:

@@ -34,6 +34,7 @@ from modresnet.config import Config
 from modresnet.data import load_cifar10
 from modresnet.errors import UserError
 from modresnet.model import build_model
+from modresnet.rundir import check_private_storage
 
 from jobs.search_space import SearchSpace, parse_space, trial_config
 from jobs.tune_results import TuneOutcome, summarize, sync_wandb_dirs
@@ -308,6 +309,7 @@ def run_search(job: dict, options: TuneOptions, resume: bool = False,
     if resume:
         if not (exp / JOB_FILE).exists():
             raise TuneSetupError(f"--resume: no search at {exp}; check NAME and --storage")
+        check_private_storage(exp)  # it unpickles Ray's state from there
     else:
         if exp.exists() and any(exp.iterdir()):
             raise TuneSetupError(f"{exp} already holds a search; continue it with --resume "

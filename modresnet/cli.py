@@ -426,6 +426,9 @@ JobsAddress = Annotated[Optional[str], typer.Option(
     "--address", help="Jobs API http://HEAD:8265 (else $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, "
                       "or the `modresnet cluster up` cluster).")]
 JobId = Annotated[str, typer.Argument(help="Submission id (see `modresnet jobs list`).")]
+InsecureToken = Annotated[bool, typer.Option(
+    "--insecure-token", help="Send the cluster token over plain http to a non-loopback address "
+                             "(only on a network you trust; prefer https or an SSH tunnel).")]
 
 
 def cluster_errors(fn):
@@ -477,6 +480,7 @@ def jobs_submit(
     submission_id: Annotated[Optional[str], typer.Option(help="Job id (default: generated).")] = None,
     env: Annotated[Optional[list[str]], typer.Option("--env", help="Extra NAME=VALUE for the job (no secrets); repeatable.")] = None,
     entrypoint_num_cpus: Annotated[Optional[float], typer.Option(help="CPUs reserved for the driver (lets it run on a worker node).")] = None,
+    insecure_token: InsecureToken = False,
 ) -> None:
     """Submit `modresnet COMMAND [OPTIONS]` as a Ray job; the last output line is its id.
 
@@ -493,7 +497,8 @@ def jobs_submit(
     extra_env = jobs_submit_mod.parse_env(env)
     addr = jobs_submit_mod.resolve_address(address)
     job_id = jobs_submit_mod.submit(command, args, address=addr, submission_id=submission_id,
-                                    env=extra_env, entrypoint_num_cpus=entrypoint_num_cpus)
+                                    env=extra_env, entrypoint_num_cpus=entrypoint_num_cpus,
+                                    insecure_token=insecure_token)
     err_console.print(f"submitted `modresnet {command}` to {addr}; follow it with: "
                       f"modresnet jobs logs {job_id} --follow", highlight=False, soft_wrap=True)
     print(job_id, flush=True)
@@ -502,14 +507,14 @@ def jobs_submit(
 @jobs_app.command("list")
 @user_errors
 @cluster_errors
-def jobs_list(address: JobsAddress = None) -> None:
+def jobs_list(address: JobsAddress = None, insecure_token: InsecureToken = False) -> None:
     """Jobs on the cluster, oldest first."""
     from jobs import submit as jobs_submit_mod
 
     table = Table()
     for col in ("submission id", "status", "started", "entrypoint"):
         table.add_column(col)
-    for job in jobs_submit_mod.list_jobs(address):
+    for job in jobs_submit_mod.list_jobs(address, insecure_token):
         started = (datetime.fromtimestamp(job.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S")
                    if job.start_time else "-")
         table.add_row(job.submission_id or job.job_id or "-", str(job.status), started,
@@ -520,11 +525,12 @@ def jobs_list(address: JobsAddress = None) -> None:
 @jobs_app.command("status")
 @user_errors
 @cluster_errors
-def jobs_status(job_id: JobId, address: JobsAddress = None) -> None:
+def jobs_status(job_id: JobId, address: JobsAddress = None,
+                insecure_token: InsecureToken = False) -> None:
     """Print a job's status. Exit 0: PENDING/RUNNING/SUCCEEDED, 1: FAILED/STOPPED."""
     from jobs import submit as jobs_submit_mod
 
-    info = jobs_submit_mod.job_info(job_id, address)
+    info = jobs_submit_mod.job_info(job_id, address, insecure_token)
     status = str(info.status)
     line = f"{job_id}: {status}"
     if info.message:
@@ -539,11 +545,12 @@ def jobs_status(job_id: JobId, address: JobsAddress = None) -> None:
 @user_errors
 @cluster_errors
 def jobs_logs(job_id: JobId, address: JobsAddress = None,
-              follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False) -> None:
+              follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False,
+              insecure_token: InsecureToken = False) -> None:
     """Print a job's logs. Exit code as for `jobs status` (after --follow: the final status)."""
     from jobs import submit as jobs_submit_mod
 
-    status = jobs_submit_mod.logs(job_id, address, follow=follow)
+    status = jobs_submit_mod.logs(job_id, address, follow=follow, insecure_token=insecure_token)
     if follow:
         err_console.print(f"job {job_id}: {status}", highlight=False)
     _exit_for(status)
@@ -552,11 +559,12 @@ def jobs_logs(job_id: JobId, address: JobsAddress = None,
 @jobs_app.command("stop")
 @user_errors
 @cluster_errors
-def jobs_stop(job_id: JobId, address: JobsAddress = None) -> None:
+def jobs_stop(job_id: JobId, address: JobsAddress = None,
+              insecure_token: InsecureToken = False) -> None:
     """Stop a job and wait until it is stopped. Exit 0 once it is no longer running."""
     from jobs import submit as jobs_submit_mod
 
-    status = jobs_submit_mod.stop(job_id, address)
+    status = jobs_submit_mod.stop(job_id, address, insecure_token=insecure_token)
     print(f"{job_id}: {status}")
     if status not in jobs_submit_mod.TERMINAL:
         raise typer.Exit(1)

@@ -1,0 +1,170 @@
+"""Credentials stay where they belong: the Jobs client's token never travels over plain http to
+another machine (unless --insecure-token), never follows a redirect, and `tune --resume`
+refuses an experiment folder someone else could have written (it unpickles Ray's state).
+
+Real HTTP servers on this machine record what reaches them; no mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from jobs import submit
+from modresnet.rundir import UnsafeStorageError, check_private_storage
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "s3cret-token-for-the-test"
+
+
+class Recorder:
+    """An HTTP server on (host, free port) that records every request's path and
+    Authorization header and answers with `answer(path) -> (status, headers, body)`."""
+
+    def __init__(self, host: str, answer):
+        self.seen: list[tuple[str, str | None]] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                recorder.seen.append((self.path, self.headers.get("Authorization")))
+                status, headers, body = answer(self.path)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def non_loopback_ip() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # no packet is sent; picks the outgoing interface
+        ip = s.getsockname()[0]
+    if ip.startswith("127."):
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    return ip
+
+
+def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "modresnet.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_token_goes_over_plain_http_only_to_loopback(tmp_path, monkeypatch):
+    server = Recorder("0.0.0.0", lambda path: (404, {}, b"not ray"))
+    address = server.url.replace("0.0.0.0", non_loopback_ip())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_TOKEN=TOKEN, MODRESNET_HOME=str(tmp_path))
+    try:
+        refused = cli("jobs", "list", "--address", address, env=env)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "refusing to send the cluster token over plain http" in refused.stderr
+        assert "--insecure-token" in refused.stderr and "Traceback" not in refused.stderr
+        assert server.seen == []  # refused before connecting
+
+        monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+        monkeypatch.setenv("MODRESNET_HOME", str(tmp_path))
+        with pytest.raises(submit.JobsError, match="not a Ray Jobs API"):
+            submit.list_jobs(address, insecure_token=True)  # the explicit override sends it
+        assert server.seen == [("/api/version", f"Bearer {TOKEN}")]
+        # loopback over http is fine (an SSH tunnel, or `modresnet cluster up`)
+        with pytest.raises(submit.JobsError, match="not a Ray Jobs API"):
+            submit.list_jobs(server.url.replace("0.0.0.0", "127.0.0.1"))
+        assert server.seen[-1] == ("/api/version", f"Bearer {TOKEN}")
+        submit.check_token_transport("https://ray.example.com:8265", TOKEN)  # https: fine
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("redirected", ["/api/version", "/api/jobs/"])
+def test_no_request_carrying_the_token_follows_a_redirect(redirected, tmp_path, monkeypatch):
+    elsewhere = Recorder("127.0.0.1", lambda path: (200, {}, b"{}"))
+
+    def answer(path):
+        if path.startswith(redirected):
+            return 307, {"Location": f"{elsewhere.url}{path}"}, b""
+        return 200, {"Content-Type": "application/json"}, json.dumps(
+            {"ray_version": "2.60.0", "version": "2.60.0"}).encode()
+
+    server = Recorder("127.0.0.1", answer)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+    monkeypatch.setenv("MODRESNET_HOME", str(tmp_path))
+    try:
+        # /api/version: our own reachability check (urllib); /api/jobs/: Ray's SDK (requests)
+        with pytest.raises(submit.JobsError, match=r"redirect \(HTTP 307\)"):
+            submit.list_jobs(server.url)
+        assert server.seen and all(auth == f"Bearer {TOKEN}" for _, auth in server.seen)
+        assert elsewhere.seen == []  # nothing, with or without the token, went on
+    finally:
+        server.close()
+        elsewhere.close()
+
+
+def _experiment(root: Path) -> Path:
+    exp = root / "search"
+    (exp / "trial_0").mkdir(parents=True)
+    (exp / "modresnet-tune.json").write_text(json.dumps({
+        "name": "search", "storage": str(root), "samples": 2, "max_epochs": 1,
+        "grace_period": 1, "reduction_factor": 2}))
+    (exp / "tuner.pkl").write_bytes(b"pickled state")
+    (exp / "trial_0" / "params.pkl").write_bytes(b"pickled params")
+    for p in (root, exp, exp / "trial_0"):
+        p.chmod(0o755)
+    for p in (exp / "tuner.pkl", exp / "trial_0" / "params.pkl"):
+        p.chmod(0o644)
+    return exp
+
+
+def test_tune_resume_refuses_an_experiment_others_could_have_written(tmp_path):
+    root = tmp_path / "storage"
+    exp = _experiment(root)
+    check_private_storage(exp)  # ours, writable only by us: fine
+
+    (exp / "tuner.pkl").chmod(0o666)  # through the CLI: the tune driver refuses, exit 2
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    r = cli("tune", "--resume", "search", "--storage", str(root), env=env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"{exp / 'tuner.pkl'} is writable by others (mode 666)" in r.stderr
+    assert "could run code as you" in r.stderr and "Traceback" not in r.stderr
+    (exp / "tuner.pkl").chmod(0o644)
+
+    (exp / "trial_0").chmod(0o775)
+    with pytest.raises(UnsafeStorageError, match="trial_0 is writable by its group"):
+        check_private_storage(exp)
+    (exp / "trial_0").chmod(0o755)
+
+    root.chmod(0o777)  # anyone could swap the experiment folder itself
+    with pytest.raises(UnsafeStorageError, match=r"storage is writable by others"):
+        check_private_storage(exp)
+    root.chmod(0o1777)  # sticky, as /tmp: others cannot rename what is ours
+    check_private_storage(exp)
+    root.chmod(0o755)
+
+    (exp / "escape").symlink_to(tmp_path)
+    with pytest.raises(UnsafeStorageError, match="is a symlink to .* outside the experiment"):
+        check_private_storage(exp)
+    (exp / "escape").unlink()
+
+    if os.geteuid() == 0:  # chown needs root; another user's file in our experiment
+        os.chown(exp / "trial_0" / "params.pkl", 65534, 65534)
+        with pytest.raises(UnsafeStorageError, match="params.pkl is owned by uid 65534"):
+            check_private_storage(exp)

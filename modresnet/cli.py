@@ -652,7 +652,7 @@ def serve_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="Run directory or checkpoint folder to serve.")],
     host: Annotated[str, typer.Option(help="Interface for the HTTP proxy (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
-    backend: Annotated[str, typer.Option(help="onnx (exported at deploy time; the faster on CPU here) | torch")] = "onnx",
+    backend: Annotated[str, typer.Option(help="onnx (exported once per checkpoint; the faster on CPU here) | torch | int8 (after python -m serve.quantize RUN)")] = "onnx",
     min_replicas: Annotated[int, typer.Option(help="Autoscaling lower bound.")] = 1,
     max_replicas: Annotated[int, typer.Option(help="Autoscaling upper bound.")] = 2,
     target_ongoing_requests: Annotated[float, typer.Option(help="Autoscaling target of in-flight requests per replica.")] = 8,

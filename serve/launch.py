@@ -38,7 +38,15 @@ def serve_app(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
     from modresnet.checkpoint import load_model
     from ray import serve
 
-    sha = load_model(args.checkpoint).sha256  # refuse a bad checkpoint before touching Serve
+    loaded = load_model(args.checkpoint)  # refuse a bad checkpoint before touching Serve
+    sha = loaded.sha256
+    if args.backend == "int8":
+        from serve.quantize import int8_paths
+
+        if not int8_paths(loaded)[0].exists():
+            raise UserError(f"--backend int8: {args.checkpoint} has no int8 model yet; make it "
+                            f"once with `python -m serve.quantize {args.checkpoint}`, or use "
+                            f"--backend onnx")
     owns = connect(address)
     start(host, port)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}" + \

@@ -62,6 +62,11 @@ def test_int8_backend_from_quantize_cli(tmp_path, data_dir, capsys):
     loaded = load_model(tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="python -m serve.quantize"):
         make_backend("int8", loaded)
+    from typer.testing import CliRunner
+
+    from modresnet.cli import app
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "run"), "--backend", "int8"])
+    assert result.exit_code == 2 and "python -m serve.quantize" in result.output, result.output
     assert main([str(tmp_path / "run"), "--calibration", "300", "--max-drop", "100",
                  "--data-dir", str(data_dir), "--test-images", "2000"]) == 0
     out = capsys.readouterr().out

@@ -96,7 +96,7 @@ def ceiling(checkpoint: str, backend: str, batch: int, seconds: float = 3.0) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="Run or checkpoint (default: train a tiny run of the paper model).")
-    parser.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
+    parser.add_argument("--backend", default="onnx", choices=["onnx", "torch", "int8"])
     parser.add_argument("--requests", type=int, default=200, help="Requests per level.")
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--max-batch-size", type=int, default=16)

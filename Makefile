@@ -13,9 +13,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# --progress-bar off: pip redraws its bars for every one of the ~4 GB of wheels.
+# --no-cache-dir: no second copy of the ~4.5 GB of wheels (torch's CUDA libraries are most of
+# it) written to ~/.cache/pip, outside this folder.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install --quiet --progress-bar off -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet --no-cache-dir -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +32,7 @@ demo: install
 	@$(BIN)/modresnet train --preset demo --workers 2 --storage $(RUNS) --name $(DEMO)
 	@echo
 	@echo "== 2/3 tune: a 4-trial ASHA search, 3 epochs at most, on 4,000 images"
+	@# optim.nesterov=false: the space samples adam, which a Nesterov base makes invalid.
 	@$(BIN)/modresnet tune --preset demo --subset 4000 --set optim.nesterov=false \
 		--samples 4 --max-epochs 3 --concurrent 2 --storage $(RUNS) --name tune-$(DEMO)
 	@echo

@@ -149,8 +149,8 @@ def summary_table(run: str | Path, result: DemoResult, tune: str | Path | None =
     train_n = config.data.subset or 50000 - config.data.val_size
     cli = _cli()
 
-    table = Table(title="modresnet demo: summary (a demo-sized run: a small model, a few "
-                        "minutes on a CPU)", title_justify="left", show_header=False)
+    table = Table(title="modresnet demo summary: a demo-sized run, not a real model",
+                  title_justify="left", show_header=False)
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
     table.add_row("trained", f"ModifiedResNet, {flavor} flavor, with {how}; recipe: "

@@ -180,7 +180,7 @@ def test_make_demo_learns_serves_and_prints_no_ray_noise(tmp_path, data_dir):
                       r"evaluate`: ([\d.]+)%; the two agree on 10,000/10,000 images", output)
     assert agree and agree[1] == agree[2] == f"{100 * test['test_acc']:.2f}", output[-3000:]
     assert "Leaderboard: 4 trials" in output and (tune / "best-run" / "test.json").exists()
-    summary = output[output.index("modresnet demo: summary"):]
+    summary = output[output.index("modresnet demo summary: a demo-sized run"):]
     for row in ("trained", "test accuracy", "best search trial", "served", "http://127.0.0.1:",
                 "--preset paper --gpu", "tune --preset paper", "serve ", "cluster up"):
         assert row in summary, summary

@@ -14,15 +14,20 @@ because Ray's unix socket paths must stay under 108 bytes); each worker node get
 clusters with different MODRESNET_HOMEs (or a test cluster next to a developer's) never collide.
 
 `ray start` daemonizes: it exits and leaves its processes behind. Each `ray start` runs in a new
-session (setsid), whose id every process it spawns inherits; `down` stops exactly the processes
-of those sessions, plus any process whose command line names this cluster's temp dir, plus their
-descendants - by pid, SIGTERM then SIGKILL. Never `ray stop`, which kills every Ray on the host.
+session (setsid), whose id every process it spawns inherits. `up` records the boot id, each
+`ray start`'s (pid, start time) and, once up, every process's (pid, start time). `down` stops
+only processes proven ours (see `own_processes`: a recorded pid whose start time still
+matches, a session still provably ours, this cluster's temp dir in the command line, their
+descendants; nothing after a reboot) - by pid, SIGTERM then SIGKILL, re-checking each pid's
+start time right before signalling. Never `ray stop`, which kills every Ray on the host.
+`up` and `down` hold a lock in the state dir, so two of them never interleave.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -33,7 +38,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -87,6 +92,15 @@ def processes() -> list[Proc]:
     return out
 
 
+def boot_id() -> str:
+    """This boot's id: after a reboot every recorded pid, session id and start time may name
+    another process."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def alive(pid: int, start: int | None = None) -> bool:
     proc = _read_proc(pid)
     return proc is not None and (start is None or proc.start == start)
@@ -111,6 +125,8 @@ class ClusterState:
     sessions: list[int] = field(default_factory=list)  # sids of our `ray start` processes
     procs: list[list[int]] = field(default_factory=list)  # [pid, start] of what they left
     started_at: float = 0.0
+    boot_id: str = ""  # pids and start times mean something only within this boot
+    leaders: list[list[int]] = field(default_factory=list)  # [pid (= sid), start] of `ray start`
 
     @property
     def gcs_address(self) -> str:
@@ -228,15 +244,28 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def own_processes(state: ClusterState) -> list[Proc]:
-    """Every live process this cluster started: our sessions, our temp dir, and descendants."""
+    """Every live process this cluster started, each one proven ours before it counts:
+
+    - a recorded (pid, start time) that still matches, in the boot that recorded it;
+    - a member of one of our sessions, only while that session is provably still ours: its
+      leader (pid = session id) alive with its recorded start time, or a member that is a
+      recorded process (the kernel never reuses a session id while a member lives);
+    - a command line naming this cluster's own temp dir (random, made by `up`);
+    - a descendant of any of these.
+    After a reboot (another boot id) none of them can be alive: nothing is ours."""
+    if state.boot_id and state.boot_id != boot_id():
+        return []
     procs = processes()
     me = os.getpid()
-    sessions = set(state.sessions)
     recorded = {(pid, start) for pid, start in state.procs}
-    marker = state.temp_dir.rstrip("/")
+    verified = [p for p in procs if (p.pid, p.start) in recorded]
+    leaders = {(pid, start) for pid, start in state.leaders}
+    sessions = {p.sid for p in verified} | {p.pid for p in procs if (p.pid, p.start) in leaders}
+    sessions &= set(state.sessions)
+    marker = re.compile(re.escape(state.temp_dir.rstrip("/")) + r"(/|\s|$)")
     ours = {p.pid for p in procs
             if p.pid != me and ((p.pid, p.start) in recorded or p.sid in sessions
-                                or f"{marker}/" in p.cmdline or p.cmdline.endswith(marker))}
+                                or marker.search(p.cmdline))}
     children: dict[int, list[int]] = {}
     for p in procs:
         children.setdefault(p.ppid, []).append(p.pid)
@@ -252,7 +281,9 @@ def own_processes(state: ClusterState) -> list[Proc]:
 def _kill(procs: list[Proc], grace_s: float = 8.0) -> int:
     """SIGTERM, wait up to grace_s, SIGKILL what is left. Returns how many were signalled."""
     targets = [(p.pid, p.start) for p in procs]
-    for pid, _ in targets:
+    for pid, start in targets:
+        if not alive(pid, start):  # gone since it was listed; its pid may be another's now
+            continue
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -303,8 +334,45 @@ def _wait_started(procs: list[tuple[subprocess.Popen, Path]], timeout_s: float) 
             raise ClusterError(f"`ray start` failed (exit {rc}); see {log}:\n{_tail(log)}")
 
 
+def _record_leader(state: ClusterState, proc: subprocess.Popen) -> None:
+    """Record a `ray start` (a session leader: its pid is the session id) with its start time."""
+    state.sessions.append(proc.pid)
+    me = _read_proc(proc.pid)
+    if me is not None:
+        state.leaders.append([proc.pid, me.start])
+    _save_state(state)
+
+
+@contextmanager
+def _cluster_lock():
+    """`up` and `down` of one MODRESNET_HOME run one at a time (an flock: a killed holder
+    releases it)."""
+    from filelock import FileLock, Timeout
+
+    sdir = state_dir()
+    sdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = FileLock(sdir / "lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ClusterError(f"another `modresnet cluster up|down` is running for "
+                           f"{modresnet_home()} (it holds {sdir / 'lock'}); wait for it to "
+                           f"finish, then try again") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def up(workers: int = 2, cpus_per_node: float = 1, head_cpus: float = 0,
        object_store_mb: int = 256, timeout_s: float = 240, log=print) -> ClusterState:
+    """Start the cluster, holding the cluster lock (see `_up`)."""
+    with _cluster_lock():
+        return _up(workers, cpus_per_node, head_cpus, object_store_mb, timeout_s, log)
+
+
+def _up(workers: int, cpus_per_node: float, head_cpus: float, object_store_mb: int,
+        timeout_s: float, log) -> ClusterState:
     if workers < 0:
         raise ClusterError("--workers must be >= 0")
     if cpus_per_node <= 0:
@@ -337,7 +405,7 @@ def up(workers: int = 2, cpus_per_node: float = 1, head_cpus: float = 0,
     state = ClusterState(home=str(modresnet_home()), temp_dir=temp_dir, token_path=str(token_path),
                          node_ip=node_ip, gcs_port=gcs, dashboard_port=dash, client_port=client,
                          workers=workers, cpus_per_node=cpus_per_node, head_cpus=head_cpus,
-                         started_at=time.time())
+                         started_at=time.time(), boot_id=boot_id())
     _save_state(state)  # saved first, so `down` can clean up even a half-started cluster
     env = _child_env(token_path)
     token = token_path.read_text().strip()
@@ -361,8 +429,7 @@ def up(workers: int = 2, cpus_per_node: float = 1, head_cpus: float = 0,
                            "--dashboard-port", str(dash), "--include-dashboard", "true",
                            "--ray-client-server-port", str(client),
                            "--num-cpus", f"{head_cpus:g}", *node_args(0)], env, head_log)
-        state.sessions.append(head.pid)
-        _save_state(state)
+        _record_leader(state, head)
         _wait_started([(head, head_log)], timeout_s)
         log(f"head up in {time.monotonic() - t0:.0f}s; starting {workers} worker raylet(s) with "
             f"{cpus_per_node:g} CPU(s) each")
@@ -372,13 +439,12 @@ def up(workers: int = 2, cpus_per_node: float = 1, head_cpus: float = 0,
             proc = _ray_start(["--address", state.gcs_address, "--num-cpus", f"{cpus_per_node:g}",
                                "--resources", json.dumps({f"modresnet_worker_{i}": 1}),
                                *node_args(i)], env, wlog)
-            state.sessions.append(proc.pid)
-            _save_state(state)
+            _record_leader(state, proc)
             _wait_started([(proc, wlog)], max(30.0, t0 + timeout_s - time.monotonic()))
         _wait_ready(state, token, workers + 1, deadline=t0 + timeout_s)
     except BaseException:
         log("start failed; stopping what was started")
-        down(quiet=True)
+        _down(quiet=True, log=log)
         raise
     state.procs = [[p.pid, p.start] for p in own_processes(state)]
     _save_state(state)
@@ -434,6 +500,12 @@ def _cleanup_files(state: ClusterState) -> None:
 
 
 def down(quiet: bool = False, log=print) -> int:
+    """Stop exactly this cluster's processes, by pid, holding the cluster lock."""
+    with _cluster_lock():
+        return _down(quiet, log)
+
+
+def _down(quiet: bool, log) -> int:
     """Stop exactly this cluster's processes, by pid. Returns how many were stopped."""
     state = load_state()
     if state is None:

@@ -130,6 +130,70 @@ def test_dockerfile_pins_ray_and_bakes_no_secret():
 
 
 # ------------------------------------------------------------------------------------------
+# `down` signals only processes proven ours; `up`/`down` take a lock (no cluster needed)
+
+
+def _fake_state(home: Path, tmp: Path, **fields) -> Path:
+    from dataclasses import asdict
+
+    from jobs.cluster import ClusterState
+
+    (home / "cluster").mkdir(parents=True, exist_ok=True)
+    state = ClusterState(home=str(home), temp_dir=str(tmp / "mrray-gone"), token_path=str(
+        home / "cluster" / "auth_token"), node_ip="127.0.0.1", gcs_port=1, dashboard_port=2,
+        client_port=3, workers=0, cpus_per_node=1, head_cpus=0, **fields)
+    path = home / "cluster" / "state.json"
+    path.write_text(json.dumps(asdict(state)))
+    return path
+
+
+def test_down_leaves_alone_a_recorded_pid_now_used_by_another_process(tmp_path):
+    from jobs.cluster import ClusterState, _read_proc, boot_id, own_processes
+
+    # an unrelated process that got a pid (and, as a session leader, a session id) the
+    # cluster once recorded for its `ray start`, which had started at another time
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        pid, start = other.pid, _read_proc(other.pid).start
+        home = tmp_path / "home"
+        path = _fake_state(home, tmp_path, sessions=[pid], procs=[[pid, start - 7]],
+                           leaders=[[pid, start - 7]], boot_id=boot_id())
+        assert own_processes(ClusterState(**json.loads(path.read_text()))) == []
+        env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARS}
+        down = cli("cluster", "down", env={**env, "MODRESNET_HOME": str(home)})
+        assert down.returncode == 0, down.stderr
+        assert "stopped 0 processes" in down.stderr
+        assert other.poll() is None  # still running: never signalled
+
+        # the very (pid, start) recorded, but in another boot: not ours either
+        path = _fake_state(home, tmp_path, sessions=[pid], procs=[[pid, start]],
+                           leaders=[[pid, start]], boot_id="another-boot")
+        assert own_processes(ClusterState(**json.loads(path.read_text()))) == []
+        # ...while in this boot the same record is ours (the check above is what excluded it)
+        path = _fake_state(home, tmp_path, sessions=[pid], procs=[[pid, start]],
+                           leaders=[[pid, start]], boot_id=boot_id())
+        assert [p.pid for p in own_processes(ClusterState(**json.loads(path.read_text())))] == [pid]
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_cluster_up_and_down_wait_for_each_other(tmp_path, monkeypatch):
+    from jobs.cluster import _cluster_lock
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("MODRESNET_HOME", str(home))
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARS}
+    with _cluster_lock():  # an `up` or `down` in progress
+        runs = [cli("cluster", cmd, env=env) for cmd in ("up", "down")]
+    for r in runs:
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "another `modresnet cluster up|down` is running" in r.stderr
+        assert "Traceback" not in r.stderr
+    assert not (home / "cluster" / "state.json").exists()  # the refused `up` started nothing
+
+
+# ------------------------------------------------------------------------------------------
 # the cluster
 
 
@@ -309,6 +373,46 @@ def test_bad_addresses_and_job_ids_fail_fast_and_clearly(cluster):
         assert re.search(message, r.stderr), (args, r.stderr)
         assert "Traceback" not in r.stderr
         assert took < 45, (args, took)  # connection checks time out after 5 s; the rest is imports
+
+
+# What Ray 2.60 cannot keep on loopback, and why (jobs/cluster.py binds the rest there):
+# - gcs_server and raylet: C++ gRPC servers that always listen on every interface;
+# - the dashboard agent, runtime-env agent and Ray Client server: they bind to the node IP, and
+#   `ray start` rewrites --node-ip-address 127.0.0.1 to the machine's outward IP
+#   (ray._private.services.resolve_ip_for_localhost), so they get that IP or 0.0.0.0.
+# All of them check the cluster token (gRPC interceptors / the agents' HTTP middleware).
+RAY_CANNOT_BIND_TO_LOOPBACK = ("gcs_server", "raylet", "ray::DashboardAgent",
+                               "ray::RuntimeEnvAgent", "ray.util.client.server")
+
+
+@pytest.mark.ray
+def test_the_jobs_api_listens_on_loopback_only_and_other_listeners_are_known(cluster):
+    import ipaddress
+
+    import psutil
+
+    from jobs.cluster import ClusterState, own_processes
+
+    ours = {p.pid: p.cmdline for p in own_processes(ClusterState(**cluster.state))}
+    listeners = [(c.laddr.ip, c.laddr.port, ours[c.pid])
+                 for c in psutil.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    assert listeners
+
+    def loopback(ip: str) -> bool:
+        addr = ipaddress.ip_address(ip)
+        return (getattr(addr, "ipv4_mapped", None) or addr).is_loopback
+
+    dashboard = [ip for ip, port, _ in listeners if port == cluster.state["dashboard_port"]]
+    assert dashboard and all(loopback(ip) for ip in dashboard), dashboard
+    exposed = sorted({(ip, port, cmd.split()[0] if "client.server" not in cmd
+                       else "ray.util.client.server") for ip, port, cmd in listeners
+                      if not loopback(ip)})
+    print("listening beyond loopback (Ray 2.60 offers no way to bind these to 127.0.0.1):")
+    for ip, port, what in exposed:
+        print(f"  {ip}:{port}  {what}")
+    unknown = [e for e in exposed if not any(name in e[2] for name in RAY_CANNOT_BIND_TO_LOOPBACK)]
+    assert unknown == [], unknown
 
 
 @pytest.mark.ray

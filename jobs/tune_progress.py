@@ -175,8 +175,13 @@ class TrialTable:
         result = trial.last_result or {}
         epoch = int(result.get("epoch") or 0)
         val = result.get("val_acc")
-        if val is not None:
-            self.best[trial.trial_id] = max(val, self.best.get(trial.trial_id, val))
+        try:  # Tune's running max, restored with the trial on --resume
+            seen = trial.metric_analysis["val_acc"]["max"]
+        except (AttributeError, KeyError, TypeError):
+            seen = None
+        for v in (val, seen):
+            if v is not None:
+                self.best[trial.trial_id] = max(v, self.best.get(trial.trial_id, v))
         values = {k: v for k, v in _flat(trial.config).items() if k in self.tuned}
         return TrialState(trial.trial_id, _status(trial.status, epoch, self.max_epochs), epoch,
                           val, self.best.get(trial.trial_id),

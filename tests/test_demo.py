@@ -124,12 +124,19 @@ def test_trial_table_in_a_log_prints_one_line_per_finished_trial(tmp_path):
         callback.on_experiment_end(trials=trials)
         assert table.live is None
     callback.on_step_end(iteration=3, trials=trials)  # no table open: nothing happens
+    # A resumed search: a trial that finished before the restart has only its last result,
+    # and Tune's running max says what its best epoch was.
+    restored = _trial("t_00002", "TERMINATED", 3, 0.3)
+    restored.metric_analysis = {"val_acc": {"max": 0.45, "last": 0.3}}
+    with tune_progress.TrialTable(_job(), console=console):
+        callback.on_step_end(iteration=1, trials=[restored])
     console.file.close()
     lines = (tmp_path / "out.txt").read_text().splitlines()
     assert lines == [
         "trial t_00000 stopped (ASHA): epoch 1/3, best val 25.0%  (optim=sgd  lr=0.01  "
         "batch_size=128)",
-        "trial t_00001 done: epoch 3/3, best val 40.0%  (optim=adam  lr=0.003  batch_size=128)"]
+        "trial t_00001 done: epoch 3/3, best val 40.0%  (optim=adam  lr=0.003  batch_size=128)",
+        "trial t_00002 done: epoch 3/3, best val 45.0%  (optim=sgd  lr=0.01  batch_size=128)"]
 
 
 def test_trial_table_on_a_terminal_is_one_table_of_trials_and_differing_values():

@@ -96,6 +96,21 @@ def test_hostile_json_is_400_with_a_reason(client, path, body, fragment):
     assert fragment in r.json()["error"], r.json()
 
 
+@pytest.mark.parametrize("body", [
+    b'"' + b'\\"' * 1_000_000,          # one unterminated string of escaped quotes (2 MB)
+    b"[" + b'"\\' * 660_000 + b"]",       # quotes and backslashes interleaved
+    b'"' * 2_000_001,                     # two million empty strings
+], ids=["escaped-quotes", "interleaved", "quotes"])
+def test_json_limits_are_linear_time(client, body):
+    """The depth/number pre-scan must not be the DoS: a quadratic string scanner took a
+    minute on 80 KB of escaped quotes."""
+    start = time.perf_counter()
+    r = client.post(INFER, content=body, headers=JSON)
+    took = time.perf_counter() - start
+    assert r.status_code == 400, r.text[:200]
+    assert took < 2.0, took
+
+
 def test_hostile_top_k_in_query_and_form(client):
     files = [("files", ("a.png", PNG, "image/png"))]
     r = client.post("/predict", params={"top_k": "9" * 5000}, files=files)

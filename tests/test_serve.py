@@ -1,8 +1,14 @@
 """The Serve app end to end: a real Ray Serve on a free loopback port, real CIFAR-10 test
 images as PNG, real HTTP. One module-scoped Ray + Serve instance holds two apps:
 
-* `modresnet` at /        ONNX backend, autoscaling 1..3, batching, 1 MiB body limit;
-* `secure`    at /secure  torch backend, 1 replica, API key from an env var, tiny queue.
+* `modresnet` at /        ONNX backend, autoscaling 1..3, batching, 1 MiB body limit, 3 s body
+                          read timeout;
+* `secure`    at /secure  torch backend, 1 replica, API key required (from an env var), tiny
+                          queue;
+
+each with its health app (`modresnet-health` at /v2/health, `secure-health` at
+/secure/v2/health). Hostile input, decoding bounds and v2 clients are tested in-process in
+test_serve_hostile.py and test_serve_v2.py (seconds, no Ray).
 """
 
 from __future__ import annotations

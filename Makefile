@@ -33,7 +33,7 @@ demo: install
 	@echo
 	@echo "== 2/3 tune: a 4-trial ASHA search, 3 epochs at most, on 4,000 images"
 	@# optim.nesterov=false: the space samples adam, which a Nesterov base makes invalid.
-	@$(BIN)/modresnet tune --preset demo --subset 4000 --set optim.nesterov=false \
+	@$(BIN)/modresnet tune --preset demo --subset 4000 \
 		--samples 4 --max-epochs 3 --concurrent 2 --storage $(RUNS) --name tune-$(DEMO)
 	@echo
 	@echo "== 3/3 serve: the trained model over HTTP (Ray Serve)"

@@ -106,7 +106,10 @@ def overrides_for(sampled: dict, base: Config) -> dict[str, Any]:
     flat = flatten(sampled) if any(isinstance(v, dict) for v in sampled.values()) else dict(sampled)
     name = flat.get("optim.name", base.optim.name)
     drop = SGD_ONLY if name != "sgd" else ADAM_ONLY
-    return {k: v for k, v in flat.items() if k not in drop}
+    out = {k: v for k, v in flat.items() if k not in drop}
+    if name != "sgd" and base.optim.nesterov:
+        out["optim.nesterov"] = False  # a Nesterov base (fast, demo) must not make adam invalid
+    return out
 
 
 def trial_config(base: Config, sampled: dict) -> Config:

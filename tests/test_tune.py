@@ -115,6 +115,10 @@ def test_default_space_is_valid_and_holds_the_paper_point():
     assert "optim.betas" not in sgd and sgd["optim.nesterov"] is True
     adam = spaces.overrides_for({"optim": {"name": "adam", "nesterov": True}}, base)
     assert "optim.nesterov" not in adam
+    # a Nesterov base (the fast and demo presets) still yields valid adam trials
+    for preset in ("fast", "demo"):
+        trial = spaces.trial_config(configs.resolve(preset), {"optim.name": "adam", "optim.lr": 1e-3})
+        assert trial.optim.name == "adam" and not trial.optim.nesterov
 
 
 # --------------------------------------------------------------------------- real Ray

@@ -376,13 +376,17 @@ def test_bad_addresses_and_job_ids_fail_fast_and_clearly(cluster):
 
 
 # What Ray 2.60 cannot keep on loopback, and why (jobs/cluster.py binds the rest there):
-# - gcs_server and raylet: C++ gRPC servers that always listen on every interface;
-# - the dashboard agent, runtime-env agent and Ray Client server: they bind to the node IP, and
-#   `ray start` rewrites --node-ip-address 127.0.0.1 to the machine's outward IP
+# - gcs_server, raylet and every Ray worker process (its core worker; the process title is
+#   ray::IDLE, ray::<actor>, ...): C++ gRPC servers that always listen on every interface;
+# - the dashboard agent, runtime-env agent, Ray Client server and the Prometheus metrics servers
+#   of the dashboard (DASHBOARD_METRIC_PORT) and the autoscaler monitor (AUTOSCALER_METRIC_PORT):
+#   they bind to loopback only when the node IP is loopback, and `ray start` rewrites
+#   --node-ip-address 127.0.0.1 to the machine's outward IP
 #   (ray._private.services.resolve_ip_for_localhost), so they get that IP or 0.0.0.0.
-# All of them check the cluster token (gRPC interceptors / the agents' HTTP middleware).
-RAY_CANNOT_BIND_TO_LOOPBACK = ("gcs_server", "raylet", "ray::DashboardAgent",
-                               "ray::RuntimeEnvAgent", "ray.util.client.server")
+# The gRPC services and agents check the cluster token; the metrics servers are read-only.
+RAY_CANNOT_BIND_TO_LOOPBACK = ("gcs_server", "raylet", "ray::", "default_worker.py",
+                               "ray.util.client.server", "autoscaler/_private/monitor.py",
+                               "ray/dashboard/dashboard.py")
 
 
 @pytest.mark.ray
@@ -405,9 +409,11 @@ def test_the_jobs_api_listens_on_loopback_only_and_other_listeners_are_known(clu
 
     dashboard = [ip for ip, port, _ in listeners if port == cluster.state["dashboard_port"]]
     assert dashboard and all(loopback(ip) for ip in dashboard), dashboard
-    exposed = sorted({(ip, port, cmd.split()[0] if "client.server" not in cmd
-                       else "ray.util.client.server") for ip, port, cmd in listeners
-                      if not loopback(ip)})
+    def what(cmd: str) -> str:
+        names = [n for n in RAY_CANNOT_BIND_TO_LOOPBACK if n in cmd]
+        return names[0] if names else cmd[:200]
+
+    exposed = sorted({(ip, port, what(cmd)) for ip, port, cmd in listeners if not loopback(ip)})
     print("listening beyond loopback (Ray 2.60 offers no way to bind these to 127.0.0.1):")
     for ip, port, what in exposed:
         print(f"  {ip}:{port}  {what}")

@@ -401,13 +401,18 @@ def _up(workers: int, cpus_per_node: float, head_cpus: float, object_store_mb: i
     temp_dir = tempfile.mkdtemp(prefix="mrray-", dir="/tmp")
 
     node_ip = "127.0.0.1"
-    gcs, dash, client, *node_ports = _free_ports(3 + 6 * (workers + 1))
+    gcs, dash, client, dash_metrics, monitor_metrics, *node_ports = _free_ports(
+        5 + 6 * (workers + 1))
     state = ClusterState(home=str(modresnet_home()), temp_dir=temp_dir, token_path=str(token_path),
                          node_ip=node_ip, gcs_port=gcs, dashboard_port=dash, client_port=client,
                          workers=workers, cpus_per_node=cpus_per_node, head_cpus=head_cpus,
                          started_at=time.time(), boot_id=boot_id())
     _save_state(state)  # saved first, so `down` can clean up even a half-started cluster
     env = _child_env(token_path)
+    # the head's two Prometheus servers default to fixed ports (44227, 44217): a second cluster
+    # on this machine would fail to bind them
+    env.update(DASHBOARD_METRIC_PORT=str(dash_metrics),
+               AUTOSCALER_METRIC_PORT=str(monitor_metrics))
     token = token_path.read_text().strip()
 
     def node_args(i: int) -> list[str]:

@@ -407,6 +407,7 @@ def test_the_jobs_api_listens_on_loopback_only_and_other_listeners_are_known(clu
         addr = ipaddress.ip_address(ip)
         return (getattr(addr, "ipv4_mapped", None) or addr).is_loopback
 
+    assert not [port for _, port, _ in listeners if port in (44217, 44227)]  # Ray's fixed defaults
     dashboard = [ip for ip, port, _ in listeners if port == cluster.state["dashboard_port"]]
     assert dashboard and all(loopback(ip) for ip in dashboard), dashboard
     def what(cmd: str) -> str:

@@ -10,8 +10,9 @@ lives under a state dir, `$MODRESNET_HOME/cluster` (default ~/.modresnet/cluster
 
 Ray's own files go to a distinct short `--temp-dir` per cluster (/tmp/mrray-XXXXXXXX, short
 because Ray's unix socket paths must stay under 108 bytes); each worker node gets its own
-`w<i>/` inside it, as nodes on separate machines would (see `node_temp_dir`). Every port is chosen free, so two
-clusters with different MODRESNET_HOMEs (or a test cluster next to a developer's) never collide.
+`w<i>/` inside it, as nodes on separate machines would (see `node_temp_dir`). Every port is
+chosen free, so two clusters with different MODRESNET_HOMEs (or a test cluster next to a
+developer's) never collide.
 
 `ray start` daemonizes: it exits and leaves its processes behind. Each `ray start` runs in a new
 session (setsid), whose id every process it spawns inherits. `up` records the boot id, each

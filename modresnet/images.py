@@ -80,7 +80,11 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """Image bytes -> uint8 tensor 3 x 32 x 32 (RGB); the first frame of an animation."""
-    img = open_image(data, max_pixels)
+    return to_tensor(open_image(data, max_pixels))
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """An image from `open_image` (header read, limits checked) -> uint8 3 x 32 x 32 RGB."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -1,8 +1,9 @@
 """Image decoding off the event loop, with bounds on what one image and one request may cost.
 
 The replica's event loop also answers health probes and reads other bodies, so a decode
-must never run on it: `DecodePool` runs `modresnet.images.decode_image` on a small thread
-pool (Pillow's zlib/libjpeg/libwebp decoders release the GIL). Bounds:
+must never run on it: `DecodePool` runs `modresnet.images` (open_image, to_tensor: what
+`decode_image` does) on a small thread pool, one trip per image (Pillow's zlib, libjpeg
+and libwebp decoders release the GIL). Bounds:
 
 * `max_pixels` per image, checked from the header before decoding (images.open_image);
 * `request_pixels`: declared pixels summed over the images of one request; the next image
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from modresnet.images import ImageError, decode_image, open_image
+from modresnet.images import ImageError, open_image, to_tensor
 
 
 class DecodeError(Exception):
@@ -34,9 +35,17 @@ class DecodeError(Exception):
         self.message = message
 
 
-def _pixels(data: bytes, max_pixels: int) -> int:
+class _OverBudget(Exception):
+    pass
+
+
+def _decode(data: bytes, max_pixels: int, budget: int) -> tuple[torch.Tensor, int]:
+    """One trip to the pool per image: header, budget check, then the decode."""
     img = open_image(data, max_pixels)
-    return img.width * img.height
+    pixels = img.width * img.height
+    if pixels > budget:
+        raise _OverBudget(pixels)
+    return to_tensor(img), pixels
 
 
 class DecodePool:
@@ -57,30 +66,26 @@ class DecodePool:
         budget = self.request_pixels
         out = []
         for name, data in items:
-            limit = min(self.max_pixels, budget)
             try:
-                # header only: cheap, but not free for a huge PNG's chunks, so off the loop too
-                pixels = await self._run(_pixels, data, self.max_pixels)
-                if pixels > limit:
-                    raise DecodeError(413, f"{name}: {pixels:,} pixels; this request has "
-                                           f"{budget:,} of its {self.request_pixels:,}-pixel "
-                                           f"decoding budget left: send fewer or smaller images")
-                tensor = await self._run(decode_image, data, self.max_pixels, name=name)
+                tensor, pixels = await self._run(_decode, data, self.max_pixels, budget, name=name)
             except ImageError as err:
                 raise DecodeError(400, f"{name}: {err}") from None
+            except _OverBudget as err:
+                raise DecodeError(413, f"{name}: {err.args[0]:,} pixels; this request has "
+                                       f"{budget:,} of its {self.request_pixels:,}-pixel "
+                                       f"decoding budget left: send fewer or smaller images"
+                                  ) from None
             budget -= pixels
             out.append(tensor)
         return out
 
-    async def _run(self, fn, *args, name: str | None = None):
+    async def _run(self, fn, *args, name: str):
         assert self._slots is not None
         await self._slots.acquire()
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._pool, fn, *args)
         # The slot is freed when the work really ends, not when we stop waiting for it.
         future.add_done_callback(lambda _: self._slots.release())
-        if name is None:
-            return await future
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
         except TimeoutError:

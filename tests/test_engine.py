@@ -113,8 +113,10 @@ def test_fast_recipe_hands_over_a_model_no_worse_than_its_live_weights(data_dir)
     averaged BatchNorm statistics did not fit the averaged weights. 1,500 steps of the real
     recipe (debug flavor), as a user runs it; before the fix the evaluated model was 20+
     points behind here. Margins: the evaluated model may not trail the live one at all (it
-    is chosen on this validation split), the EMA itself by at most 2 points (measured: it
-    leads by 1-8 points at every epoch)."""
+    is chosen on this validation split); the EMA itself may trail by at most 3 points at any
+    epoch (measured with 1 thread and ONEDNN_MAX_CPU_ISA=AVX2: it leads by 1-10 points in
+    epochs 1-7 and trails by 1.2 in the last, where the live weights settle at lr 0; the
+    broken EMA trailed by 20)."""
     cfg = configs.resolve("fast", overrides={
         "model.flavor": "debug", "data.data_dir": str(data_dir), "data.subset": 6000,
         "train.batch_size": 32, "train.epochs": 8})
@@ -125,8 +127,8 @@ def test_fast_recipe_hands_over_a_model_no_worse_than_its_live_weights(data_dir)
     evaluated = engine.evaluate(state.eval_model(), data.val, cfg, CPU, tta=True)["acc"]
     assert live > 0.4, f"the recipe did not learn: live validation accuracy {live:.3f}"
     assert evaluated >= live, f"evaluated {evaluated:.3f} < live {live:.3f}"
-    last = state.history[-1]
-    assert last["val_acc_ema"] >= last["val_acc_live"] - 0.02, last
+    for record in state.history:
+        assert record["val_acc_ema"] >= record["val_acc_live"] - 0.03, record
 
 
 def test_precision_follows_the_hardware():

@@ -312,18 +312,24 @@ RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # what Ray Train resumes a ru
 
 def train_ray(config: Config, run_path: Path, options: RayOptions = RayOptions(),
               resume: bool = False, on_epoch_done: Callable[[dict], None] | None = None,
-              info: Callable[[str], None] = print) -> RayResult:
-    """Train on Ray, holding the run's lock for the whole run (one process per --name)."""
+              info: Callable[[str], None] = print, remote=None) -> RayResult:
+    """Train on Ray, holding the run's lock for the whole run (one process per --name).
+
+    With `remote` (a modresnet.storage.Location, the run's URI in an object store) Ray Train's
+    storage is `<remote>/ray` (checkpoints and snapshot go there directly, so the same command
+    resumes from there on any machine); `run_path` is then a local staging folder where the
+    driver writes the core run directory before publishing it to `remote`."""
     run_path = Path(run_path).expanduser().resolve()
     with RunDir(run_path).lock() as run:
         for line in run.recover():
             info(line)
-        return _train_ray_locked(config, run_path, run, options, resume, on_epoch_done, info)
+        return _train_ray_locked(config, run_path, run, options, resume, on_epoch_done, info,
+                                 remote)
 
 
 def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayOptions,
                       resume: bool, on_epoch_done: Callable[[dict], None] | None,
-                      info: Callable[[str], None]) -> RayResult:
+                      info: Callable[[str], None], remote=None) -> RayResult:
     if options.workers < 1:
         raise RayTrainSetupError(f"--workers: need at least 1, got {options.workers}")
     if options.cpus_per_worker <= 0:
@@ -331,18 +337,28 @@ def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayO
     if options.use_gpu and config.train.device == "cpu":
         raise RayTrainSetupError("--gpu contradicts train.device cpu")
     ray_dir = run_path / RAY_SUBDIR
-    if ray_dir.exists() and not run.test_file.exists() and not resume:
+    if remote is not None:
+        from modresnet import storage
+
+        storage.check_writable(remote)
+        ray_dir = remote.join(RAY_SUBDIR)
+        has_ray, has_snapshot = storage.exists(ray_dir), storage.exists(ray_dir.join(RAY_SNAPSHOT))
+        finished, has_run = storage.exists(remote.join(storage.FINISHED)), False
+    else:
+        has_ray, has_snapshot = ray_dir.exists(), (ray_dir / RAY_SNAPSHOT).exists()
+        finished, has_run = run.test_file.exists(), run.exists()
+    if has_ray and not finished and not resume:
         resume = True  # an unfinished Ray run of this name: re-running the command resumes it
         info(f"resuming the unfinished Ray run in {ray_dir}")
-    elif resume and not ray_dir.exists() and run.exists():
+    elif resume and not has_ray and has_run:
         raise RayTrainSetupError(f"--resume: {run_path} was trained in-process (no {RAY_SUBDIR}/ "
                                  f"folder); resume it with --local")
-    elif resume and not (ray_dir / RAY_SNAPSHOT).exists():
-        raise RayTrainSetupError(f"--resume: {ray_dir / RAY_SNAPSHOT} is missing, so run "
+    elif resume and not has_snapshot:
+        raise RayTrainSetupError(f"--resume: {ray_dir}/{RAY_SNAPSHOT} is missing, so run "
                                  f"{run_path.name} has no training state to continue (it never "
                                  f"finished an epoch); start it again under a new --name")
-    elif (run.exists() or ray_dir.exists()) and not resume:
-        raise RayTrainSetupError(f"run directory {run_path} already holds a run; pass --resume "
+    elif (has_run or has_ray or finished) and not resume:
+        raise RayTrainSetupError(f"run directory {remote or run_path} already holds a run; pass --resume "
                                  f"to continue it, or choose another --name")
     check_storage(run_path.parent)
     wb_on, wb_mode, wb_reason = wandb_settings(options.wandb)
@@ -369,7 +385,7 @@ def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayO
             runtime_env = {"env_vars": env} if options.address or os.environ.get("RAY_ADDRESS") else None
         queue = Queue(actor_options={"num_cpus": 0})
         run_config = RunConfig(
-            name=RAY_SUBDIR, storage_path=str(run_path),
+            name=RAY_SUBDIR, storage_path=str(remote or run_path),
             checkpoint_config=CheckpointConfig(num_to_keep=options.keep_checkpoints,
                                                checkpoint_score_attribute="val_acc",
                                                checkpoint_score_order="max"),
@@ -410,7 +426,15 @@ def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayO
         best = result.get_best_checkpoint(metric="val_acc", mode="max") or result.checkpoint
         if result.checkpoint is None:
             raise RayTrainSetupError(f"Ray Train finished without a checkpoint in {ray_dir}")
-        history = write_run_dir(run, config, Path(result.checkpoint.path), Path(best.path))
+        if remote is not None:  # Ray's checkpoints are in the object store: download two
+            fetched = Path(tempfile.mkdtemp(prefix="modresnet-ray-ckpt-"))
+            latest_dir = Path(result.checkpoint.to_directory(str(fetched / "latest")))
+            best_dir = Path(best.to_directory(str(fetched / "best")))
+        else:
+            fetched, latest_dir, best_dir = None, Path(result.checkpoint.path), Path(best.path)
+        history = write_run_dir(run, config, latest_dir, best_dir)
+        if fetched is not None:
+            shutil.rmtree(fetched, ignore_errors=True)
         try:
             data = load_cifar10(config.data)
             test = finalize(run, data.test, data.classes, torch.device("cpu"))
@@ -427,6 +451,11 @@ def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayO
                 _append_traceback(run_path / "ray.log")
                 info(f"warning: W&B could not record the test result ({_one_line(err)}); the "
                      f"run directory {run_path} is complete and W&B holds every epoch")
+        if remote is not None:
+            from modresnet import storage
+
+            storage.publish(run_path, remote)  # test.json last: readers see a whole run
+            info(f"published the run directory to {remote}")
         return RayResult(run, history, test, result.path)
     finally:
         stop.set()

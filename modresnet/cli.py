@@ -94,15 +94,19 @@ def default_name(preset: str) -> str:
     return f"{preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def ray_default_name(preset: str, cfg: configs.Config, root: Path) -> str:
+def ray_default_name(preset: str, cfg: configs.Config, root: Path, remote=None) -> str:
     """Deterministic for the Ray path: PRESET-<config hash>, so re-running the same command
-    after a crash resumes the unfinished run; a finished one gets the next -2, -3, ..."""
+    after a crash resumes the unfinished run; a finished one gets the next -2, -3, ...
+    (`remote`: the object-storage root, where finished runs are looked for instead)."""
     import hashlib
+
+    from modresnet import storage as object_storage
 
     base = f"{preset}-{hashlib.sha256(cfg.to_yaml().encode()).hexdigest()[:8]}"
     for i in range(1, 1000):
         candidate = base if i == 1 else f"{base}-{i}"
-        if not (root / candidate / "test.json").exists():
+        if not (object_storage.exists(remote.join(candidate, "test.json")) if remote is not None
+                else (root / candidate / "test.json").exists()):
             return candidate
     return default_name(preset)
 
@@ -170,7 +174,7 @@ def train(
     seed: Seed = None,
     device: Device = None,
     sets: Sets = None,
-    storage: Annotated[Optional[Path], typer.Option(help="Folder for runs (default ~/modresnet-runs or $MODRESNET_RUNS).")] = None,
+    storage: Annotated[Optional[Path], typer.Option(help="Folder for runs (default ~/modresnet-runs or $MODRESNET_RUNS), or s3://BUCKET/PREFIX, gs://..., file://... (Ray path only).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name (default PRESET-TIMESTAMP).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run NAME from its last checkpoint.")] = False,
     local: Annotated[bool, typer.Option("--local", help="Train in this process without Ray.")] = False,
@@ -190,9 +194,19 @@ def train(
     cfg = build_config(preset, config_file, epochs=epochs, subset=subset, data_dir=data_dir,
                        batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
                        schedule=schedule, flavor=flavor, seed=seed, device=device, sets=sets)
-    root = (storage or default_storage()).expanduser()
-    run_path = root / (name or (default_name(preset) if local else ray_default_name(preset, cfg, root)))
-    if resume and not run_path.exists():
+    from modresnet import storage as object_storage
+
+    where = object_storage.parse(storage) or default_storage()
+    remote_root = where if object_storage.is_remote(where) else None
+    if remote_root is not None and local:
+        raise UserError(f"--local trains into a local folder; for --storage {remote_root} train "
+                        f"on Ray Train (drop --local), whose checkpoints go to the object store")
+    root = object_storage.staging_root(remote_root) if remote_root else where.expanduser()
+    run_name = name or (default_name(preset) if local
+                        else ray_default_name(preset, cfg, root, remote=remote_root))
+    run_path = root / run_name
+    remote = remote_root.join(run_name) if remote_root is not None else None
+    if resume and remote is None and not run_path.exists():
         raise UserError(f"--resume: no run at {run_path}; check --name and --storage")
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
@@ -213,10 +227,10 @@ def train(
         progress.console.print(epoch_line(record, cfg.train.epochs), highlight=False, soft_wrap=True)
         progress.update(task, completed=0, epoch=record["epoch"] + 1)
 
-    console.print(f"run directory: {run_path}", highlight=False, soft_wrap=True)
+    console.print(f"run directory: {remote or run_path}", highlight=False, soft_wrap=True)
     console.print(describe(cfg), highlight=False, soft_wrap=True)
     if not local:
-        _train_on_ray(cfg, run_path, resume, workers=workers, use_gpu=gpu,
+        _train_on_ray(cfg, run_path, resume, remote=remote, workers=workers, use_gpu=gpu,
                       cpus_per_worker=cpus_per_worker, address=address,
                       max_failures=max_failures, wandb=wandb)
         return
@@ -236,12 +250,13 @@ def train(
                   soft_wrap=True)
 
 
-def _train_on_ray(cfg: configs.Config, run_path: Path, resume: bool, **options: Any) -> None:
+def _train_on_ray(cfg: configs.Config, run_path: Path, resume: bool, remote=None,
+                  **options: Any) -> None:
     """The Ray Train path (jobs/train.py); Ray is imported only there."""
     from jobs.train import RayOptions, train_ray
 
     start = time.perf_counter()
-    result = train_ray(cfg, run_path, RayOptions(**options), resume=resume,
+    result = train_ray(cfg, run_path, RayOptions(**options), resume=resume, remote=remote,
                        on_epoch_done=lambda record: console.print(
                            epoch_line(record, cfg.train.epochs), highlight=False, soft_wrap=True),
                        info=lambda line: console.print(f"[dim]{line}[/]", highlight=False,
@@ -251,8 +266,9 @@ def _train_on_ray(cfg: configs.Config, run_path: Path, resume: bool, **options: 
                   f"test images (best epoch {test['epoch']}, validation "
                   f"{100 * test['val_acc']:.2f}%) in {time.perf_counter() - start:.0f}s on "
                   f"{options['workers']} Ray worker(s)", soft_wrap=True)
-    console.print(f"outputs: {result.run.path}  (metrics.jsonl, curves.png, confusion.png, "
-                  f"best/, last/, test.json, ray/, ray.log)", highlight=False, soft_wrap=True)
+    console.print(f"outputs: {remote or result.run.path}  (metrics.jsonl, curves.png, "
+                  f"confusion.png, best/, last/, test.json, ray/, ray.log)", highlight=False,
+                  soft_wrap=True)
     console.print(f"learning curves: {result.run.path / 'curves.png'}", highlight=False,
                   soft_wrap=True)
 
@@ -274,7 +290,7 @@ def evaluate(
     from modresnet.data import load_cifar10
     from modresnet.inference import Predictor
 
-    predictor = Predictor.from_path(checkpoint, tta=tta)
+    predictor = Predictor.from_path(_local_run(checkpoint), tta=tta)
     data_cfg = dataclasses.replace(predictor.loaded.config.data, data_dir=data_dir,
                                    test_subset=subset, subset=None, val_subset=None)
     test = load_cifar10(data_cfg).test
@@ -319,7 +335,7 @@ def predict(
             decoded.append(decode_image(data))
         except ImageError as err:
             raise ImageError(f"{path}: {err}") from None
-    predictor = Predictor.from_path(checkpoint)
+    predictor = Predictor.from_path(_local_run(checkpoint))
     results = predictor.top_k(predictor.probabilities(torch.stack(decoded)), top_k)
     if as_json:
         print(json.dumps([{"image": str(p), "top_k": [{"label": r.label, "probability": r.probability}
@@ -626,6 +642,13 @@ def cluster_down() -> None:
     local_cluster.down(log=lambda line: err_console.print(line, highlight=False))
 
 
+def _local_run(value):
+    """A RUN/--checkpoint argument in object storage (s3://, gs://) -> its local cached copy."""
+    from modresnet.storage import local_run
+
+    return local_run(value)
+
+
 def _predict_url(images: list[Path], url: str, top_k: int, as_json: bool) -> None:
     from serve.client import ClientError, predict_paths
 
@@ -676,6 +699,7 @@ def serve_cmd(
 
     from modresnet.checkpoint import resolve
 
+    checkpoint = _local_run(checkpoint)  # a run in s3:// or gs:// is fetched to a local cache
     resolve(checkpoint)  # a CheckpointError here is a one-line user error
     try:
         from serve.app import ServeArgs

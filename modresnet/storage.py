@@ -1,0 +1,228 @@
+"""Object storage for runs: `--storage s3://bucket/prefix` (or gs://, file://).
+
+Plain pyarrow filesystems, the ones Ray Train and Tune resolve `storage_path` with
+(`pyarrow.fs.FileSystem.from_uri`), so modresnet and Ray read the same credentials from the
+standard environment: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or ~/.aws), AWS_REGION,
+AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 for an S3-compatible server (MinIO, moto, ...);
+GOOGLE_APPLICATION_CREDENTIALS for gs://. No Ray import here.
+
+- `parse(text)`: a --storage or RUN argument -> a `Location` (None for a plain local path;
+  file:// becomes a local path too). Accepts the form a `pathlib.Path` argument leaves
+  (`s3:/bucket/x`, one slash), so typer's Path options need no change.
+- `publish(local_run, uri)`: upload a finished core run directory, test.json last, so a
+  reader that finds test.json finds the whole run.
+- `fetch_run(uri)`: download a run's best/ (and its small top-level files) into a local cache
+  keyed by the URI and the weights' sha256 (reused while they match); returns the local path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from modresnet.errors import UserError
+
+REMOTE_SCHEMES = ("s3", "gs", "gcs")
+SKIP_ON_PUBLISH = {".lock", "ray"}  # the lock is local; Ray writes ray/ to the storage itself
+FINISHED = "test.json"  # written last by finalize, uploaded last by publish
+
+_URI = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):/+(?P<rest>.*)$")
+
+
+class StorageError(UserError):
+    """An object-storage location that cannot be used (scheme, credentials, endpoint)."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A run or storage root in an object store: `uri` is what Ray gets as storage_path."""
+
+    scheme: str
+    path: str  # bucket/prefix, no leading or trailing slash
+    query: str = ""  # e.g. region=...&endpoint_override=... (passed through to pyarrow)
+
+    @property
+    def uri(self) -> str:
+        return f"{self.scheme}://{self.path}" + (f"?{self.query}" if self.query else "")
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def join(self, *parts: str) -> Location:
+        return Location(self.scheme, "/".join([self.path, *(p.strip("/") for p in parts)]),
+                        self.query)
+
+    def filesystem(self):
+        """(pyarrow filesystem, path inside it); one-line StorageError when it cannot be built."""
+        import pyarrow.fs as pafs
+
+        try:
+            fs, path = pafs.FileSystem.from_uri(self.uri)
+        except Exception as err:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
+            raise StorageError(f"--storage {self.uri}: {_first_line(err)}{_hint(self.scheme)}") from None
+        return fs, path.rstrip("/")
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _hint(scheme: str) -> str:
+    if scheme == "s3":
+        return ("; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_REGION), and "
+                "AWS_ENDPOINT_URL for an S3-compatible server")
+    return "; set GOOGLE_APPLICATION_CREDENTIALS (or run `gcloud auth application-default login`)"
+
+
+def parse(text: str | os.PathLike | None) -> Location | Path | None:
+    """A local Path, a remote Location, or None for None. Unknown schemes are an error."""
+    if text is None:
+        return None
+    raw = os.fspath(text)
+    m = _URI.match(raw)
+    if not m or len(m.group("scheme")) == 1:  # C:/... is a Windows drive, not a scheme
+        return Path(raw).expanduser()
+    scheme, rest = m.group("scheme").lower(), m.group("rest")
+    if scheme == "file":
+        return Path("/" + rest.split("?")[0].lstrip("/"))
+    if scheme not in REMOTE_SCHEMES:
+        raise StorageError(f"{raw}: unsupported storage scheme {scheme}://; use a local path, "
+                           f"file://, s3://bucket/prefix or gs://bucket/prefix")
+    path, _, query = rest.partition("?")
+    path = path.strip("/")
+    if not path:
+        raise StorageError(f"{raw}: no bucket; use {scheme}://BUCKET/PREFIX")
+    return Location("gs" if scheme == "gcs" else scheme, path, query)
+
+
+def is_remote(value) -> bool:
+    return isinstance(value, Location)
+
+
+def _info(loc: Location, fs, path: str):
+    try:
+        return fs.get_file_info(path)
+    except Exception as err:  # noqa: BLE001 - credentials, endpoint, permissions
+        raise StorageError(f"{loc.uri}: cannot reach the object store "
+                           f"({_first_line(err)}){_hint(loc.scheme)}") from None
+
+
+def exists(loc: Location) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = loc.filesystem()
+    return _info(loc, fs, path).type != pafs.FileType.NotFound
+
+
+def check_writable(loc: Location) -> None:
+    """Write and delete one small object under `loc`: fails in seconds, in one line, on a
+    missing bucket, missing credentials or an unreachable endpoint."""
+    fs, path = loc.filesystem()
+    probe = f"{path}/.modresnet-write-test-{os.getpid()}"
+    try:
+        with fs.open_output_stream(probe) as out:
+            out.write(b"ok")
+        fs.delete_file(probe)
+    except Exception as err:  # noqa: BLE001
+        raise StorageError(f"--storage {loc.uri}: cannot write there ({_first_line(err)})"
+                           f"{_hint(loc.scheme)}") from None
+
+
+def publish(local_run: Path, loc: Location) -> None:
+    """Upload the run directory `local_run` to `loc`, test.json last (the "finished" mark)."""
+    fs, root = loc.filesystem()
+    local_run = Path(local_run)
+    files = sorted(p for p in local_run.rglob("*") if p.is_file()
+                   and p.relative_to(local_run).parts[0] not in SKIP_ON_PUBLISH
+                   and not any(part.endswith(".tmp") for part in p.relative_to(local_run).parts))
+    files.sort(key=lambda p: p.relative_to(local_run).as_posix() == FINISHED)
+    try:
+        for f in files:
+            with open(f, "rb") as src, fs.open_output_stream(
+                    f"{root}/{f.relative_to(local_run).as_posix()}") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    except Exception as err:  # noqa: BLE001
+        raise StorageError(f"uploading {local_run} to {loc.uri} failed ({_first_line(err)}); the "
+                           f"run is complete in {local_run}") from None
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MODRESNET_CACHE", Path.home() / ".cache" / "modresnet")) / "remote-runs"
+
+
+def fetch_run(loc: Location) -> Path:
+    """A local copy of the run (or checkpoint folder) at `loc`: best/ and the top-level files
+    of a run directory, or the files of a checkpoint folder. Cached under
+    ~/.cache/modresnet/remote-runs (or $MODRESNET_CACHE) by URI and weights sha256."""
+    import pyarrow.fs as pafs
+
+    from modresnet.checkpoint import META, WEIGHTS
+
+    fs, root = loc.filesystem()
+    if _info(loc, fs, f"{root}/best/{WEIGHTS}").type == pafs.FileType.File:
+        ckpt = "best"
+    elif _info(loc, fs, f"{root}/{WEIGHTS}").type == pafs.FileType.File:
+        ckpt = ""
+    else:
+        raise StorageError(f"{loc.uri}: not a modresnet run or checkpoint (no {WEIGHTS} in it "
+                           f"or in best/)")
+    meta_path = f"{root}/{ckpt}/{META}" if ckpt else f"{root}/{META}"
+    try:
+        with fs.open_input_stream(meta_path) as f:
+            sha = json.loads(f.read()).get("sha256", "")
+    except Exception as err:  # noqa: BLE001
+        raise StorageError(f"{loc.uri}: cannot read {META} ({_first_line(err)})") from None
+    key = hashlib.sha256(loc.uri.encode()).hexdigest()[:16]
+    target = cache_root() / f"{loc.path.rsplit('/', 1)[-1]}-{key}-{str(sha)[:12]}"
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent))
+    try:
+        wanted = [i for i in fs.get_file_info(pafs.FileSelector(root, recursive=False))
+                  if i.type == pafs.FileType.File]
+        if ckpt:
+            wanted += [i for i in fs.get_file_info(pafs.FileSelector(f"{root}/{ckpt}"))
+                       if i.type == pafs.FileType.File]
+        for info in wanted:
+            rel = info.path[len(root):].lstrip("/")
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(info.path) as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        (tmp / ".complete").write_text(loc.uri + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    except Exception as err:  # noqa: BLE001
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, UserError):
+            raise
+        raise StorageError(f"{loc.uri}: download failed ({_first_line(err)})") from None
+    return target
+
+
+def local_run(value) -> Path | str:
+    """At the CLI edge: a RUN/checkpoint argument that names object storage is fetched into
+    the local cache; anything else comes back unchanged (the local code runs as before)."""
+    if value is None:
+        return value
+    parsed = parse(value)
+    if isinstance(parsed, Location):
+        return fetch_run(parsed)
+    if isinstance(parsed, Path) and re.match(r"^file:/", os.fspath(value)):
+        return parsed
+    return value
+
+
+def staging_root(loc: Location) -> Path:
+    """The local folder where the driver writes the run directories it publishes to `loc`
+    (one per storage URI, under the cache)."""
+    key = hashlib.sha256(loc.uri.encode()).hexdigest()[:16]
+    return cache_root().parent / "staging" / key

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,7 +252,7 @@ def _tuner_parts(job: dict, callbacks: list, verbose: bool = True):
                                   num_samples=job["samples"], scheduler=scheduler,
                                   search_alg=search_alg)
     run_config = tune.RunConfig(
-        name=job["name"], storage_path=job["storage"], callbacks=callbacks,
+        name=job["name"], storage_path=job.get("remote") or job["storage"], callbacks=callbacks,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1,
                                                 checkpoint_score_attribute=job["metric"],
                                                 checkpoint_score_order=job["mode"]),
@@ -311,6 +312,14 @@ def run_search(job: dict, options: TuneOptions, resume: bool = False,
             raise TuneSetupError(f"--resume: no search at {exp}; check NAME and --storage")
         check_private_storage(exp)  # it unpickles Ray's state from there
     else:
+        if job.get("remote"):  # object storage: Tune writes there; exp is the local staging
+            from modresnet import storage as object_storage
+
+            remote = object_storage.parse(job["remote"]).join(job["name"])
+            object_storage.check_writable(remote)
+            if object_storage.exists(remote.join(JOB_FILE)):
+                raise TuneSetupError(f"{remote} already holds a search; choose another --name")
+            shutil.rmtree(exp, ignore_errors=True)  # staging of an earlier, unpublished try
         if exp.exists() and any(exp.iterdir()):
             raise TuneSetupError(f"{exp} already holds a search; continue it with --resume "
                                  f"{job['name']}, or choose another --name")
@@ -364,8 +373,16 @@ def run_search(job: dict, options: TuneOptions, resume: bool = False,
                 os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
             else:
                 os.environ["RAY_AIR_NEW_OUTPUT"] = air_output
-        sync_wandb_dirs(grid)
-        return summarize(grid, job, info)
+        if not job.get("remote"):  # in object storage Tune uploaded each trial folder itself
+            sync_wandb_dirs(grid)
+        outcome = summarize(grid, job, info)
+        if job.get("remote"):
+            from modresnet import storage as object_storage
+
+            remote = object_storage.parse(job["remote"]).join(job["name"])
+            object_storage.publish(exp, remote)  # test.json files last
+            info(f"published the search's outputs to {remote}")
+        return outcome
     finally:
         if started:
             ray.shutdown()

@@ -87,9 +87,22 @@ def _checkpoint_dirs(result, job: dict) -> tuple[Path | None, Path | None]:
             return None, None
         latest = train_result.checkpoint
         best = train_result.get_best_checkpoint(job["metric"], job["mode"])
-    latest_path = Path(latest.path) if latest is not None else None
-    best_path = Path(best.path) if best is not None else latest_path
-    return latest_path, best_path
+    latest_path, best_path = _local_dir(latest), _local_dir(best)
+    return latest_path, best_path or latest_path
+
+
+def _local_dir(ckpt) -> Path | None:
+    """A checkpoint's folder on this machine: downloaded first when Tune's storage is an
+    object store (--storage s3://...)."""
+    import pyarrow.fs as pafs
+
+    if ckpt is None:
+        return None
+    if isinstance(ckpt.filesystem, pafs.LocalFileSystem):
+        return Path(ckpt.path)
+    import tempfile
+
+    return Path(ckpt.to_directory(tempfile.mkdtemp(prefix="modresnet-tune-ckpt-")))
 
 
 def _history(result, latest: Path | None) -> list[dict]:

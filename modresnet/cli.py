@@ -374,7 +374,7 @@ def tune(
     gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial (fractions allowed).")] = 0.0,
     search_seed: Annotated[int, typer.Option(help="Seed of the random search.")] = 0,
     name: Annotated[Optional[str], typer.Option(help="Experiment name (default tune-PRESET-TIMESTAMP).")] = None,
-    storage: Annotated[Optional[Path], typer.Option(help="Folder for experiments (default ~/modresnet-runs or $MODRESNET_RUNS).")] = None,
+    storage: Annotated[Optional[Path], typer.Option(help="Folder for experiments (default ~/modresnet-runs or $MODRESNET_RUNS), or s3://BUCKET/PREFIX, gs://..., file://...")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default $RAY_ADDRESS, else a local Ray).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted search NAME (its saved settings are used).")] = None,
     wandb: Annotated[Optional[bool], typer.Option("--wandb/--no-wandb", help="W&B run per trial (default on; offline without WANDB_API_KEY).")] = None,
@@ -386,7 +386,15 @@ def tune(
     from jobs.tune_results import leaderboard_table
     from modresnet.rundir import default_storage
 
-    root = (storage or default_storage()).expanduser().resolve()
+    from modresnet import storage as object_storage
+
+    where = object_storage.parse(storage) or default_storage()
+    remote_root = where if object_storage.is_remote(where) else None
+    if remote_root is not None and (resume or workers_per_trial > 1):
+        raise UserError(f"--storage {remote_root}: object storage takes new searches with one "
+                        f"worker per trial; --resume and --workers-per-trial > 1 need a "
+                        f"filesystem path (local or NFS)")
+    root = (object_storage.staging_root(remote_root) if remote_root else where.expanduser()).resolve()
     options_kw = dict(samples=samples, grace_period=grace_period, reduction_factor=reduction_factor,
                       concurrent=concurrent, metric=metric, workers_per_trial=workers_per_trial,
                       cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
@@ -403,6 +411,8 @@ def tune(
         cfg = cfg.with_overrides({"train.epochs": options.max_epochs})
         search_space = load_space(space or DEFAULT_SPACE, cfg)
         job = tuning.new_job(cfg, search_space, options, root, name or f"tune-{default_name(preset)}")
+        if remote_root is not None:
+            job["remote"] = remote_root.uri  # Ray Tune's storage_path; outputs published there
     exp = root / job["name"]
     console.print(f"experiment: {exp}  ({job['samples']} trials, ASHA max {job['max_epochs']} "
                   f"epochs, grace {job['grace_period']}, reduction {job['reduction_factor']}; "

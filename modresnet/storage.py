@@ -142,7 +142,7 @@ def publish(local_run: Path, loc: Location) -> None:
     files = sorted(p for p in local_run.rglob("*") if p.is_file()
                    and p.relative_to(local_run).parts[0] not in SKIP_ON_PUBLISH
                    and not any(part.endswith(".tmp") for part in p.relative_to(local_run).parts))
-    files.sort(key=lambda p: p.relative_to(local_run).as_posix() == FINISHED)
+    files.sort(key=lambda p: p.name == FINISHED)  # every run's test.json after its files
     try:
         for f in files:
             with open(f, "rb") as src, fs.open_output_stream(

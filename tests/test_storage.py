@@ -197,3 +197,29 @@ def test_train_on_ray_to_s3_then_evaluate_and_predict_from_it(s3, tmp_path, data
     pred = _cli("predict", str(img), "--checkpoint", f"{uri}/s3run", "--json")
     assert pred.returncode == 0, pred.stderr
     assert len(json.loads(pred.stdout)[0]["top_k"]) == 3
+
+
+@pytest.mark.ray
+def test_tune_to_s3_exports_a_best_run_that_evaluates_from_the_bucket(s3, tmp_path):
+    """A 2-trial search with --storage s3://: Ray Tune's trial folders (results, checkpoints)
+    are in the bucket, the leaderboard / summary / best-run are published beside them, and
+    evaluate reads the exported best-run from the bucket."""
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.name: adam\noptim.lr: {choice: [1.0e-3, 3.0e-3]}\n"
+                     "schedule.name: constant\n")
+    uri = f"s3://{BUCKET}/tunes"
+    proc = _cli("tune", "--preset", "debug", "--subset", "256", "--set", "data.val_subset=100",
+                "--set", "data.test_subset=100", "--max-epochs", "1", "--samples", "2",
+                "--concurrent", "2", "--cpus-per-trial", "1", "--no-wandb", "--space", str(space),
+                "--storage", uri, "--name", "s3tune")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    objs = _objects("tunes/s3tune")
+    for name in ("modresnet-tune.json", "leaderboard.csv", "summary.json", "best_config.yaml",
+                 "best-run/test.json", "best-run/best/model.safetensors"):
+        assert name in objs, sorted(objs)
+    trial_ckpts = [k for k in objs if k.startswith("run_trial_") and k.endswith("model.safetensors")]
+    assert len(trial_ckpts) >= 2, sorted(objs)  # Tune's own checkpoints went to the bucket
+    test = json.loads(objs["best-run/test.json"])
+    ev = _cli("evaluate", f"{uri}/s3tune/best-run", "--subset", "100")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["sha256"] == test["sha256"]

@@ -112,6 +112,8 @@ def test_cli_errors_are_one_line(s3, tmp_path):
     missing = _cli("evaluate", f"s3://{BUCKET}/no-such-run")
     assert missing.returncode == 2 and "not a modresnet run" in missing.stderr
     assert "Traceback" not in missing.stderr
+    served = _cli("serve", f"s3://{BUCKET}/no-such-run")  # serve fetches at the CLI edge too
+    assert served.returncode == 2 and "not a modresnet run" in served.stderr
 
 
 def test_unwritable_bucket_names_the_fix(s3):
@@ -223,3 +225,47 @@ def test_tune_to_s3_exports_a_best_run_that_evaluates_from_the_bucket(s3, tmp_pa
     ev = _cli("evaluate", f"{uri}/s3tune/best-run", "--subset", "100")
     assert ev.returncode == 0, ev.stderr
     assert json.loads(ev.stdout)["sha256"] == test["sha256"]
+
+
+@pytest.mark.ray
+def test_driver_killed_then_same_command_resumes_from_the_bucket(s3):
+    """SIGKILL the driver once Ray's snapshot is in the bucket; the same command resumes from
+    the bucket at the next epoch (the local staging holds nothing Ray needs) and the published
+    metrics hold every epoch exactly once."""
+    import signal
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_ray_train import kill_ray_session_of
+
+    epochs = 3
+    cmd = [*CLI, "train", "--preset", "debug", "--subset", "600", "--epochs", str(epochs),
+           "--workers", "2", "--set", "data.val_subset=100", "--set", "data.test_subset=100",
+           "--no-wandb", "--max-failures", "0", "--storage", f"s3://{BUCKET}/resume",
+           "--name", "again"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_MODE")}
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env, cwd=REPO, start_new_session=True)
+    snapshot = storage.parse(f"s3://{BUCKET}/resume/again/ray/checkpoint_manager_snapshot.json")
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not storage.exists(snapshot):
+            assert first.poll() is None, first.stdout.read()[-3000:]
+            time.sleep(0.2)
+        assert storage.exists(snapshot), "no checkpoint in the bucket within 240 s"
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGKILL)
+        kill_ray_session_of(first.pid)
+    assert "test.json" not in _objects("resume/again"), "finished before the kill"
+
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming the unfinished Ray run in s3://" in second.stdout
+    lines = [ln for ln in second.stdout.splitlines() if ln.startswith("epoch ")]
+    assert int(lines[0].split()[1].split("/")[0]) > 1, second.stdout  # not from scratch
+    objs = _objects("resume/again")
+    assert [json.loads(x)["epoch"] for x in objs["metrics.jsonl"].decode().splitlines()] == \
+        list(range(1, epochs + 1))
+    assert "test.json" in objs

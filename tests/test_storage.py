@@ -269,3 +269,44 @@ def test_driver_killed_then_same_command_resumes_from_the_bucket(s3):
     assert [json.loads(x)["epoch"] for x in objs["metrics.jsonl"].decode().splitlines()] == \
         list(range(1, epochs + 1))
     assert "test.json" in objs
+
+
+@pytest.mark.ray
+def test_serve_a_run_from_the_bucket(s3, tmp_path, debug_config):
+    """`modresnet serve s3://...` downloads the run and serves exactly its weights."""
+    import signal
+    import urllib.request
+
+    from modresnet import checkpoint
+    from modresnet.model import build_model
+
+    run = tmp_path / "run"
+    checkpoint.save_model(run / "best", build_model(debug_config.model), debug_config,
+                          ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                           "horse", "ship", "truck"), 1, {"val_acc": 0.1})
+    sha = json.loads((run / "best" / "model.json").read_text())["sha256"]
+    storage.publish(run, storage.parse(f"s3://{BUCKET}/served/run"))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MODRESNET_API_KEY")}
+    proc = subprocess.Popen([*CLI, "serve", f"s3://{BUCKET}/served/run", "--port", str(port),
+                             "--backend", "torch", "--max-replicas", "1"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline, model = time.time() + 240, None
+        while time.time() < deadline and model is None:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/model", timeout=5) as r:
+                    model = json.loads(r.read())
+            except OSError:
+                time.sleep(1)
+        assert model is not None, "serve did not answer within 240 s"
+        assert model["sha256"] == sha
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

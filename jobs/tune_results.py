@@ -100,9 +100,12 @@ def _local_dir(ckpt) -> Path | None:
         return None
     if isinstance(ckpt.filesystem, pafs.LocalFileSystem):
         return Path(ckpt.path)
+    import atexit
     import tempfile
 
-    return Path(ckpt.to_directory(tempfile.mkdtemp(prefix="modresnet-tune-ckpt-")))
+    local = tempfile.mkdtemp(prefix="modresnet-tune-ckpt-")
+    atexit.register(shutil.rmtree, local, True)  # a copy for this process's export only
+    return Path(ckpt.to_directory(local))
 
 
 def _history(result, latest: Path | None) -> list[dict]:

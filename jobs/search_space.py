@@ -196,7 +196,7 @@ def parse_space(values: Any, base: Config, source: str = "<space>", checks: int 
     for key, p in params.items():
         for value in p.extremes():
             try:
-                base.with_overrides({**_context(key, base), key: value})
+                trial_config(base, {**_context(key, base), key: value})
             except ConfigError as err:
                 raise SpaceError(f"{source}: {key}: value {value!r} makes an invalid config "
                                  f"({err})") from None

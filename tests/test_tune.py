@@ -119,6 +119,7 @@ def test_default_space_is_valid_and_holds_the_paper_point():
     for preset in ("fast", "demo"):
         trial = spaces.trial_config(configs.resolve(preset), {"optim.name": "adam", "optim.lr": 1e-3})
         assert trial.optim.name == "adam" and not trial.optim.nesterov
+        assert "optim.name" in spaces.load_space(spaces.DEFAULT_SPACE, configs.resolve(preset)).tuned_keys()
 
 
 # --------------------------------------------------------------------------- real Ray

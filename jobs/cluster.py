@@ -43,8 +43,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from modresnet.errors import UserError
 
-class ClusterError(Exception):
+
+class ClusterError(UserError):
     """A user-fixable problem with the local cluster (printed as one line, exit 2)."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from jobs import cluster as local_cluster
+from modresnet.errors import UserError
 
 COMMANDS = ("train", "tune", "serve")
 # Forwarded into the job's runtime_env (visible to anyone who can read the Jobs API, so never
@@ -40,7 +41,7 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 CONNECT_TIMEOUT_S = 5.0
 
 
-class JobsError(Exception):
+class JobsError(UserError):
     """A user-fixable problem (bad address, no token, unknown job id): one line, exit 2."""
 
 

@@ -39,11 +39,6 @@ def user_errors(fn):
         except USER_ERRORS as err:
             err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except ValueError as err:  # typed configs raise ValueError naming the field
-            if type(err).__module__.startswith("modresnet"):
-                err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-                raise typer.Exit(2) from None
-            raise
 
     return wrapper
 
@@ -457,22 +452,6 @@ InsecureToken = Annotated[bool, typer.Option(
                              "(only on a network you trust; prefer https or an SSH tunnel).")]
 
 
-def cluster_errors(fn):
-    """JobsError / ClusterError (modules imported lazily) become UserError: one line, exit 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from jobs.cluster import ClusterError
-        from jobs.submit import JobsError
-
-        try:
-            return fn(*args, **kwargs)
-        except (JobsError, ClusterError) as err:
-            raise UserError(str(err)) from None
-
-    return wrapper
-
-
 def _exit_for(status: str) -> None:
     from jobs.submit import EXIT_CODES
 
@@ -498,7 +477,6 @@ def _check_passthrough(command: str, args: list[str]) -> None:
 @jobs_app.command("submit", context_settings={"allow_extra_args": True,
                                               "ignore_unknown_options": True})
 @user_errors
-@cluster_errors
 def jobs_submit(
     ctx: typer.Context,
     command: Annotated[str, typer.Argument(help="train | tune | serve; every further option goes to it.")],
@@ -532,7 +510,6 @@ def jobs_submit(
 
 @jobs_app.command("list")
 @user_errors
-@cluster_errors
 def jobs_list(address: JobsAddress = None, insecure_token: InsecureToken = False) -> None:
     """Jobs on the cluster, oldest first."""
     from jobs import submit as jobs_submit_mod
@@ -550,7 +527,6 @@ def jobs_list(address: JobsAddress = None, insecure_token: InsecureToken = False
 
 @jobs_app.command("status")
 @user_errors
-@cluster_errors
 def jobs_status(job_id: JobId, address: JobsAddress = None,
                 insecure_token: InsecureToken = False) -> None:
     """Print a job's status. Exit 0: PENDING/RUNNING/SUCCEEDED, 1: FAILED/STOPPED."""
@@ -569,7 +545,6 @@ def jobs_status(job_id: JobId, address: JobsAddress = None,
 
 @jobs_app.command("logs")
 @user_errors
-@cluster_errors
 def jobs_logs(job_id: JobId, address: JobsAddress = None,
               follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False,
               insecure_token: InsecureToken = False) -> None:
@@ -584,7 +559,6 @@ def jobs_logs(job_id: JobId, address: JobsAddress = None,
 
 @jobs_app.command("stop")
 @user_errors
-@cluster_errors
 def jobs_stop(job_id: JobId, address: JobsAddress = None,
               insecure_token: InsecureToken = False) -> None:
     """Stop a job and wait until it is stopped. Exit 0 once it is no longer running."""
@@ -598,7 +572,6 @@ def jobs_stop(job_id: JobId, address: JobsAddress = None,
 
 @cluster_app.command("up")
 @user_errors
-@cluster_errors
 def cluster_up(
     workers: Annotated[int, typer.Option(help="Worker raylets (nodes) besides the head.")] = 2,
     cpus_per_node: Annotated[float, typer.Option(help="Logical CPUs of each worker node.")] = 1.0,
@@ -621,7 +594,6 @@ def cluster_up(
 
 @cluster_app.command("status")
 @user_errors
-@cluster_errors
 def cluster_status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """The local cluster's addresses, nodes and processes. Exit 0 running, 1 not."""
     from jobs import cluster as local_cluster
@@ -644,7 +616,6 @@ def cluster_status(as_json: Annotated[bool, typer.Option("--json", help="Print J
 
 @cluster_app.command("down")
 @user_errors
-@cluster_errors
 def cluster_down() -> None:
     """Stop exactly the processes `cluster up` started (by pid; never `ray stop`)."""
     from jobs import cluster as local_cluster
@@ -660,12 +631,9 @@ def _local_run(value):
 
 
 def _predict_url(images: list[Path], url: str, top_k: int, as_json: bool) -> None:
-    from serve.client import ClientError, predict_paths
+    from serve.client import predict_paths
 
-    try:
-        results = predict_paths(url, images, top_k)
-    except ClientError as err:
-        raise UserError(str(err)) from None
+    results = predict_paths(url, images, top_k)
     if as_json:
         print(json.dumps([{"image": str(p), "top_k": r["top_k"]} for p, r in zip(images, results)],
                          indent=2))

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import httpx
 
+from modresnet.errors import UserError
 
-class ClientError(RuntimeError):
+
+class ClientError(UserError):
     """The server refused the request or could not be reached; the message says why."""
 
 

@@ -8,11 +8,12 @@ naming the field. Presets are functions of nothing that return a config.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -21,6 +22,15 @@ from modresnet.errors import UserError
 
 class ConfigError(UserError, ValueError):
     """A config key or value a user wrote is wrong; the message names the field."""
+
+
+# The choices of the config, as types: validation, YAML coercion and the CLI's help read them.
+Flavor = Literal["paper", "debug"]
+OptimName = Literal["adam", "adamw", "sgd"]
+ScheduleName = Literal["plateau", "onecycle", "cosine", "constant"]  # plateau: on val loss
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+LrScaling = Literal["linear", "sqrt", "none"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +53,7 @@ class ModelConfig:
             raise ValueError(f"model.num_classes: need at least 2, got {self.num_classes}")
 
 
-FLAVORS: dict[str, ModelConfig] = {
+FLAVORS: dict[Flavor, ModelConfig] = {
     "paper": ModelConfig(),
     # Same topology, 1/8 the width: ~44k parameters, for fast CPU tests.
     "debug": ModelConfig(widths=(8, 16, 32)),
@@ -104,7 +114,7 @@ class AugmentConfig:
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    name: str = "adam"  # adam | adamw | sgd
+    name: OptimName = "adam"
     lr: float = 1e-3  # peak learning rate at the reference batch (train.batch_size x 1 worker)
     weight_decay: float = 1e-4
     momentum: float = 0.9  # sgd only
@@ -113,7 +123,7 @@ class OptimConfig:
     norm_bias_decay: bool = True  # false: no weight decay on BatchNorm weights and biases
 
     def __post_init__(self) -> None:
-        _choice("optim.name", self.name, ("adam", "adamw", "sgd"))
+        _check_choices(self, "optim")
         _range("optim.lr", self.lr, 1e-8, 10.0)
         _range("optim.weight_decay", self.weight_decay, 0.0, 1.0)
         _range("optim.momentum", self.momentum, 0.0, 0.999)
@@ -125,14 +135,14 @@ class OptimConfig:
 
 @dataclass(kw_only=True)
 class ScheduleConfig:
-    name: str = "plateau"  # plateau (on validation loss) | onecycle | cosine | constant
+    name: ScheduleName = "plateau"
     plateau_factor: float = 0.1
     plateau_patience: int = 5  # epochs without validation-loss improvement
     warmup_fraction: float = 0.25  # onecycle: share of steps spent rising to the peak
     final_lr_fraction: float = 0.01  # onecycle/cosine: last lr as a share of the peak
 
     def __post_init__(self) -> None:
-        _choice("schedule.name", self.name, ("plateau", "onecycle", "cosine", "constant"))
+        _check_choices(self, "schedule")
         _range("schedule.plateau_factor", self.plateau_factor, 1e-4, 0.99)
         _range("schedule.plateau_patience", self.plateau_patience, 0, 1000)
         _range("schedule.warmup_fraction", self.warmup_fraction, 0.01, 0.99)
@@ -149,12 +159,12 @@ class TrainConfig:
     ema_bn_images: int = 2048  # training images the EMA's BatchNorm statistics are recomputed on
     tta: bool = False  # evaluate on the image and its mirror
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = "auto"
     channels_last: bool = True  # faster on CUDA and on this CPU (oneDNN), both measured
-    precision: str = "auto"  # auto (bf16 on CC >= 8.0 GPUs, fp16 on older, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: Precision = "auto"  # auto: bf16 on CC >= 8.0 GPUs, fp16 on older, fp32 on CPU
     compile: bool = False  # torch.compile the training forward (minutes to compile on a CPU)
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
-    lr_scaling: str = "linear"  # how optim.lr grows with data-parallel workers: linear | sqrt | none
+    lr_scaling: LrScaling = "linear"  # how optim.lr grows with data-parallel workers
 
     def __post_init__(self) -> None:
         _range("train.epochs", self.epochs, 1, 10000)
@@ -163,10 +173,8 @@ class TrainConfig:
         _range("train.label_smoothing", self.label_smoothing, 0.0, 0.99)
         _range("train.ema_decay", self.ema_decay, 0.0, 0.99999)
         _range("train.ema_bn_images", self.ema_bn_images, 1, 1_000_000)
-        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
-        _choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _range("train.threads", self.threads, 0, 1024)
-        _choice("train.lr_scaling", self.lr_scaling, ("linear", "sqrt", "none"))
+        _check_choices(self, "train")
 
 
 @dataclass(kw_only=True)
@@ -203,9 +211,33 @@ def _range(name: str, value: float, low: float, high: float) -> None:
         raise ValueError(f"{name}: must be between {low} and {high}, got {value}")
 
 
-def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ValueError(f"{name}: must be one of {', '.join(options)}; got {value!r}")
+def choices(hint: Any) -> tuple[str, ...] | None:
+    """The allowed values of a `Literal` field type (also inside `X | None`), else None."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    return get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+def field_hint(path: str) -> Any:
+    """The type of the config field SECTION.FIELD (`model.flavor`: the flavor names)."""
+    section, _, name = path.partition(".")
+    if path == "model.flavor":
+        return Flavor
+    return _hints(_hints(Config)[section])[name]
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_choices(section: Any, path: str) -> None:
+    """Every `Literal` field of a section holds one of its values, however it was built."""
+    for name, hint in _hints(type(section)).items():
+        allowed = choices(hint)
+        value = getattr(section, name)
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"{path}.{name}: must be one of {', '.join(allowed)}; got {value!r}")
 
 
 def _plain(value: Any) -> Any:
@@ -216,14 +248,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _coerce(path: str, value: Any, hint: Any) -> Any:
-    """Turn a YAML/CLI value into the annotated type, or raise ConfigError naming `path`."""
+def coerce(path: str, value: Any, hint: Any) -> Any:
+    """Turn a YAML/JSON/CLI value into the annotated type, or raise ConfigError naming `path`."""
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(path, value, args[0])
+        return coerce(path, value, args[0])
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping of fields, got {value!r}")
@@ -236,7 +268,11 @@ def _coerce(path: str, value: Any, hint: Any) -> Any:
         if len(args) != 2 or args[1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{path}: expected {len(args)} values, got {list(value)}")
-        return tuple(_coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value))
+        return tuple(coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value))
+    if origin is Literal:
+        if not isinstance(value, str) or value not in get_args(hint):
+            raise ConfigError(f"{path}: must be one of {', '.join(get_args(hint))}; got {value!r}")
+        return value
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -264,9 +300,7 @@ def _build(path: str, cls: type, values: dict[str, Any]) -> Any:
         # Runs saved before train.precision existed said bf16: true/false.
         values["precision"] = "auto" if values.pop("bf16") is not False else "fp32"
     if cls is ModelConfig and "flavor" in values:
-        flavor = values.pop("flavor")
-        if flavor not in FLAVORS:
-            raise ConfigError(f"{path}.flavor: must be one of {', '.join(FLAVORS)}; got {flavor!r}")
+        flavor = coerce(f"{path}.flavor", values.pop("flavor"), Flavor)
         base = _plain(dataclasses.asdict(FLAVORS[flavor]))
         values = {**base, **values}
     hints = typing.get_type_hints(cls)
@@ -275,7 +309,7 @@ def _build(path: str, cls: type, values: dict[str, Any]) -> Any:
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"{path}.{key}: unknown key; {path} has {', '.join(known)}")
-        kwargs[key] = _coerce(f"{path}.{key}", value, hints[key])
+        kwargs[key] = coerce(f"{path}.{key}", value, hints[key])
     try:
         return cls(**kwargs)
     except ValueError as err:
@@ -293,7 +327,7 @@ def from_dict(values: dict[str, Any]) -> Config:
     for key, value in values.items():
         if key not in hints:
             raise ConfigError(f"{key}: unknown section; a config has {', '.join(hints)}")
-        kwargs[key] = _coerce(key, value or {}, hints[key])
+        kwargs[key] = coerce(key, value or {}, hints[key])
     return Config(**kwargs)
 
 

@@ -66,3 +66,13 @@ def test_unknown_section_and_bad_yaml(tmp_path):
         configs.resolve("paper", tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="preset"):
         configs.resolve("nope")
+
+
+def test_choices_are_literal_types_checked_however_a_config_is_built():
+    assert configs.choices(configs.field_hint("optim.name")) == ("adam", "adamw", "sgd")
+    assert configs.choices(configs.field_hint("model.flavor")) == tuple(configs.FLAVORS)
+    assert configs.choices(configs.field_hint("train.epochs")) is None
+    with pytest.raises(ValueError, match="train.device: must be one of auto, cpu, cuda"):
+        configs.TrainConfig(device="tpu")
+    with pytest.raises(ConfigError, match="schedule.name: must be one of plateau, onecycle"):
+        configs.from_dict({"schedule": {"name": 3}})

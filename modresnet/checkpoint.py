@@ -13,9 +13,10 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -167,25 +168,14 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-_SCHEDULE_LENGTH = ("T_max",)
-
-
 def save_training_state(directory: Path, state: TrainingState) -> None:
     tensors: dict[str, torch.Tensor] = {}
-    payload = {
-        "model": _encode(unwrap(state.model).state_dict(), "model", tensors),
-        "optimizer": _encode(state.optimizer.state_dict(), "optimizer", tensors),
-        "scheduler": _encode(state.scheduler.state_dict(), "scheduler", tensors)
-        if state.scheduler is not None else None,
-        "ema": _encode(state.ema.state_dict(), "ema", tensors) if state.ema is not None else None,
-        "scaler": _encode(state.scaler.state_dict(), "scaler", tensors)
-        if state.scaler is not None else None,
-        "use_ema": state.use_ema,
-        "rng": _encode(torch.get_rng_state(), "rng", tensors),
-    }
+    saved = state.state_dict()
+    epoch, history = saved.pop("epoch"), saved.pop("history")
+    payload = {key: _encode(value, key, tensors) for key, value in saved.items()}
     sha = _save_tensors(tensors, Path(directory) / STATE_TENSORS)
-    meta = {"format": FORMAT, "version": VERSION, "sha256": sha, "epoch": state.epoch,
-            "history": state.history, "state": payload}
+    meta = {"format": FORMAT, "version": VERSION, "sha256": sha, "epoch": epoch,
+            "history": history, "state": payload}
     (Path(directory) / STATE_META).write_text(json.dumps(meta))
 
 
@@ -212,27 +202,11 @@ def load_training_state(directory: Path, state: TrainingState) -> TrainingState:
     tensors = _verified_tensors(directory / STATE_TENSORS, meta["sha256"])
     payload = {k: _decode(v, tensors) for k, v in meta["state"].items()}
     try:
-        unwrap(state.model).load_state_dict(payload["model"])
-        state.optimizer.load_state_dict(payload["optimizer"])
-        if state.ema is not None and payload["ema"] is not None:
-            state.ema.load_state_dict(payload["ema"])
+        state.load_state_dict({**payload, "epoch": meta["epoch"], "history": meta["history"]})
     except (KeyError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"{directory}: the training state does not fit this config or "
                               f"was written by another modresnet version "
                               f"({str(err).splitlines()[0]}); start a new run") from None
-    if state.scaler is not None and payload.get("scaler") is not None:
-        state.scaler.load_state_dict(payload["scaler"])
-    state.use_ema = payload.get("use_ema", True)
-    if state.scheduler is not None and payload["scheduler"] is not None:
-        # Keep the new schedule's length, so a resumed run may extend train.epochs.
-        saved = {k: v for k, v in payload["scheduler"].items() if k not in _SCHEDULE_LENGTH}
-        state.scheduler.load_state_dict({**state.scheduler.state_dict(), **saved})
-        if not isinstance(state.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            state.scheduler.last_epoch -= 1  # re-derive the lr under the new length
-            state.scheduler.step()
-    torch.set_rng_state(payload["rng"])
-    state.epoch = meta["epoch"]
-    state.history = meta["history"]
     return state
 
 
@@ -279,6 +253,23 @@ def replace_dir(src: Path, dst: Path) -> None:
     _fsync_path(dst.parent)
     if old.exists():
         shutil.rmtree(old)
+
+
+@contextmanager
+def atomic_dir(dest: Path) -> Iterator[Path]:
+    """A fresh `dest.tmp` folder to write into, that replaces `dest` whole (`replace_dir`)
+    when the block ends and is removed if it raises: readers only ever see a complete old or
+    new `dest`. A crash inside the block leaves `dest.tmp`, which `recover_dir` deletes."""
+    dest = Path(dest)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, dest)
 
 
 def recover_dir(dst: Path) -> str | None:

@@ -45,6 +45,32 @@ def test_beats_chance_on_validation(small_cifar):
         assert key in record
 
 
+def test_one_thread_rule():
+    """train.threads wins; else the CPUs Ray gave the worker or trial (at least one); else,
+    locally, torch's default."""
+    from modresnet.assembly import thread_count
+
+    cfg = configs.resolve("debug")
+    assert thread_count(cfg, None) is None
+    assert thread_count(cfg, 2.0) == 2 and thread_count(cfg, 0.49) == 1
+    pinned = configs.resolve("debug", overrides={"train.threads": 3})
+    assert thread_count(pinned, None) == 3 and thread_count(pinned, 8.0) == 3
+
+
+def test_assemble_resumes_where_the_checkpoint_left_off(small_cifar, tmp_path):
+    from modresnet.assembly import assemble
+
+    cfg = configs.resolve("debug", overrides={"train.epochs": 2, "train.threads": 2})
+    first = assemble(cfg, CPU, data=small_cifar)
+    engine.run_epoch(first.state, first.train, first.val, cfg, CPU)
+    checkpoint.save_training_state(tmp_path, first.state)
+    resumed = assemble(cfg, CPU, data=small_cifar, resume_from=tmp_path)
+    assert resumed.state.epoch == 1 and torch.get_num_threads() == 2
+    assert resumed.classes == small_cifar.classes and len(resumed.test) == len(small_cifar.test)
+    resumed.fit(on_epoch=lambda r, s: None)
+    assert [m["epoch"] for m in resumed.state.history] == [1, 2]
+
+
 def test_full_size_model_takes_steps(small_cifar):
     cfg = configs.resolve("paper", overrides={"train.batch_size": 16, "train.epochs": 1})
     train = Split(small_cifar.train.x[:48], small_cifar.train.y[:48])
@@ -97,7 +123,7 @@ def test_tta_evaluates_the_mirror(small_cifar):
 
 
 def test_one_cycle_survives_tiny_runs_and_peaks_once():
-    from modresnet.engine import one_cycle
+    from modresnet.optim import one_cycle
 
     for total in range(1, 12):  # torch's OneCycleLR divided by zero at 4 steps, warm-up 0.25
         f = one_cycle(total, 0.25, 0.0)
@@ -132,7 +158,7 @@ def test_fast_recipe_hands_over_a_model_no_worse_than_its_live_weights(data_dir)
 
 
 def test_precision_follows_the_hardware():
-    from modresnet.engine import DeviceError, select_precision
+    from modresnet.device import DeviceError, select_precision
 
     assert select_precision("auto", "cpu").dtype is None
     assert select_precision("fp32", "cpu").name == "fp32"
@@ -157,12 +183,13 @@ def test_legacy_bf16_flag_maps_to_precision():
 
 
 def test_cuda_without_a_gpu_is_a_user_error():
+    from modresnet.device import select_device
     from modresnet.errors import UserError
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     with pytest.raises(UserError, match="no CUDA GPU"):
-        engine.select_device("cuda")
+        select_device("cuda")
 
 
 def test_training_steps_never_wait_for_the_device(small_cifar):

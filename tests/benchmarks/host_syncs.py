@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.overrides import TorchFunctionMode
 
-from modresnet import config as configs, engine
+from modresnet import config as configs, engine, optim
 from modresnet.augment import augment
 from modresnet.data import Split, load_cifar10
 from modresnet.model import FLAVORS, build_model
@@ -50,7 +50,7 @@ def baseline_epoch(cfg: configs.Config, train: Split) -> None:
     torch.manual_seed(0)
     model = build_model(cfg.model).to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
-    opt = engine.build_optimizer(cfg, model, 1)
+    opt = optim.build_optimizer(cfg, model, 1)
     g = torch.Generator().manual_seed(0)
     model.train()
     for i in range(0, len(train), cfg.train.batch_size):

@@ -21,14 +21,14 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
 from modresnet import checkpoint, plots
 from modresnet.config import Config
 from modresnet.data import Split
-from modresnet.engine import predict_logits
+from modresnet.evaluation import evaluate_checkpoint
 from modresnet.errors import UserError
 
 
@@ -148,17 +148,15 @@ class RunDir:
                                      "".join(json.dumps(m) + "\n" for m in history))
 
 
-def finalize(run: RunDir, test: Split, classes: tuple[str, ...], device: torch.device) -> dict:
+def finalize(run: RunDir, test: Split, classes: tuple[str, ...],
+             device: torch.device) -> dict[str, Any]:
     """Evaluate best/ once on the test set; write test.json, curves.png and confusion.png;
     record the test accuracy in best/'s sidecar (the weights and their sha are untouched)."""
     loaded = checkpoint.load_model(run.best)
-    config = loaded.config
-    logits = predict_logits(loaded.model.to(device), test.x, config, device, tta=config.train.tta)
-    pred = logits.argmax(1).cpu()
-    loss = float(torch.nn.functional.cross_entropy(logits.cpu(), test.y))
-    acc = float((pred == test.y).float().mean())
-    matrix = plots.confusion_matrix(test.y, pred, len(classes))
-    result = {"test_acc": acc, "test_loss": loss, "n": len(test), "tta": config.train.tta,
+    scores = evaluate_checkpoint(loaded, test, device, tta=loaded.config.train.tta)
+    acc = scores.acc
+    matrix = plots.confusion_matrix(test.y, scores.predictions, len(classes))
+    result = {"test_acc": acc, "test_loss": scores.loss, "n": scores.n, "tta": scores.tta,
               "epoch": loaded.meta["epoch"], "val_acc": loaded.meta["metrics"].get("val_acc"),
               "sha256": loaded.sha256,
               "per_class_acc": {c: float(matrix[i, i] / max(1, int(matrix[i].sum())))

@@ -11,6 +11,15 @@ from modresnet.checkpoint import LoadedModel, load_model
 from modresnet.engine import predict_logits
 
 
+def top_k(probabilities: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most probable classes of each row (k clamped to 1..classes) as (probabilities,
+    class indices). A stable sort: ties go to the lower class index, so `predict` and Serve
+    list tied classes in the same order."""
+    k = max(1, min(k, probabilities.shape[1]))
+    order = torch.sort(probabilities, dim=1, descending=True, stable=True).indices[:, :k]
+    return probabilities.gather(1, order), order
+
+
 @dataclass(frozen=True)
 class Prediction:
     label: str
@@ -26,8 +35,9 @@ class Predictor:
         self.tta = tta
 
     @classmethod
-    def from_path(cls, path: str | Path, **kwargs) -> Predictor:
-        return cls(load_model(path), **kwargs)
+    def from_path(cls, path: str | Path, device: str | torch.device = "cpu",
+                  tta: bool = False) -> Predictor:
+        return cls(load_model(path), device=device, tta=tta)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -39,7 +49,6 @@ class Predictor:
         return torch.softmax(logits.float(), dim=1).cpu()
 
     def top_k(self, probabilities: torch.Tensor, k: int = 5) -> list[list[Prediction]]:
-        k = max(1, min(k, probabilities.shape[1]))
-        values, indices = probabilities.topk(k, dim=1)
+        values, indices = top_k(probabilities, k)
         return [[Prediction(self.classes[i], float(p)) for p, i in zip(row_p, row_i)]
                 for row_p, row_i in zip(values.tolist(), indices.tolist())]

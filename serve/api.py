@@ -10,7 +10,7 @@ import asyncio
 import base64
 import binascii
 import itertools
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from modresnet.inference import top_k
 from serve import jsonlimits, v2binary
 from serve.decode import DecodeError, DecodePool
 
@@ -333,11 +334,12 @@ def typed_data(data: list, datatype: str, expected: int) -> np.ndarray:
     return np.round(np.array(flat, dtype=np.float64) * 255.0).astype(np.uint8)
 
 
-def top_k_rows(probs: np.ndarray, classes: tuple[str, ...], k: int) -> list[list[LabelProbability]]:
-    k = max(1, min(k, probs.shape[1]))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [[LabelProbability(label=classes[j], probability=float(row[j])) for j in idx]
-            for row, idx in zip(probs, order)]
+def top_k_rows(probs: np.ndarray, classes: tuple[str, ...],
+               k: int) -> list[list[LabelProbability]]:
+    """The same ranking as `modresnet predict` (ties by class index)."""
+    values, order = top_k(torch.tensor(probs), k)
+    return [[LabelProbability(label=classes[j], probability=p) for p, j in zip(row_p, row_j)]
+            for row_p, row_j in zip(values.tolist(), order.tolist())]
 
 
 def error_response(status: int, message: str):
@@ -345,7 +347,3 @@ def error_response(status: int, message: str):
 
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
-
-
-def protocol(kind: Literal["ready", "live"], ok: bool) -> dict[str, bool]:
-    return {kind: ok}

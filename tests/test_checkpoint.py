@@ -71,3 +71,47 @@ def test_not_a_checkpoint(tmp_path):
         checkpoint.load_model(tmp_path / "nothing")
     with pytest.raises(CheckpointError, match="not a modresnet run"):
         checkpoint.load_model(tmp_path)
+
+
+def test_training_state_keeps_its_on_disk_format(tmp_path):
+    """`TrainingState.state_dict` feeds the checkpoint; these names are the format that
+    existing last/ folders hold, so runs written before still resume."""
+    from modresnet import engine
+
+    cfg = configs.resolve("fast", overrides={"model.flavor": "debug", "train.ema_decay": 0.9})
+    torch.manual_seed(0)
+    state = engine.build_state(cfg, build_model(cfg.model), 64)
+    state.epoch, state.history = 3, [{"epoch": 3, "val_acc": 0.25}]
+    checkpoint.save_training_state(tmp_path, state)
+    meta = json.loads((tmp_path / checkpoint.STATE_META).read_text())
+    assert list(meta["state"]) == ["model", "optimizer", "scheduler", "ema", "scaler",
+                                   "use_ema", "rng"]
+    assert meta["epoch"] == 3 and meta["history"] == state.history
+    fresh = engine.build_state(cfg, build_model(cfg.model), 64)
+    checkpoint.load_training_state(tmp_path, fresh)
+    assert fresh.epoch == 3 and fresh.history == state.history
+    for a, b in zip(state.state_dict()["model"].values(), fresh.state_dict()["model"].values()):
+        assert torch.equal(a, b)
+
+
+def test_atomic_dir_replaces_the_folder_whole_or_not_at_all(tmp_path):
+    dest = tmp_path / "last"
+    with checkpoint.atomic_dir(dest) as tmp:
+        (tmp / "a").write_text("1")
+    assert (dest / "a").read_text() == "1" and not tmp.exists()
+    with pytest.raises(OSError):
+        with checkpoint.atomic_dir(dest) as tmp:
+            (tmp / "a").write_text("2")
+            raise OSError("disk full")
+    assert (dest / "a").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_top_k_orders_ties_by_class_index():
+    from modresnet.inference import top_k
+
+    probs = torch.tensor([[0.1, 0.3, 0.3, 0.3], [0.25, 0.25, 0.25, 0.25]])
+    values, order = top_k(probs, 3)
+    assert order.tolist() == [[1, 2, 3], [0, 1, 2]]
+    assert torch.equal(values, probs.gather(1, order))
+    assert top_k(probs, 99)[1].shape == (2, 4) and top_k(probs, 0)[1].shape == (2, 1)

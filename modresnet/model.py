@@ -17,8 +17,6 @@ from modresnet.config import FLAVORS, ModelConfig  # noqa: F401  (re-exported: t
 
 
 class BasicBlock(nn.Module):
-    expansion = 1
-
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)

@@ -32,7 +32,6 @@ from modresnet.checkpoint import LoadedModel
 from modresnet.inference import Predictor
 
 BACKENDS = ("onnx", "torch", "int8")
-DEFAULT_BACKEND = "onnx"
 
 
 class Backend(Protocol):

@@ -40,7 +40,8 @@ httpx = pytest.importorskip("httpx")
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
-from serve.app import ServeArgs, deploy, start, wait_ready  # noqa: E402
+from serve.app import deploy, start, wait_ready  # noqa: E402
+from serve.args import ServeArgs  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 

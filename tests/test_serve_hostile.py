@@ -29,7 +29,8 @@ from modresnet.model import build_model
 
 pytest.importorskip("ray")
 
-from serve.app import ServeArgs, Service, make_api  # noqa: E402
+from serve.args import ServeArgs  # noqa: E402
+from serve.service import Service, make_api  # noqa: E402
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 INFER = "/v2/models/modresnet/infer"
@@ -258,7 +259,7 @@ def test_heavy_decode_does_not_block_probes_and_is_time_bounded(checkpoint):
 # --- item 4: auth fails closed; several keys for rotation ------------------------------------
 
 def test_auth_required_without_key_refuses_to_start(checkpoint, monkeypatch):
-    from serve.app import MissingApiKey
+    from serve.service import MissingApiKey
 
     monkeypatch.delenv("MODRESNET_TEST_ROTATE", raising=False)
     with pytest.raises(MissingApiKey, match="MODRESNET_TEST_ROTATE is unset or empty"):

@@ -20,7 +20,8 @@ pytest.importorskip("ray")
 uvicorn = pytest.importorskip("uvicorn")
 httpclient = pytest.importorskip("tritonclient.http")
 
-from serve.app import ServeArgs, Service, make_api  # noqa: E402
+from serve.args import ServeArgs  # noqa: E402
+from serve.service import Service, make_api  # noqa: E402
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 

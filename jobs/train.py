@@ -1,7 +1,7 @@
 """Ray Train V2 driver: data-parallel training of ModifiedResNet through the one engine.
 
-Each Ray worker runs `train_loop_per_worker`, which builds the same `TrainingState` as the
-local path (DDP from `ray.train.torch.prepare_model` goes in through `build_state(wrap=)`),
+Each Ray worker runs `train_loop_per_worker`, which assembles the run as the local path does
+(`modresnet.assembly.assemble`; DDP from `ray.train.torch.prepare_model` goes in as `wrap`),
 resumes from `ray.train.get_checkpoint()` and calls `engine.fit` with an `on_epoch` that
 reports every epoch to Ray with a checkpoint folder in the core format (rank 0 writes it).
 
@@ -11,34 +11,35 @@ Ray run exactly like a local one:
     <storage>/<name>/
       config.yaml  metrics.jsonl  best/  last/  test.json  curves.png  confusion.png
       ray/         Ray Train's own storage (checkpoints, snapshot); resume = same name+storage
-      wandb/       W&B files, when W&B is on
+      wandb/       W&B files (on unless --no-wandb: jobs.runtime.wandb_policy)
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from modresnet import checkpoint, engine
+from modresnet import checkpoint
+from modresnet.assembly import assemble
 from modresnet.config import Config, from_dict
 from modresnet.data import load_cifar10
+from modresnet.engine import Record, TrainingState
 from modresnet.errors import UserError
-from modresnet.model import build_model
 from modresnet.rundir import RunDir, finalize
 
+from jobs.runtime import connect, resolve_address, wandb_policy
+
 RAY_SUBDIR = "ray"  # Ray Train run storage: <storage>/<name>/ray
-log = logging.getLogger(__name__)
 
 
 class RayTrainSetupError(UserError):
@@ -53,7 +54,7 @@ class RayOptions:
     address: str | None = None  # None: RAY_ADDRESS, else an embedded local Ray
     max_failures: int = 3
     keep_checkpoints: int = 2  # best k by val_acc, plus the latest
-    wandb: bool | None = None  # None: on when WANDB_API_KEY is set or WANDB_MODE=offline
+    wandb: bool | None = True  # only False turns W&B off (jobs.runtime.wandb_policy)
     wandb_project: str = "modresnet"
 
 
@@ -66,22 +67,6 @@ class RayResult:
 
 
 # --------------------------------------------------------------------------- W&B
-
-
-def wandb_settings(requested: bool | None) -> tuple[bool, str | None, str]:
-    """(enabled, mode, reason). Auto: on with an API key or WANDB_MODE=offline."""
-    mode = os.environ.get("WANDB_MODE", "").lower() or None
-    has_key = bool(os.environ.get("WANDB_API_KEY"))
-    if requested is False or mode == "disabled":
-        return False, mode, "W&B off (--no-wandb or WANDB_MODE=disabled)"
-    usable = has_key or mode in ("offline", "dryrun")
-    if requested is None:
-        if usable:
-            return True, mode, f"W&B on ({'offline' if mode in ('offline', 'dryrun') else 'online'})"
-        return False, mode, "W&B off: set WANDB_API_KEY, or WANDB_MODE=offline to log locally"
-    if not usable:
-        raise RayTrainSetupError("--wandb: needs WANDB_API_KEY (online) or WANDB_MODE=offline")
-    return True, mode, "W&B on"
 
 
 def wandb_id(name: str) -> str:
@@ -98,47 +83,38 @@ def _wandb_init(wb: dict, config: dict):
 # --------------------------------------------------------------------------- worker side
 
 
-def train_loop_per_worker(loop_config: dict) -> dict:
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, int]:
     config: Config = from_dict(loop_config["config"])
     import ray.train
     from ray.train import Checkpoint
     from ray.train.torch import get_device, prepare_model
 
-    torch.set_num_threads(max(1, int(loop_config["threads"])))
     rank = ray.train.get_context().get_world_rank()
-    device = get_device()
-    data = load_cifar10(config.data)
-    engine.seed_everything(config.train.seed)
-    model = build_model(config.model).to(device)
-    if config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    state = engine.build_state(config, model, len(data.train),
-                               wrap=lambda m: prepare_model(m, move_to_device=False))
     resumed = ray.train.get_checkpoint()
-    if resumed is not None:
-        with resumed.as_directory() as d:
-            checkpoint.load_training_state(Path(d), state)
+    with resumed.as_directory() if resumed is not None else nullcontext() as d:
+        assembled = assemble(config, get_device(), cpus=loop_config["threads"],
+                             wrap=lambda m: prepare_model(m, move_to_device=False),
+                             resume_from=Path(d) if d is not None else None)
 
     wb = loop_config.get("wandb")
     wandb_run = _wandb_init(wb, config.to_dict()) if wb and rank == 0 else None
 
-    def on_epoch(record: dict, st: engine.TrainingState) -> None:
+    def on_epoch(record: Record, state: TrainingState) -> None:
         if wandb_run is not None:
             wandb_run.log(record, step=record["epoch"])
         with tempfile.TemporaryDirectory(prefix="modresnet-ckpt-") as tmp:
             ckpt = None
             if rank == 0:
-                checkpoint.save_resumable(Path(tmp), st, config, data.classes, record)
+                checkpoint.save_resumable(Path(tmp), state, config, assembled.classes, record)
                 ckpt = Checkpoint.from_directory(tmp)
             ray.train.report(dict(record), checkpoint=ckpt)  # a barrier: every rank reports
 
-    train, val = engine.to_device(data.train, device), engine.to_device(data.val, device)
     try:
-        engine.fit(state, train, val, config, device, on_epoch)
+        assembled.fit(on_epoch)
     finally:
         if wandb_run is not None:
             wandb_run.finish()
-    return {"epochs": state.epoch}
+    return {"epochs": assembled.state.epoch}
 
 
 # --------------------------------------------------------------------------- driver side
@@ -152,109 +128,6 @@ def check_storage(run_path: Path) -> None:
     except OSError as err:
         raise RayTrainSetupError(f"--storage: cannot write to {run_path} "
                                  f"({err.strerror or err})") from None
-
-
-def check_address(address: str, timeout: float = 3.0) -> None:
-    """Fail in seconds on a host:port nobody listens on (ray.init would retry for a minute)."""
-    if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
-        return
-    hostport = address.removeprefix("ray://")
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
-        raise RayTrainSetupError(f"--address {address!r}: expected HOST:PORT, e.g. 10.0.0.5:6379")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except OSError as err:
-        raise RayTrainSetupError(f"--address {address}: no Ray cluster reachable there "
-                                 f"({err.strerror or err}); start one with `ray start --head` "
-                                 f"or drop --address to use a local Ray") from None
-
-
-def local_token_auth() -> None:
-    """Token auth for a Ray this process starts, without Ray's warning or a token file.
-
-    A local `ray.init()` with RAY_AUTH_MODE unset turns token auth on, writes
-    ~/.ray/auth_token and warns on every start. Setting the mode explicitly keeps auth on
-    and silences the warning; a token only this process tree knows (children inherit the
-    environment) keeps the home folder untouched. An explicit RAY_AUTH_MODE is respected."""
-    import secrets
-
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    os.environ["RAY_AUTH_MODE"] = "token"
-    # This process read Ray's config when it imported ray; refresh it as ray.init does when
-    # it turns auth on by default (ray._private.authentication.authentication_token_setup).
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
-
-
-_RAY_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)d -- %(message)s"
-
-
-def ray_logs_to(path: Path) -> None:
-    """Send the Python logs of Ray's libraries (ray, ray.tune, ray.train, ray.serve, ...)
-    to `path` (appended) instead of the console; call again after importing a Ray library
-    that sets up its own console handler (ray.serve does at import). Idempotent."""
-    import sys
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    names = ["ray"] + sorted(n for n in logging.root.manager.loggerDict if n.startswith("ray."))
-    for name in names:
-        logger = logging.getLogger(name)
-        if not logger.handlers and name != "ray":
-            continue
-        for handler in list(logger.handlers):
-            if isinstance(handler, logging.FileHandler):
-                continue  # Ray's own files (session logs) stay
-            if isinstance(handler, logging.StreamHandler) and (
-                    handler.stream in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
-                    or type(handler).__name__ == "PlainRayHandler"):
-                logger.removeHandler(handler)
-        if logger.propagate and name != "ray":
-            continue  # reaches "ray"'s file handler
-        target = str(path.resolve())
-        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == target
-                   for h in logger.handlers):
-            handler = logging.FileHandler(target, mode="a", encoding="utf-8")
-            handler.setFormatter(logging.Formatter(_RAY_LOG_FORMAT))
-            logger.addHandler(handler)
-
-
-def connect(address: str | None, log_file: Path | None = None) -> bool:
-    """Connect to (or start) Ray; True when this call started it and must shut it down.
-    With `log_file`, Ray's Python logs go there (INFO and up) instead of the console."""
-    import ray
-
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    if ray.is_initialized():
-        if log_file is not None:
-            ray_logs_to(log_file)
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    quiet = dict(log_to_driver=False,
-                 logging_level=logging.INFO if log_file is not None else logging.WARNING)
-    if log_file is not None:
-        ray_logs_to(log_file)
-    if address:
-        check_address(address)
-        try:
-            ray.init(address=address, **quiet)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise RayTrainSetupError(f"--address {address}: cannot connect "
-                                     f"({str(err).splitlines()[0]})") from None
-    else:
-        local_token_auth()
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True,
-                 object_store_memory=256 * 1024**2, **quiet)
-    if log_file is not None:
-        ray_logs_to(log_file)  # ray.init may have set up more of Ray's loggers
-    return True
 
 
 def check_resources(options: RayOptions) -> None:
@@ -285,13 +158,10 @@ def _progress_callback(queue):
 
 
 def _copy_checkpoint(src: Path, dst: Path, model_only: bool) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in src.iterdir():
-        if f.is_file() and (not model_only or f.name in (checkpoint.WEIGHTS, checkpoint.META)):
-            shutil.copy2(f, tmp / f.name)
-    checkpoint.replace_dir(tmp, dst)
+    with checkpoint.atomic_dir(dst) as tmp:
+        for f in src.iterdir():
+            if f.is_file() and (not model_only or f.name in (checkpoint.WEIGHTS, checkpoint.META)):
+                shutil.copy2(f, tmp / f.name)
 
 
 def write_run_dir(run: RunDir, config: Config, latest: Path, best: Path) -> list[dict]:
@@ -361,8 +231,8 @@ def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayO
         raise RayTrainSetupError(f"run directory {remote or run_path} already holds a run; pass --resume "
                                  f"to continue it, or choose another --name")
     check_storage(run_path.parent)
-    wb_on, wb_mode, wb_reason = wandb_settings(options.wandb)
-    info(wb_reason)
+    wandb = wandb_policy(options.wandb)
+    info(wandb.reason)
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -376,13 +246,12 @@ def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayO
         check_storage(run_path)
         wb = None
         runtime_env = None
-        if wb_on:
+        if wandb.enabled:
             wb = {"project": os.environ.get("WANDB_PROJECT", options.wandb_project),
                   "id": wandb_id(run_path.name), "name": run_path.name, "dir": str(run_path),
-                  "mode": "offline" if wb_mode in ("offline", "dryrun") else None}
-            env = {k: os.environ[k] for k in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_SILENT")
-                   if k in os.environ}
-            runtime_env = {"env_vars": env} if options.address or os.environ.get("RAY_ADDRESS") else None
+                  "mode": "offline" if wandb.mode == "offline" else None}
+            if resolve_address(options.address):  # workers on other nodes log the same way
+                runtime_env = {"env_vars": wandb.worker_env()}
         queue = Queue(actor_options={"num_cpus": 0})
         run_config = RunConfig(
             name=RAY_SUBDIR, storage_path=str(remote or run_path),

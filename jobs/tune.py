@@ -37,6 +37,8 @@ from modresnet.errors import UserError
 from modresnet.model import build_model
 from modresnet.rundir import check_private_storage
 
+from jobs.ray_private import flushing_wandb_callback, restored_run_config
+from jobs.runtime import connect, quiet_tune_output, use_wandb_env, wandb_policy
 from jobs.search_space import SearchSpace, parse_space, trial_config
 from jobs.tune_results import TuneOutcome, summarize, sync_wandb_dirs
 
@@ -139,7 +141,7 @@ class TuneOptions:
     include_paper: bool = False
     search_seed: int = 0
     address: str | None = None
-    wandb: bool | None = None  # None: on (offline without WANDB_API_KEY)
+    wandb: bool | None = True  # only False turns W&B off (jobs.runtime.wandb_policy)
     wandb_project: str = "modresnet-tune"
     upload_timeout: int = 60
 
@@ -166,63 +168,19 @@ class TuneOptions:
         return METRICS[self.metric]
 
 
-def _flushing_wandb_callback():
-    """WandbLoggerCallback whose per-trial actor tears wandb down after `finish`, so the
-    offline run file is complete before Ray kills the actor (finish alone returns before
-    wandb-core has written the last records, and a trial ending last lost them)."""
-    import ray
-    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
-    from ray.air.util.node import _force_on_current_node
-
-    class _FlushingActor(_WandbLoggingActor):
-        def run(self):
-            super().run()
-            self._wandb.teardown()
-
-    class FlushingWandbLoggerCallback(WandbLoggerCallback):
-        _logger_actor_cls = _FlushingActor
-
-        def _start_logging_actor(self, trial, exclude_results, **wandb_init_kwargs):
-            # Ray's callback makes its logging actor restartable (max_restarts=-1) and hands
-            # it a Queue actor handle, which Ray counts as an object-store argument: its
-            # core worker then logs an error line for every search (ray#53727). The actor
-            # is pinned to this node and lives as long as its trial: no restarts.
-            if not self._remote_logger_class:
-                env = {k: os.environ[k] for k in ("WANDB_API_KEY",) if k in os.environ}
-                self._remote_logger_class = ray.remote(
-                    num_cpus=0, **_force_on_current_node(), runtime_env={"env_vars": env},
-                    max_restarts=0)(self._logger_actor_cls)
-            super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
-
-    return FlushingWandbLoggerCallback
-
-
 def _wandb_callbacks(options: TuneOptions, group: str, info: Callable[[str], None]) -> list:
-    mode = os.environ.get("WANDB_MODE", "").lower()
-    if options.wandb is False or mode == "disabled":
-        info("W&B off")
+    """One W&B run per trial, by the policy all commands share (jobs.runtime.wandb_policy)."""
+    wandb = wandb_policy(options.wandb)
+    project = os.environ.get("WANDB_PROJECT", options.wandb_project)
+    if not wandb.enabled:
+        info(wandb.reason)
         return []
-    if not os.environ.get("WANDB_API_KEY") and mode not in ("offline", "dryrun"):
-        os.environ["WANDB_MODE"] = mode = "offline"  # the callback's key check honours this
-    offline = mode in ("offline", "dryrun")
-    info(f"W&B on ({'offline: wandb sync <trial dir>/wandb/offline-run-* later' if offline else 'online'}), "
-         f"project {options.wandb_project}, group {group}")
-    kwargs = {"mode": "offline"} if offline else {}
-    return [_flushing_wandb_callback()(project=os.environ.get("WANDB_PROJECT", options.wandb_project),
-                                group=group, upload_timeout=options.upload_timeout,
-                                log_config=True, **kwargs)]
-
-
-def _connect(address: str | None, log_file: Path | None = None) -> bool:
-    import ray
-
-    from jobs.train import connect, ray_logs_to
-
-    if ray.is_initialized():
-        if log_file is not None:
-            ray_logs_to(log_file)
-        return False
-    return connect(address, log_file=log_file)
+    info(f"{wandb.reason}, project {project}, group {group}")
+    use_wandb_env(wandb)
+    kwargs = {"mode": "offline"} if wandb.mode == "offline" else {}
+    return [flushing_wandb_callback()(project=project, group=group,
+                                      upload_timeout=options.upload_timeout, log_config=True,
+                                      **kwargs)]
 
 
 def _trainable(job: dict):
@@ -290,8 +248,8 @@ def _restored_output(tuner, run_config) -> None:
     console settings (reporter verbosity, the progress callback)."""
     from jobs.tune_progress import ProgressCallback
 
-    restored = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
-    if restored is None:  # private API moved: the first run's settings stay
+    restored = restored_run_config(tuner)
+    if restored is None:  # not found: the first run's settings stay
         return
     restored.verbose = run_config.verbose
     if not any(isinstance(c, ProgressCallback) for c in restored.callbacks or []):
@@ -334,11 +292,10 @@ def run_search(job: dict, options: TuneOptions, resume: bool = False,
 
     from ray import tune
 
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from jobs.tune_progress import ProgressCallback, TrialTable
 
     callbacks = _wandb_callbacks(options, job["name"], info) + [ProgressCallback()]
-    started = _connect(options.address, log_file=exp / "ray.log")
+    started = connect(options.address, log_file=exp / "ray.log")
     try:
         import ray
 
@@ -360,19 +317,8 @@ def run_search(job: dict, options: TuneOptions, resume: bool = False,
             param_space, tune_config, run_config = _tuner_parts(job, callbacks, verbose)
             tuner = tune.Tuner(_trainable(job), param_space=param_space,
                                tune_config=tune_config, run_config=run_config)
-        # Ray's new output engine prints its experiment banner even at verbose=0; the
-        # legacy engine at verbose=0 prints nothing (RAY_AIR_NEW_OUTPUT, read at fit time).
-        air_output = os.environ.get("RAY_AIR_NEW_OUTPUT")
-        if not verbose:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-        try:
-            with TrialTable(job, console=console, enabled=not verbose):
-                grid = tuner.fit()
-        finally:
-            if air_output is None:
-                os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-            else:
-                os.environ["RAY_AIR_NEW_OUTPUT"] = air_output
+        with quiet_tune_output(verbose), TrialTable(job, console=console, enabled=not verbose):
+            grid = tuner.fit()
         if not job.get("remote"):  # in object storage Tune uploaded each trial folder itself
             sync_wandb_dirs(grid)
         outcome = summarize(grid, job, info)

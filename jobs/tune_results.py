@@ -19,6 +19,7 @@ from modresnet.data import load_cifar10
 from modresnet.errors import UserError
 from modresnet.rundir import RunDir, finalize
 
+from jobs.ray_private import result_grid_trials
 from jobs.search_space import flatten, parse_space, trial_config
 from jobs.train import write_run_dir
 
@@ -55,11 +56,7 @@ def sync_wandb_dirs(grid) -> None:
     """Copy each trial's W&B files from Ray's local trial folder to the experiment folder.
     Tune syncs a trial folder when the trial ends, which is before its W&B logging actor has
     written the last records; the callback has waited for every actor by the time fit returns."""
-    try:
-        trials = grid._experiment_analysis.trials
-    except AttributeError:
-        return
-    for trial in trials:
+    for trial in result_grid_trials(grid):
         src, dst = Path(trial.local_path) / "wandb", Path(trial.path) / "wandb"
         if src.is_dir() and src.resolve() != dst.resolve():
             shutil.copytree(src, dst, dirs_exist_ok=True,
@@ -67,10 +64,7 @@ def sync_wandb_dirs(grid) -> None:
 
 
 def _trial_status(grid) -> dict[str, str]:
-    try:
-        return {t.trial_id: t.status for t in grid._experiment_analysis.trials}
-    except AttributeError:  # private API moved: treat every trial with results as finished
-        return {}
+    return {t.trial_id: t.status for t in result_grid_trials(grid)}
 
 
 def _checkpoint_dirs(result, job: dict) -> tuple[Path | None, Path | None]:
@@ -233,15 +227,12 @@ def export_best(row: TrialRow, exp: Path) -> tuple[RunDir, dict]:
     """The best trial as a core run directory, and its test accuracy (evaluated once)."""
     if row.best is None or row.latest is None:
         raise UserError(f"best trial {row.trial_id} left no checkpoint to export")
-    run = RunDir(exp / BEST_RUN)
-    tmp = RunDir(exp / (BEST_RUN + ".tmp"))
-    shutil.rmtree(tmp.path, ignore_errors=True)
-    write_run_dir(tmp, row.config, row.latest, row.best)
-    data = load_cifar10(row.config.data)
-    test = finalize(tmp, data.test, data.classes, torch.device("cpu"))
-    shutil.rmtree(run.path, ignore_errors=True)
-    tmp.path.rename(run.path)
-    return run, test
+    with checkpoint.atomic_dir(exp / BEST_RUN) as tmp:
+        staged = RunDir(tmp)
+        write_run_dir(staged, row.config, row.latest, row.best)
+        data = load_cifar10(row.config.data)
+        test = finalize(staged, data.test, data.classes, torch.device("cpu"))
+    return RunDir(exp / BEST_RUN), test
 
 
 def summarize(grid, job: dict, info: Callable[[str], None] = print) -> TuneOutcome:

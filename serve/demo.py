@@ -58,12 +58,12 @@ def demo(run: str | Path, n: int = 8, port: int | None = None, backend: str = "o
     import ray
     from ray import serve
 
-    from jobs.train import local_token_auth, ray_logs_to
+    from jobs.runtime import connect
     from modresnet.data import load_cifar10
     from modresnet.images import encode_png
     from modresnet.inference import Predictor
-    from serve.app import APP_NAME, ServeArgs, deploy, start, wait_ready
-    from serve.launch import connect
+    from serve.app import deploy, start, wait_ready
+    from serve.args import APP_NAME, ServeArgs
 
     predictor = Predictor.from_path(run)  # exactly what `modresnet evaluate RUN` loads
     loaded = predictor.loaded
@@ -77,11 +77,8 @@ def demo(run: str | Path, n: int = 8, port: int | None = None, backend: str = "o
     pngs = [encode_png(test.x[i]) for i in range(len(test))]
 
     log_file = Path(run) / "ray.log"
-    local_token_auth()
-    ray_logs_to(log_file)  # ray.serve set up its console handler when it was imported
     port = port or _free_port()
-    owns = connect(None, num_cpus=2)
-    ray_logs_to(log_file)
+    owns = connect("local", log_file=log_file, num_cpus=2)  # its own Ray, even with RAY_ADDRESS
     try:
         start("127.0.0.1", port)
         url = f"http://127.0.0.1:{port}"

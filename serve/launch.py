@@ -1,6 +1,7 @@
 """Start (or update in place) the Serve app from a plain process: `modresnet serve` and the demo.
 
-Ray is imported here only, never by `modresnet` at import time.
+Ray is imported here only, never by `modresnet` at import time; connecting to it follows the
+one rule of jobs/runtime.py (`connect`).
 """
 
 from __future__ import annotations
@@ -10,23 +11,10 @@ import signal
 import threading
 from collections.abc import Callable
 
+from jobs.runtime import connect
 from modresnet.errors import UserError
-from serve.app import APP_NAME, ServeArgs, deploy, start, wait_ready
-
-
-def connect(address: str | None, num_cpus: int | None = None) -> bool:
-    """ray.init: join `address` (e.g. "auto"), or start a private local instance. True if
-    this process owns the cluster (so it must stay up to keep serving)."""
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return False
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    return True
+from serve.app import deploy, start, wait_ready
+from serve.args import APP_NAME, ServeArgs
 
 
 def serve_app(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,

@@ -1,8 +1,9 @@
-"""A failure after training has finished keeps the run: a real `modresnet train` on an embedded
-Ray with W&B offline, whose working directory is deleted once the last epoch is reported (what
-happened to jobs on the local cluster, issue 11). The final W&B step then fails inside
-wandb.init (os.getcwd()); the run directory must still be complete, the command must say so in
-one line, and no traceback may reach the user. The epochs themselves are in W&B already."""
+"""A failure after training has finished keeps the run: a real `modresnet train` on an
+embedded Ray with W&B at its default (offline: no API key), whose working directory is deleted
+once the last epoch is reported (what happened to jobs on the local cluster, issue 11). The
+final W&B step then fails inside wandb.init (os.getcwd()); the run directory must still be
+complete, the command must say so in one line, and no traceback may reach the user. The
+epochs themselves are in W&B already."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from test_cluster import wandb_history
 def test_a_failing_final_wandb_step_keeps_the_finished_run(tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
+    # no WANDB_MODE and no key: the default policy logs offline (jobs.runtime.wandb_policy)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "WANDB_"))}
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true", COLUMNS="250")
+    env.update(WANDB_SILENT="true", COLUMNS="250")
     proc = subprocess.Popen(
         [sys.executable, "-m", "modresnet.cli", "train", "--preset", "debug", "--subset", "256",
          "--epochs", "1", "--workers", "1", "--storage", str(tmp_path), "--name", "r"],

@@ -306,7 +306,7 @@ def test_two_workers_complete_run_directory(ray_local, tmp_path, data_dir):
     from jobs.train import RayOptions, train_ray
 
     seen = []
-    result = train_ray(tiny_config(data_dir, epochs=2), tmp_path / "two", RayOptions(workers=2),
+    result = train_ray(tiny_config(data_dir, epochs=2), tmp_path / "two", RayOptions(workers=2, wandb=False),
                        on_epoch_done=seen.append, info=lambda _: None)
     assert [r["epoch"] for r in seen] == [1, 2]  # the driver got one line per epoch
     assert [r["epoch"] for r in result.history] == [1, 2]
@@ -328,7 +328,7 @@ def test_killed_worker_is_replaced_and_every_epoch_recorded_once(ray_local, tmp_
             killed.append(record["epoch"])
 
     result = train_ray(tiny_config(data_dir, epochs=epochs, **{"data.subset": 600}),
-                       tmp_path / "kill", RayOptions(workers=2, max_failures=3),
+                       tmp_path / "kill", RayOptions(workers=2, max_failures=3, wandb=False),
                        on_epoch_done=on_epoch, info=lambda _: None)
     assert killed and killed[0] < epochs
     assert [r["epoch"] for r in result.history] == list(range(1, epochs + 1))
@@ -370,7 +370,8 @@ def test_workers_spread_over_two_nodes(tmp_path, data_dir):
                 for i, node in enumerate(nodes):
                     placement[i] = len(train_workers_under(raylet_pids(node)[0]))
 
-        train_ray(tiny_config(data_dir, epochs=1), tmp_path / "spread", RayOptions(workers=2),
+        train_ray(tiny_config(data_dir, epochs=1), tmp_path / "spread",
+                  RayOptions(workers=2, wandb=False),
                   on_epoch_done=on_epoch, info=lambda _: None)
         assert placement == {0: 1, 1: 1}  # one worker on each 1-CPU node
         assert_run_dir(tmp_path / "spread", 1)

@@ -1,0 +1,235 @@
+"""The one Ray runtime of modresnet: how train, tune, serve and the Jobs client reach Ray,
+the Ray environment variables they set, and the W&B policy.
+
+Connecting, one rule for every command (`connect`):
+- a Ray already initialized in this process is used as it is, and left running;
+- else the address: `--address`, else $RAY_ADDRESS. `auto` joins the Ray that `ray start`
+  started on this machine; HOST:PORT is a cluster's GCS, checked reachable first so a wrong
+  address fails in seconds instead of after Ray's minute of retries;
+- else (or with the address `local`) an embedded Ray that this process owns: every CPU of the
+  machine (or `num_cpus`), a 256 MiB object store, token auth with a token only this
+  process tree knows (`local_token_auth`), and the dashboard on 127.0.0.1. The dashboard
+  is always on: Ray Train frees a finished run's placement group through the State API,
+  which needs it, and so do `serve status` and `ray job` from another shell.
+
+Environment: the Ray variables modresnet needs are `RAY_ENV`, applied here as defaults (an
+explicit value in the environment wins); no other module writes os.environ.
+
+W&B (`wandb_policy`), one rule for train and tune: on by default, online with
+WANDB_API_KEY, otherwise offline (upload later with `wandb sync`); `--no-wandb` or
+WANDB_MODE=disabled turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from modresnet.errors import UserError
+
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",  # no usage report from an embedded Ray or a client
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # worker prints stay plain (no Ray prefix)
+    # Tune warns when syncing the experiment state takes a few seconds: it does on 2 cores
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+EMBEDDED_OBJECT_STORE_BYTES = 256 * 1024**2
+_RAY_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)d -- %(message)s"
+
+
+class RayConnectError(UserError):
+    """The Ray address given cannot be reached or joined."""
+
+
+# --------------------------------------------------------------------------- environment
+
+
+@contextmanager
+def env_override(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, hide) environment variables for the block, then restore them."""
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+def apply_ray_env() -> None:
+    """RAY_ENV as defaults of this process (and so of every Ray process it starts)."""
+    for name, value in RAY_ENV.items():
+        os.environ.setdefault(name, value)
+
+
+def quiet_tune_output(verbose: bool) -> AbstractContextManager[None]:
+    """Without `verbose`, Ray Tune's legacy output engine (read at fit time): the new one
+    prints its experiment banner even at verbose=0, the legacy one prints nothing."""
+    return env_override({} if verbose else {"RAY_AIR_NEW_OUTPUT": "0"})
+
+
+def local_token_auth() -> None:
+    """Token auth for a Ray this process starts, without Ray's warning or a token file.
+
+    A local `ray.init()` with RAY_AUTH_MODE unset turns token auth on, writes
+    ~/.ray/auth_token and warns on every start. Setting the mode explicitly keeps auth on
+    and silences the warning; a token only this process tree knows (children inherit the
+    environment) keeps the home folder untouched. An explicit RAY_AUTH_MODE is respected."""
+    import secrets
+
+    from jobs.ray_private import reload_auth_config
+
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    reload_auth_config()  # this process read Ray's config when it imported ray
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def ray_logs_to(path: Path) -> None:
+    """Send the Python logs of Ray's libraries (ray, ray.tune, ray.train, ray.serve, ...)
+    to `path` (appended) instead of the console; call again after importing a Ray library
+    that sets up its own console handler (ray.serve does at import). Idempotent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = ["ray"] + sorted(n for n in logging.root.manager.loggerDict if n.startswith("ray."))
+    consoles = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    for name in names:
+        logger = logging.getLogger(name)
+        if not logger.handlers and name != "ray":
+            continue
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler):
+                continue  # Ray's own files (session logs) stay
+            if isinstance(handler, logging.StreamHandler) and (
+                    handler.stream in consoles or type(handler).__name__ == "PlainRayHandler"):
+                logger.removeHandler(handler)
+        if logger.propagate and name != "ray":
+            continue  # reaches "ray"'s file handler
+        target = str(path.resolve())
+        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == target
+                   for h in logger.handlers):
+            handler = logging.FileHandler(target, mode="a", encoding="utf-8")
+            handler.setFormatter(logging.Formatter(_RAY_LOG_FORMAT))
+            logger.addHandler(handler)
+
+
+# --------------------------------------------------------------------------- connecting
+
+
+def check_address(address: str, timeout: float = 3.0) -> None:
+    """Fail in seconds on a host:port nobody listens on (ray.init would retry for a minute)."""
+    if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise RayConnectError(f"--address {address!r}: expected HOST:PORT, e.g. 10.0.0.5:6379")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise RayConnectError(f"--address {address}: no Ray cluster reachable there "
+                              f"({err.strerror or err}); start one with `ray start --head` "
+                              f"or drop --address to use a local Ray") from None
+
+
+def resolve_address(address: str | None) -> str | None:
+    """The cluster to join: --address, else $RAY_ADDRESS; None means an embedded Ray."""
+    resolved = address or os.environ.get("RAY_ADDRESS") or None
+    return None if resolved == "local" else resolved
+
+
+def connect(address: str | None = None, log_file: Path | None = None,
+            num_cpus: int | None = None) -> bool:
+    """Reach Ray by the module's rule; True when this call started Ray and must shut it
+    down. With `log_file`, Ray's Python logs go there (INFO and up) instead of the console;
+    `num_cpus` sizes an embedded Ray (default: every CPU)."""
+    import ray
+
+    apply_ray_env()
+    if log_file is not None:
+        ray_logs_to(log_file)
+    if ray.is_initialized():
+        return False
+    quiet = {"log_to_driver": False,
+             "logging_level": logging.INFO if log_file is not None else logging.WARNING}
+    address = resolve_address(address)
+    if address:
+        check_address(address)
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise RayConnectError(f"--address {address}: cannot connect "
+                                  f"({str(err).splitlines()[0]})") from None
+    else:
+        local_token_auth()
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=True,
+                 dashboard_host="127.0.0.1", object_store_memory=EMBEDDED_OBJECT_STORE_BYTES,
+                 **quiet)
+    if log_file is not None:
+        ray_logs_to(log_file)  # ray.init may have set up more of Ray's loggers
+    return True
+
+
+# --------------------------------------------------------------------------- W&B
+
+WandbMode = Literal["online", "offline", "disabled"]
+
+
+@dataclass(frozen=True)
+class WandbPolicy:
+    """What W&B does for this command, and the one line that tells the user."""
+
+    mode: WandbMode
+    reason: str
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "disabled"
+
+    def worker_env(self) -> dict[str, str]:
+        """What Ray workers on other nodes need to log the same way (the key, if any, comes
+        from the driver's environment, never from a file)."""
+        if not self.enabled:
+            return {}
+        names = ("WANDB_API_KEY", "WANDB_SILENT", "WANDB_PROJECT")
+        env = {k: os.environ[k] for k in names if k in os.environ}
+        return {**env, "WANDB_MODE": self.mode}
+
+
+def wandb_policy(requested: bool | None = True) -> WandbPolicy:
+    """The W&B rule of train and tune: only an explicit False (--no-wandb) or
+    WANDB_MODE=disabled turns it off; online with WANDB_API_KEY, else offline."""
+    env_mode = os.environ.get("WANDB_MODE", "").lower()
+    if requested is False or env_mode == "disabled":
+        return WandbPolicy("disabled", "W&B off (--no-wandb or WANDB_MODE=disabled)")
+    if env_mode in ("offline", "dryrun") or not os.environ.get("WANDB_API_KEY"):
+        return WandbPolicy("offline", "W&B offline (set WANDB_API_KEY to log online; "
+                                      "`wandb sync <dir>/wandb/offline-run-*` uploads later)")
+    return WandbPolicy("online", "W&B online")
+
+
+def use_wandb_env(policy: WandbPolicy) -> None:
+    """Make this process's environment agree with `policy`: Ray's W&B callback checks for
+    an API key unless WANDB_MODE says offline."""
+    if policy.mode == "offline":
+        os.environ["WANDB_MODE"] = "offline"

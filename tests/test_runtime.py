@@ -1,0 +1,95 @@
+"""The one Ray runtime (jobs/runtime.py) and the private-API guard (jobs/ray_private.py),
+without starting Ray: the W&B rule every command shares, the address rule, environment
+overrides that restore themselves, and the clear error on a Ray other than 2.60."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from jobs import ray_private, runtime
+from modresnet.errors import UserError
+
+
+@pytest.mark.parametrize(("requested", "env", "mode"), [
+    (None, {}, "offline"),  # the default: on, offline without a key
+    (True, {}, "offline"),
+    (None, {"WANDB_API_KEY": "k"}, "online"),
+    (None, {"WANDB_API_KEY": "k", "WANDB_MODE": "offline"}, "offline"),
+    (None, {"WANDB_MODE": "dryrun"}, "offline"),
+    (False, {"WANDB_API_KEY": "k"}, "disabled"),  # --no-wandb
+    (True, {"WANDB_API_KEY": "k", "WANDB_MODE": "disabled"}, "disabled"),
+])
+def test_one_wandb_rule(monkeypatch, requested, env, mode):
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    policy = runtime.wandb_policy(requested)
+    assert policy.mode == mode
+    assert policy.enabled == (mode != "disabled")
+    assert policy.reason.startswith("W&B")
+    worker = policy.worker_env()
+    assert worker.get("WANDB_MODE") == (None if mode == "disabled" else mode)
+    assert worker.get("WANDB_API_KEY") == (env.get("WANDB_API_KEY") if policy.enabled else None)
+
+
+def test_offline_policy_tells_rays_callback_in_the_environment(monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    runtime.use_wandb_env(runtime.wandb_policy(None))
+    assert os.environ["WANDB_MODE"] == "offline"
+
+
+def test_env_override_sets_hides_and_restores(monkeypatch):
+    monkeypatch.setenv("MODRESNET_T_SET", "before")
+    monkeypatch.delenv("MODRESNET_T_NEW", raising=False)
+    with runtime.env_override({"MODRESNET_T_SET": None, "MODRESNET_T_NEW": "1"}):
+        assert "MODRESNET_T_SET" not in os.environ and os.environ["MODRESNET_T_NEW"] == "1"
+    assert os.environ["MODRESNET_T_SET"] == "before" and "MODRESNET_T_NEW" not in os.environ
+
+
+def test_address_rule(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert runtime.resolve_address(None) is None  # embedded
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    assert runtime.resolve_address(None) == "auto"
+    assert runtime.resolve_address("10.0.0.5:6379") == "10.0.0.5:6379"  # --address first
+    assert runtime.resolve_address("local") is None  # an embedded Ray, whatever RAY_ADDRESS says
+
+
+def test_bad_or_unreachable_address_is_a_user_error_in_seconds():
+    with pytest.raises(runtime.RayConnectError, match="expected HOST:PORT"):
+        runtime.check_address("no-port")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: the connection is refused
+        with pytest.raises(UserError, match="no Ray cluster reachable"):
+            runtime.check_address(f"127.0.0.1:{port}")
+    runtime.check_address("auto")  # left to ray.init
+
+
+def test_private_ray_apis_refuse_another_ray_version():
+    ray_private.check_ray_version("2.60.0")
+    ray_private.check_ray_version("2.60.3")
+    with pytest.raises(ray_private.UnsupportedRayError) as err:
+        ray_private.check_ray_version("2.61.0")
+    assert isinstance(err.value, UserError)
+    message = str(err.value)
+    assert "Ray 2.61.0 is installed" in message and "2.60" in message
+    assert "pip install ray==2.60.0" in message and "\n" not in message
+
+
+def test_every_private_helper_checks_the_version_first(monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "__version__", "3.0.0")
+    calls = [ray_private.reload_auth_config, ray_private.flushing_wandb_callback,
+             lambda: ray_private.restored_run_config(object()),
+             lambda: ray_private.result_grid_trials(object()),
+             lambda: ray_private.jobs_client("http://127.0.0.1:1", None, RuntimeError)]
+    for call in calls:
+        with pytest.raises(ray_private.UnsupportedRayError, match="Ray 3.0.0 is installed"):
+            call()

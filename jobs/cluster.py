@@ -4,7 +4,7 @@ One head (`ray start --head`, dashboard + Jobs API on 127.0.0.1, 0 CPUs by defau
 raylets (`ray start --address ...`), all on loopback, token auth on. Everything a cluster owns
 lives under a state dir, `$MODRESNET_HOME/cluster` (default ~/.modresnet/cluster):
 
-    state.json     ports, addresses, the processes it started (pid + start time), temp dir
+    state.json     ports, addresses, the processes it started, temp dir (jobs/cluster_state.py)
     auth_token     the generated token, mode 0600 (RAY_AUTH_TOKEN_PATH for every process)
     logs/          output of each `ray start`
 
@@ -17,7 +17,7 @@ developer's) never collide.
 `ray start` daemonizes: it exits and leaves its processes behind. Each `ray start` runs in a new
 session (setsid), whose id every process it spawns inherits. `up` records the boot id, each
 `ray start`'s (pid, start time) and, once up, every process's (pid, start time). `down` stops
-only processes proven ours (see `own_processes`: a recorded pid whose start time still
+only processes proven ours (jobs/cluster_procs.py: a recorded pid whose start time still
 matches, a session still provably ours, this cluster's temp dir in the command line, their
 descendants; nothing after a reboot) - by pid, SIGTERM then SIGKILL, re-checking each pid's
 start time right before signalling. Never `ray stop`, which kills every Ray on the host.
@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -39,140 +37,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from modresnet.errors import UserError
-
-
-class ClusterError(UserError):
-    """A user-fixable problem with the local cluster (printed as one line, exit 2)."""
-
-
-def modresnet_home() -> Path:
-    return Path(os.environ.get("MODRESNET_HOME") or "~/.modresnet").expanduser()
-
-
-def state_dir() -> Path:
-    return modresnet_home() / "cluster"
-
-
-# ------------------------------------------------------------------------------------------
-# processes, read straight from /proc (Linux): pid, parent, session, start time, command line
-
-
-@dataclass(frozen=True)
-class Proc:
-    pid: int
-    ppid: int
-    sid: int
-    start: int  # clock ticks since boot; (pid, start) identifies a process across pid reuse
-    cmdline: str
-
-
-def _read_proc(pid: int) -> Proc | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-    state = fields[0]
-    if state in ("Z", "X"):
-        return None
-    return Proc(pid=pid, ppid=int(fields[1]), sid=int(fields[3]), start=int(fields[19]),
-                cmdline=raw.replace(b"\0", b" ").decode(errors="replace").strip())
-
-
-def processes() -> list[Proc]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            proc = _read_proc(int(entry))
-            if proc is not None:
-                out.append(proc)
-    return out
-
-
-def boot_id() -> str:
-    """This boot's id: after a reboot every recorded pid, session id and start time may name
-    another process."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def alive(pid: int, start: int | None = None) -> bool:
-    proc = _read_proc(pid)
-    return proc is not None and (start is None or proc.start == start)
-
-
-# ------------------------------------------------------------------------------------------
-# state
-
-
-@dataclass
-class ClusterState:
-    home: str
-    temp_dir: str
-    token_path: str
-    node_ip: str
-    gcs_port: int
-    dashboard_port: int
-    client_port: int
-    workers: int
-    cpus_per_node: float
-    head_cpus: float
-    sessions: list[int] = field(default_factory=list)  # sids of our `ray start` processes
-    procs: list[list[int]] = field(default_factory=list)  # [pid, start] of what they left
-    started_at: float = 0.0
-    boot_id: str = ""  # pids and start times mean something only within this boot
-    leaders: list[list[int]] = field(default_factory=list)  # [pid (= sid), start] of `ray start`
-
-    @property
-    def gcs_address(self) -> str:
-        return f"{self.node_ip}:{self.gcs_port}"
-
-    @property
-    def jobs_address(self) -> str:
-        return f"http://{self.node_ip}:{self.dashboard_port}"
-
-    def exports(self) -> dict[str, str]:
-        """The environment a client needs (Jobs API / `ray job` / `modresnet jobs`)."""
-        return {"RAY_ADDRESS": self.jobs_address, "RAY_AUTH_MODE": "token",
-                "RAY_AUTH_TOKEN_PATH": self.token_path}
-
-
-def state_file() -> Path:
-    return state_dir() / "state.json"
-
-
-def load_state() -> ClusterState | None:
-    try:
-        return ClusterState(**json.loads(state_file().read_text()))
-    except FileNotFoundError:
-        return None
-    except (ValueError, TypeError) as err:
-        raise ClusterError(f"{state_file()} is unreadable ({err}); delete it by hand") from None
-
-
-def _save_state(state: ClusterState) -> None:
-    tmp = state_file().with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2))
-    tmp.replace(state_file())
-
-
-def read_token() -> str | None:
-    """The local cluster's token, if there is one in this MODRESNET_HOME."""
-    state = load_state()
-    if state is None:
-        return None
-    try:
-        return Path(state.token_path).read_text().strip() or None
-    except OSError:
-        return None
+from jobs.cluster_procs import boot_id, kill, own_processes, read_proc
+from jobs.cluster_state import (ClusterError, ClusterState, load_state, modresnet_home,
+                                read_token, save_state, state_dir, state_file)
+from jobs.runtime import RAY_ENV
 
 
 # ------------------------------------------------------------------------------------------
@@ -212,7 +84,8 @@ def _child_env(token_path: Path) -> dict[str, str]:
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     env["RAY_AUTH_MODE"] = "token"
     env["RAY_AUTH_TOKEN_PATH"] = str(token_path)
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    for name, value in RAY_ENV.items():
+        env.setdefault(name, value)
     return env
 
 
@@ -244,66 +117,6 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 # ------------------------------------------------------------------------------------------
 # up / status / down
-
-
-def own_processes(state: ClusterState) -> list[Proc]:
-    """Every live process this cluster started, each one proven ours before it counts:
-
-    - a recorded (pid, start time) that still matches, in the boot that recorded it;
-    - a member of one of our sessions, only while that session is provably still ours: its
-      leader (pid = session id) alive with its recorded start time, or a member that is a
-      recorded process (the kernel never reuses a session id while a member lives);
-    - a command line naming this cluster's own temp dir (random, made by `up`);
-    - a descendant of any of these.
-    After a reboot (another boot id) none of them can be alive: nothing is ours."""
-    if state.boot_id and state.boot_id != boot_id():
-        return []
-    procs = processes()
-    me = os.getpid()
-    recorded = {(pid, start) for pid, start in state.procs}
-    verified = [p for p in procs if (p.pid, p.start) in recorded]
-    leaders = {(pid, start) for pid, start in state.leaders}
-    sessions = {p.sid for p in verified} | {p.pid for p in procs if (p.pid, p.start) in leaders}
-    sessions &= set(state.sessions)
-    marker = re.compile(re.escape(state.temp_dir.rstrip("/")) + r"(/|\s|$)")
-    ours = {p.pid for p in procs
-            if p.pid != me and ((p.pid, p.start) in recorded or p.sid in sessions
-                                or marker.search(p.cmdline))}
-    children: dict[int, list[int]] = {}
-    for p in procs:
-        children.setdefault(p.ppid, []).append(p.pid)
-    stack = list(ours)
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in ours and child != me:
-                ours.add(child)
-                stack.append(child)
-    return [p for p in procs if p.pid in ours]
-
-
-def _kill(procs: list[Proc], grace_s: float = 8.0) -> int:
-    """SIGTERM, wait up to grace_s, SIGKILL what is left. Returns how many were signalled."""
-    targets = [(p.pid, p.start) for p in procs]
-    for pid, start in targets:
-        if not alive(pid, start):  # gone since it was listed; its pid may be another's now
-            continue
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(alive(pid, start) for pid, start in targets):
-        time.sleep(0.2)
-    for pid, start in targets:
-        if alive(pid, start):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(alive(pid, start) for pid, start in targets):
-        time.sleep(0.1)
-    return len(targets)
 
 
 def node_temp_dir(temp_dir: str, i: int) -> str:
@@ -340,14 +153,14 @@ def _wait_started(procs: list[tuple[subprocess.Popen, Path]], timeout_s: float) 
 def _record_leader(state: ClusterState, proc: subprocess.Popen) -> None:
     """Record a `ray start` (a session leader: its pid is the session id) with its start time."""
     state.sessions.append(proc.pid)
-    me = _read_proc(proc.pid)
+    me = read_proc(proc.pid)
     if me is not None:
         state.leaders.append([proc.pid, me.start])
-    _save_state(state)
+    save_state(state)
 
 
 @contextmanager
-def _cluster_lock():
+def _cluster_lock() -> Iterator[None]:
     """`up` and `down` of one MODRESNET_HOME run one at a time (an flock: a killed holder
     releases it)."""
     from filelock import FileLock, Timeout
@@ -368,14 +181,15 @@ def _cluster_lock():
 
 
 def up(workers: int = 2, cpus_per_node: float = 1, head_cpus: float = 0,
-       object_store_mb: int = 256, timeout_s: float = 240, log=print) -> ClusterState:
+       object_store_mb: int = 256, timeout_s: float = 240,
+       log: Callable[[str], None] = print) -> ClusterState:
     """Start the cluster, holding the cluster lock (see `_up`)."""
     with _cluster_lock():
         return _up(workers, cpus_per_node, head_cpus, object_store_mb, timeout_s, log)
 
 
 def _up(workers: int, cpus_per_node: float, head_cpus: float, object_store_mb: int,
-        timeout_s: float, log) -> ClusterState:
+        timeout_s: float, log: Callable[[str], None]) -> ClusterState:
     if workers < 0:
         raise ClusterError("--workers must be >= 0")
     if cpus_per_node <= 0:
@@ -410,7 +224,7 @@ def _up(workers: int, cpus_per_node: float, head_cpus: float, object_store_mb: i
                          node_ip=node_ip, gcs_port=gcs, dashboard_port=dash, client_port=client,
                          workers=workers, cpus_per_node=cpus_per_node, head_cpus=head_cpus,
                          started_at=time.time(), boot_id=boot_id())
-    _save_state(state)  # saved first, so `down` can clean up even a half-started cluster
+    save_state(state)  # saved first, so `down` can clean up even a half-started cluster
     env = _child_env(token_path)
     # the head's two Prometheus servers default to fixed ports (44227, 44217): a second cluster
     # on this machine would fail to bind them
@@ -455,7 +269,7 @@ def _up(workers: int, cpus_per_node: float, head_cpus: float, object_store_mb: i
         _down(quiet=True, log=log)
         raise
     state.procs = [[p.pid, p.start] for p in own_processes(state)]
-    _save_state(state)
+    save_state(state)
     log(f"cluster up in {time.monotonic() - t0:.0f}s: {workers + 1} nodes, "
         f"{len(state.procs)} processes, state in {sdir}")
     return state
@@ -480,7 +294,7 @@ def _wait_ready(state: ClusterState, token: str, nodes: int, deadline: float) ->
     raise ClusterError(f"cluster not ready in time ({last}); logs in {state_dir() / 'logs'}")
 
 
-def status(timeout: float = 5.0) -> dict:
+def status(timeout: float = 5.0) -> dict[str, object]:
     state = load_state()
     if state is None:
         raise ClusterError(f"no cluster in {modresnet_home()}; start one with `modresnet cluster up`")
@@ -507,13 +321,13 @@ def _cleanup_files(state: ClusterState) -> None:
     state_file().unlink(missing_ok=True)
 
 
-def down(quiet: bool = False, log=print) -> int:
+def down(quiet: bool = False, log: Callable[[str], None] = print) -> int:
     """Stop exactly this cluster's processes, by pid, holding the cluster lock."""
     with _cluster_lock():
         return _down(quiet, log)
 
 
-def _down(quiet: bool, log) -> int:
+def _down(quiet: bool, log: Callable[[str], None]) -> int:
     """Stop exactly this cluster's processes, by pid. Returns how many were stopped."""
     state = load_state()
     if state is None:
@@ -525,7 +339,7 @@ def _down(quiet: bool, log) -> int:
         procs = own_processes(state)
         if not procs:
             break
-        n += _kill(procs)
+        n += kill(procs)
     left = own_processes(state)
     if left:
         raise ClusterError(f"could not stop pids {[p.pid for p in left]}")

@@ -136,7 +136,7 @@ def test_dockerfile_pins_ray_and_bakes_no_secret():
 def _fake_state(home: Path, tmp: Path, **fields) -> Path:
     from dataclasses import asdict
 
-    from jobs.cluster import ClusterState
+    from jobs.cluster_state import ClusterState
 
     (home / "cluster").mkdir(parents=True, exist_ok=True)
     state = ClusterState(home=str(home), temp_dir=str(tmp / "mrray-gone"), token_path=str(
@@ -148,13 +148,14 @@ def _fake_state(home: Path, tmp: Path, **fields) -> Path:
 
 
 def test_down_leaves_alone_a_recorded_pid_now_used_by_another_process(tmp_path):
-    from jobs.cluster import ClusterState, _read_proc, boot_id, own_processes
+    from jobs.cluster_procs import boot_id, own_processes, read_proc
+    from jobs.cluster_state import ClusterState
 
     # an unrelated process that got a pid (and, as a session leader, a session id) the
     # cluster once recorded for its `ray start`, which had started at another time
     other = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:
-        pid, start = other.pid, _read_proc(other.pid).start
+        pid, start = other.pid, read_proc(other.pid).start
         home = tmp_path / "home"
         path = _fake_state(home, tmp_path, sessions=[pid], procs=[[pid, start - 7]],
                            leaders=[[pid, start - 7]], boot_id=boot_id())
@@ -395,7 +396,8 @@ def test_the_jobs_api_listens_on_loopback_only_and_other_listeners_are_known(clu
 
     import psutil
 
-    from jobs.cluster import ClusterState, own_processes
+    from jobs.cluster_procs import own_processes
+    from jobs.cluster_state import ClusterState
 
     ours = {p.pid: p.cmdline for p in own_processes(ClusterState(**cluster.state))}
     listeners = [(c.laddr.ip, c.laddr.port, ours[c.pid])
@@ -424,7 +426,8 @@ def test_the_jobs_api_listens_on_loopback_only_and_other_listeners_are_known(clu
 
 @pytest.mark.ray
 def test_cluster_down_stops_exactly_its_own_processes(cluster):
-    from jobs.cluster import ClusterState, alive, own_processes, processes
+    from jobs.cluster_procs import alive, own_processes, processes
+    from jobs.cluster_state import ClusterState
 
     state = ClusterState(**cluster.state)
     ours = own_processes(state)

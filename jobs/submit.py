@@ -25,9 +25,11 @@ import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from jobs import cluster as local_cluster
+from jobs import cluster_state as local_cluster
+from jobs.ray_private import JobsHttpError, jobs_client
+from jobs.runtime import env_override
 from modresnet.errors import UserError
 
 COMMANDS = ("train", "tune", "serve")
@@ -159,51 +161,33 @@ def _check(address: str, token: str | None) -> None:
         raise JobsError(f"{address}: not a Ray Jobs API (unexpected answer to /api/version)")
 
 
-@contextmanager
-def _no_address_env() -> Iterator[None]:
-    """JobSubmissionClient lets RAY_ADDRESS/RAY_API_SERVER_ADDRESS override its address
-    argument; ours is already resolved, so hide them while the client is built."""
-    saved = {k: os.environ.pop(k) for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
-             if k in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
-def _client_class():
-    from ray.job_submission import JobSubmissionClient
-
-    class NoRedirectClient(JobSubmissionClient):
-        """Every SDK request with allow_redirects=False: requests keeps the Authorization
-        header on a same-host redirect (http -> https -> another port alike)."""
-
-        def _do_request(self, method, endpoint, **kwargs):
-            kwargs["allow_redirects"] = False
-            response = super()._do_request(method, endpoint, **kwargs)
-            if response.is_redirect:
-                raise _redirect_error(self._address, response.status_code,
-                                      response.headers.get("Location"))
-            return response
-
-    return NoRedirectClient
-
-
-def client(address: str | None = None, insecure_token: bool = False):
+def client(address: str | None = None, insecure_token: bool = False) -> Any:
     address = resolve_address(address)
     token = resolve_token(address)
     check_token_transport(address, token, insecure_token)
     _check(address, token)
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    with _no_address_env():
-        return _client_class()(address, headers=headers)
+    # JobSubmissionClient lets RAY_ADDRESS/RAY_API_SERVER_ADDRESS override its address
+    # argument; ours is already resolved, so they are hidden while the client is built.
+    hidden = env_override({"RAY_ADDRESS": None, "RAY_API_SERVER_ADDRESS": None})
+    with hidden, _ray_errors(address):
+        return jobs_client(address, headers, _redirect_error)
 
 
-def _job_call(fn, job_id: str, address: str):
+@contextmanager
+def _ray_errors(address: str, job_id: str | None = None) -> Iterator[None]:
+    """Ray's failures that a user can fix, by type: a token Ray refused, a job id the Jobs
+    API does not know (HTTP 404)."""
+    from ray.exceptions import AuthenticationError
+
     try:
-        return fn(job_id)
-    except RuntimeError as err:
-        if "404" in str(err) or "does not exist" in str(err):
+        yield
+    except AuthenticationError as err:
+        first = (err.message.splitlines() or ["?"])[0]
+        raise JobsError(f"{address}: the cluster refused the token ({first}); check "
+                        f"RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH") from None
+    except JobsHttpError as err:
+        if job_id is not None and err.status == 404:
             raise JobsError(f"no job {job_id!r} on {address}; see `modresnet jobs list`") from None
         raise
 
@@ -249,7 +233,8 @@ def submit(command: str, args: list[str], address: str | None = None,
     if submission_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
                                                    submission_id):
         raise JobsError(f"--submission-id {submission_id!r}: use letters, digits, '.', '_', '-'")
-    c = client(address, insecure_token)
+    addr = resolve_address(address)
+    c = client(addr, insecure_token)
     import logging
 
     for name in ("ray", "ray._private.runtime_env", "ray.dashboard"):  # packaging INFO chatter
@@ -260,31 +245,48 @@ def submit(command: str, args: list[str], address: str | None = None,
     if entrypoint_num_cpus is not None:
         kwargs["entrypoint_num_cpus"] = entrypoint_num_cpus
     try:
-        return c.submit_job(entrypoint=entrypoint(command, args), submission_id=submission_id,
-                            runtime_env=runtime_env,
-                            metadata={"modresnet.command": command, "modresnet.client": "cli"},
-                            **kwargs)
-    except RuntimeError as err:
-        text = str(err)
-        if "already exists" in text:
-            raise JobsError(f"--submission-id {submission_id!r} is already used on this cluster") from None
-        if "413" in text:
+        with _ray_errors(addr):
+            return str(c.submit_job(
+                entrypoint=entrypoint(command, args), submission_id=submission_id,
+                runtime_env=runtime_env,
+                metadata={"modresnet.command": command, "modresnet.client": "cli"}, **kwargs))
+    except JobsHttpError as err:
+        if err.status == 413:
             raise JobsError("the working_dir package is too large for the Jobs API (100 MiB); "
                             "check .rayignore") from None
+        if err.status == 400 and submission_id is not None and _exists(c, submission_id):
+            raise JobsError(f"--submission-id {submission_id!r} is already used on this "
+                            f"cluster") from None
         raise
+
+
+def _exists(c: Any, job_id: str) -> bool:
+    try:
+        c.get_job_info(job_id)
+    except JobsHttpError as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
 
 
 # ------------------------------------------------------------------------------------------
 # list / status / logs / stop
 
 
-def list_jobs(address: str | None = None, insecure_token: bool = False) -> list:
-    return sorted(client(address, insecure_token).list_jobs(), key=lambda j: j.start_time or 0)
+def list_jobs(address: str | None = None, insecure_token: bool = False) -> list[Any]:
+    addr = resolve_address(address)
+    c = client(addr, insecure_token)
+    with _ray_errors(addr):
+        jobs = c.list_jobs()
+    return sorted(jobs, key=lambda j: j.start_time or 0)
 
 
-def job_info(job_id: str, address: str | None = None, insecure_token: bool = False):
-    c = client(address, insecure_token)
-    return _job_call(c.get_job_info, job_id, resolve_address(address))
+def job_info(job_id: str, address: str | None = None, insecure_token: bool = False) -> Any:
+    addr = resolve_address(address)
+    c = client(addr, insecure_token)
+    with _ray_errors(addr, job_id):
+        return c.get_job_info(job_id)
 
 
 def logs(job_id: str, address: str | None = None, follow: bool = False, out=sys.stdout,
@@ -292,7 +294,8 @@ def logs(job_id: str, address: str | None = None, follow: bool = False, out=sys.
     """Print the job's logs (following them until the job ends); returns its final status."""
     addr = resolve_address(address)
     c = client(addr, insecure_token)
-    status = str(_job_call(c.get_job_status, job_id, addr))
+    with _ray_errors(addr, job_id):
+        status = str(c.get_job_status(job_id))
     if not follow:
         out.write(c.get_job_logs(job_id))
         out.flush()
@@ -317,14 +320,11 @@ def stop(job_id: str, address: str | None = None, wait_s: float = 60,
     """Stop a job and wait until it has stopped; returns its final status."""
     addr = resolve_address(address)
     c = client(addr, insecure_token)
-    _job_call(c.stop_job, job_id, addr)
+    with _ray_errors(addr, job_id):
+        c.stop_job(job_id)
     deadline = time.monotonic() + wait_s
     while True:
         status = str(c.get_job_status(job_id))
         if status in TERMINAL or time.monotonic() > deadline:
             return status
         time.sleep(0.5)
-
-
-def status_str(status) -> str:
-    return str(getattr(status, "value", status))

@@ -119,6 +119,31 @@ def test_no_request_carrying_the_token_follows_a_redirect(redirected, tmp_path, 
         elsewhere.close()
 
 
+def test_ray_failures_are_classified_by_type_not_message(tmp_path, monkeypatch):
+    """A job id the Jobs API does not know (HTTP 404) and a token Ray refuses (its
+    AuthenticationError) are one-line JobsErrors, whatever the server's text says."""
+
+    def answer(path):
+        if path == "/api/version":
+            return 200, {"Content-Type": "application/json"}, json.dumps(
+                {"ray_version": "2.60.0", "version": "2.60.0"}).encode()
+        if path.startswith("/api/jobs/no-such"):
+            return 404, {}, b"some wording Ray may change"
+        return 403, {}, b"nope"
+
+    server = Recorder("127.0.0.1", answer)
+    monkeypatch.setenv("MODRESNET_HOME", str(tmp_path))
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        with pytest.raises(submit.JobsError, match=r"no job 'no-such' on http://127\.0\.0\.1"):
+            submit.job_info("no-such", server.url)
+        with pytest.raises(submit.JobsError, match="the cluster refused the token"):
+            submit.list_jobs(server.url)
+    finally:
+        server.close()
+
+
 def _experiment(root: Path) -> Path:
     exp = root / "search"
     (exp / "trial_0").mkdir(parents=True)

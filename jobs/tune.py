@@ -24,30 +24,22 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from modresnet import checkpoint, config as configs, engine
+from modresnet import checkpoint, config as configs
+from modresnet.assembly import assemble
 from modresnet.config import Config
-from modresnet.data import load_cifar10
-from modresnet.errors import UserError
-from modresnet.model import build_model
+from modresnet.engine import Record, TrainingState
 from modresnet.rundir import check_private_storage
 
 from jobs.ray_private import flushing_wandb_callback, restored_run_config
 from jobs.runtime import connect, quiet_tune_output, use_wandb_env, wandb_policy
-from jobs.search_space import SearchSpace, parse_space, trial_config
+from jobs.search_space import trial_config
+from jobs.tune_job import JOB_FILE, TuneJob, TuneSetupError
 from jobs.tune_results import TuneOutcome, summarize, sync_wandb_dirs
-
-JOB_FILE = "modresnet-tune.json"
-METRICS = {"val_acc": "max", "val_loss": "min", "train_acc": "max", "train_loss": "min"}
-
-
-class TuneSetupError(UserError):
-    """Flags or the experiment folder do not allow this search."""
 
 
 # --------------------------------------------------------------------------- trial side
@@ -57,38 +49,27 @@ def _report_metrics(record: dict) -> dict:
     return {k: v for k, v in record.items() if isinstance(v, (int, float))}
 
 
-def run_trial(params: dict, job: dict) -> None:
+def run_trial(params: dict, job: TuneJob) -> None:
     """One Tune trial: the config of this point, trained by engine.fit, reported per epoch."""
     from ray import tune
 
-    base = configs.from_dict(job["base"])
-    config = trial_config(base, params)
-    if job["workers_per_trial"] > 1:
+    config = trial_config(job.base, params)
+    if job.workers_per_trial > 1:
         return _run_train_trial(config, job)
-    threads = config.train.threads or max(1, int(job["cpus_per_trial"]))
-    torch.set_num_threads(threads)
-    device = engine.select_device(config.train.device)
-    data = load_cifar10(config.data)
-    engine.seed_everything(config.train.seed)
-    model = build_model(config.model).to(device)
-    if config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    state = engine.build_state(config, model, len(data.train))
     resumed = tune.get_checkpoint()
-    if resumed is not None:
-        with resumed.as_directory() as d:
-            checkpoint.load_training_state(Path(d), state)
+    with resumed.as_directory() if resumed is not None else nullcontext() as d:
+        assembled = assemble(config, cpus=job.cpus_per_trial,
+                             resume_from=Path(d) if d is not None else None)
 
-    def on_epoch(record: dict, st: engine.TrainingState) -> None:
+    def on_epoch(record: Record, state: TrainingState) -> None:
         with tempfile.TemporaryDirectory(prefix="modresnet-tune-") as d:
-            checkpoint.save_resumable(Path(d), st, config, data.classes, record)
+            checkpoint.save_resumable(Path(d), state, config, assembled.classes, record)
             tune.report(_report_metrics(record), checkpoint=tune.Checkpoint.from_directory(d))
 
-    train, val = engine.to_device(data.train, device), engine.to_device(data.val, device)
-    engine.fit(state, train, val, config, device, on_epoch)
+    assembled.fit(on_epoch)
 
 
-def _run_train_trial(config: Config, job: dict) -> None:
+def _run_train_trial(config: Config, job: TuneJob) -> None:
     """A data-parallel trial: a TorchTrainer over jobs.train's worker loop. Its Train run is
     named after the trial, so a restored trial resumes that run from its last checkpoint."""
     import ray.train
@@ -98,28 +79,28 @@ def _run_train_trial(config: Config, job: dict) -> None:
 
     from jobs.train import train_loop_per_worker
 
-    workers = job["workers_per_trial"]
+    workers = job.workers_per_trial
     # The trial itself holds 0.01 CPU (see _trainable); the workers share the rest, so a
     # trial of --cpus-per-trial N fits in N CPUs (whole CPUs per worker above one).
-    per_worker_cpu = (job["cpus_per_trial"] - 0.01) / workers
+    per_worker_cpu = (job.cpus_per_trial - 0.01) / workers
     if per_worker_cpu >= 1:
-        per_worker_cpu = float(int(job["cpus_per_trial"] // workers))
-    per_worker_gpu = job["gpus_per_trial"] / workers
+        per_worker_cpu = float(int(job.cpus_per_trial // workers))
+    per_worker_gpu = job.gpus_per_trial / workers
     trial_id = tune.get_context().get_trial_id()
     resources = {"CPU": per_worker_cpu, **({"GPU": per_worker_gpu} if per_worker_gpu else {})}
     TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "threads": max(1, int(per_worker_cpu)),
+        train_loop_config={"config": config.to_dict(), "threads": per_worker_cpu,
                            "wandb": None},
         torch_config=TorchConfig(backend="nccl" if per_worker_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=bool(per_worker_gpu),
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}", storage_path=job["train_storage"],
+            name=f"train-{trial_id}", storage_path=job.train_storage,
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=job["metric"],
-                checkpoint_score_order=job["mode"]),
+                num_to_keep=1, checkpoint_score_attribute=job.metric,
+                checkpoint_score_order=job.mode),
             failure_config=ray.train.FailureConfig(max_failures=1)),
     ).fit()
 
@@ -129,43 +110,12 @@ def _run_train_trial(config: Config, job: dict) -> None:
 
 @dataclass(frozen=True)
 class TuneOptions:
-    samples: int = 8
-    max_epochs: int = 10
-    grace_period: int = 1
-    reduction_factor: int = 2
-    concurrent: int = 2
-    metric: str = "val_acc"
-    workers_per_trial: int = 1
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    include_paper: bool = False
-    search_seed: int = 0
+    """How this process runs the search; unlike the TuneJob, these may change on --resume."""
+
     address: str | None = None
     wandb: bool | None = True  # only False turns W&B off (jobs.runtime.wandb_policy)
     wandb_project: str = "modresnet-tune"
     upload_timeout: int = 60
-
-    def check(self) -> None:
-        if self.metric not in METRICS:
-            raise TuneSetupError(f"--metric: must be one of {', '.join(METRICS)}; got {self.metric!r}")
-        for flag, value, low in (("--samples", self.samples, 1), ("--max-epochs", self.max_epochs, 1),
-                                 ("--grace-period", self.grace_period, 1),
-                                 ("--reduction-factor", self.reduction_factor, 2),
-                                 ("--concurrent", self.concurrent, 1),
-                                 ("--workers-per-trial", self.workers_per_trial, 1)):
-            if value < low:
-                raise TuneSetupError(f"{flag}: must be at least {low}, got {value}")
-        if self.grace_period > self.max_epochs:
-            raise TuneSetupError(f"--grace-period {self.grace_period} exceeds --max-epochs "
-                                 f"{self.max_epochs}; ASHA could never stop a trial")
-        if self.cpus_per_trial <= 0:
-            raise TuneSetupError(f"--cpus-per-trial: must be positive, got {self.cpus_per_trial}")
-        if self.gpus_per_trial < 0:
-            raise TuneSetupError(f"--gpus-per-trial: must be >= 0, got {self.gpus_per_trial}")
-
-    @property
-    def mode(self) -> str:
-        return METRICS[self.metric]
 
 
 def _wandb_callbacks(options: TuneOptions, group: str, info: Callable[[str], None]) -> list:
@@ -183,64 +133,39 @@ def _wandb_callbacks(options: TuneOptions, group: str, info: Callable[[str], Non
                                       **kwargs)]
 
 
-def _trainable(job: dict):
+def _trainable(job: TuneJob):
     from ray import tune
 
-    if job["workers_per_trial"] > 1:  # the trial only drives a TorchTrainer; its workers hold the CPUs
+    if job.workers_per_trial > 1:  # the trial only drives a TorchTrainer; its workers hold the CPUs
         resources = {"cpu": 0.01}
     else:
-        resources = {"cpu": job["cpus_per_trial"], "gpu": job["gpus_per_trial"]}
+        resources = {"cpu": job.cpus_per_trial, "gpu": job.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(run_trial, job=job), resources)
 
 
-def _tuner_parts(job: dict, callbacks: list, verbose: bool = True):
+def _tuner_parts(job: TuneJob, callbacks: list, verbose: bool = True):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    base = configs.from_dict(job["base"])
-    space = parse_space(job["space"], base, job["space_source"], checks=0)
-    points = [space.point(configs.paper())] if job["include_paper"] else None
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=job["max_epochs"],
-                              grace_period=job["grace_period"],
-                              reduction_factor=job["reduction_factor"])
-    search_alg = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=job["concurrent"],
-                                       random_state=job["search_seed"])
-    tune_config = tune.TuneConfig(metric=job["metric"], mode=job["mode"],
-                                  num_samples=job["samples"], scheduler=scheduler,
+    space = job.search_space()
+    points = [space.point(configs.paper())] if job.include_paper else None
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=job.max_epochs,
+                              grace_period=job.grace_period,
+                              reduction_factor=job.reduction_factor)
+    search_alg = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=job.concurrent,
+                                       random_state=job.search_seed)
+    tune_config = tune.TuneConfig(metric=job.metric, mode=job.mode,
+                                  num_samples=job.samples, scheduler=scheduler,
                                   search_alg=search_alg)
     run_config = tune.RunConfig(
-        name=job["name"], storage_path=job.get("remote") or job["storage"], callbacks=callbacks,
+        name=job.name, storage_path=job.remote or job.storage, callbacks=callbacks,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1,
-                                                checkpoint_score_attribute=job["metric"],
-                                                checkpoint_score_order=job["mode"]),
+                                                checkpoint_score_attribute=job.metric,
+                                                checkpoint_score_order=job.mode),
         failure_config=tune.FailureConfig(max_failures=1),
         verbose=None if verbose else 0)  # 0: no Ray reporter; jobs/tune_progress draws a table
     return space.param_space(), tune_config, run_config
-
-
-def new_job(base: Config, space: SearchSpace, options: TuneOptions, storage: Path,
-            name: str) -> dict:
-    options.check()
-    base = base.with_overrides({"train.epochs": options.max_epochs})
-    exp = storage / name
-    return {"name": name, "storage": str(storage), "base": base.to_dict(),
-            "space": space.raw, "space_source": space.source,
-            "samples": options.samples, "max_epochs": options.max_epochs,
-            "grace_period": options.grace_period, "reduction_factor": options.reduction_factor,
-            "concurrent": options.concurrent, "metric": options.metric, "mode": options.mode,
-            "workers_per_trial": options.workers_per_trial,
-            "cpus_per_trial": options.cpus_per_trial, "gpus_per_trial": options.gpus_per_trial,
-            "include_paper": options.include_paper, "search_seed": options.search_seed,
-            "train_storage": str(exp / "train-runs")}
-
-
-def read_job(exp: Path) -> dict:
-    try:
-        return json.loads((exp / JOB_FILE).read_text())
-    except FileNotFoundError:
-        raise TuneSetupError(f"--resume: {exp} holds no modresnet search ({JOB_FILE} missing); "
-                             f"check NAME and --storage") from None
 
 
 def _restored_output(tuner, run_config) -> None:
@@ -256,52 +181,51 @@ def _restored_output(tuner, run_config) -> None:
         restored.callbacks = list(restored.callbacks or []) + [ProgressCallback()]
 
 
-def run_search(job: dict, options: TuneOptions, resume: bool = False,
+def run_search(job: TuneJob, options: TuneOptions, resume: bool = False,
                info: Callable[[str], None] = print, verbose: bool = False,
                console=None) -> TuneOutcome:
     """Start (or restore) the search, then write the leaderboard, plot and best run.
 
     Progress: one compact table of trials on `console` (jobs/tune_progress.py), or with
     `verbose` Ray Tune's own reporter. Ray's Python logs go to <experiment>/ray.log."""
-    storage = Path(job["storage"])
-    exp = storage / job["name"]
+    exp = job.experiment
     if resume:
         if not (exp / JOB_FILE).exists():
             raise TuneSetupError(f"--resume: no search at {exp}; check NAME and --storage")
         check_private_storage(exp)  # it unpickles Ray's state from there
     else:
-        if job.get("remote"):  # object storage: Tune writes there; exp is the local staging
+        if job.remote:  # object storage: Tune writes there; exp is the local staging
             from modresnet import storage as object_storage
 
-            remote = object_storage.parse(job["remote"]).join(job["name"])
+            remote = object_storage.parse(job.remote).join(job.name)
             object_storage.check_writable(remote)
             if object_storage.exists(remote.join(JOB_FILE)):
                 raise TuneSetupError(f"{remote} already holds a search; choose another --name")
             shutil.rmtree(exp, ignore_errors=True)  # staging of an earlier, unpublished try
         if exp.exists() and any(exp.iterdir()):
             raise TuneSetupError(f"{exp} already holds a search; continue it with --resume "
-                                 f"{job['name']}, or choose another --name")
+                                 f"{job.name}, or choose another --name")
         exp.mkdir(parents=True, exist_ok=True)
-        (exp / JOB_FILE).write_text(json.dumps(job, indent=2))
-    if job["workers_per_trial"] > 1:
+        (exp / JOB_FILE).write_text(json.dumps(job.to_dict(), indent=2))
+    if job.workers_per_trial > 1:
         try:
             from jobs.train import train_loop_per_worker  # noqa: F401
         except ImportError as err:
-            raise TuneSetupError(f"--workers-per-trial {job['workers_per_trial']} needs the Ray "
+            raise TuneSetupError(f"--workers-per-trial {job.workers_per_trial} needs the Ray "
                                  f"Train worker in jobs/train.py ({err})") from None
 
     from ray import tune
 
     from jobs.tune_progress import ProgressCallback, TrialTable
 
-    callbacks = _wandb_callbacks(options, job["name"], info) + [ProgressCallback()]
+    callbacks = _wandb_callbacks(options, job.name, info) + [ProgressCallback()]
     started = connect(options.address, log_file=exp / "ray.log")
     try:
         import ray
 
         cpus = ray.cluster_resources().get("CPU", 0)
-        if job["cpus_per_trial"] > cpus:
-            raise TuneSetupError(f"--cpus-per-trial {job['cpus_per_trial']:g} exceeds the "
+        if job.cpus_per_trial > cpus:
+            raise TuneSetupError(f"--cpus-per-trial {job.cpus_per_trial:g} exceeds the "
                                  f"{cpus:g} CPUs of the Ray cluster")
         if resume:
             if not tune.Tuner.can_restore(str(exp)):
@@ -319,13 +243,13 @@ def run_search(job: dict, options: TuneOptions, resume: bool = False,
                                tune_config=tune_config, run_config=run_config)
         with quiet_tune_output(verbose), TrialTable(job, console=console, enabled=not verbose):
             grid = tuner.fit()
-        if not job.get("remote"):  # in object storage Tune uploaded each trial folder itself
+        if not job.remote:  # in object storage Tune uploaded each trial folder itself
             sync_wandb_dirs(grid)
         outcome = summarize(grid, job, info)
-        if job.get("remote"):
+        if job.remote:
             from modresnet import storage as object_storage
 
-            remote = object_storage.parse(job["remote"]).join(job["name"])
+            remote = object_storage.parse(job.remote).join(job.name)
             object_storage.publish(exp, remote)  # test.json files last
             info(f"published the search's outputs to {remote}")
         return outcome

@@ -19,8 +19,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from modresnet import config as configs
-from jobs.search_space import ADAM_ONLY, SGD_ONLY, parse_space
+from jobs.search_space import ADAM_ONLY, SGD_ONLY
+from jobs.tune_job import TuneJob
 
 # Sampled fields in the order a reader wants them; the rest follow in the space's order.
 PRIORITY = ("optim.name", "optim.lr", "train.batch_size", "schedule.name", "optim.weight_decay",
@@ -115,15 +115,13 @@ def _flat(config: dict) -> dict[str, Any]:
 class TrialTable:
     """The open progress display of this process (a context manager around `tuner.fit()`)."""
 
-    def __init__(self, job: dict, console=None, enabled: bool = True) -> None:
-        base = configs.from_dict(job["base"])
-        space = parse_space(job["space"], base, job["space_source"], checks=0)
-        self.tuned = space.tuned_keys()
+    def __init__(self, job: TuneJob, console=None, enabled: bool = True) -> None:
+        self.tuned = job.search_space().tuned_keys()
         self.names = short_names(ordered(self.tuned, self.tuned))
-        self.base_optimizer = base.optim.name
-        self.max_epochs = job["max_epochs"]
-        self.samples = job["samples"]
-        self.metric = job["metric"]
+        self.base_optimizer = job.base.optim.name
+        self.max_epochs = job.max_epochs
+        self.samples = job.samples
+        self.metric = job.metric
         self.enabled = enabled
         self.console = console
         self.live = None

@@ -13,14 +13,15 @@ from typing import Any, Callable
 
 import torch
 
-from modresnet import checkpoint, config as configs
+from modresnet import checkpoint
 from modresnet.config import Config
 from modresnet.data import load_cifar10
 from modresnet.errors import UserError
 from modresnet.rundir import RunDir, finalize
 
 from jobs.ray_private import result_grid_trials
-from jobs.search_space import flatten, parse_space, trial_config
+from jobs.search_space import flatten, trial_config
+from jobs.tune_job import TuneJob
 from jobs.train import write_run_dir
 
 BEST_RUN = "best-run"
@@ -67,20 +68,20 @@ def _trial_status(grid) -> dict[str, str]:
     return {t.trial_id: t.status for t in result_grid_trials(grid)}
 
 
-def _checkpoint_dirs(result, job: dict) -> tuple[Path | None, Path | None]:
+def _checkpoint_dirs(result, job: TuneJob) -> tuple[Path | None, Path | None]:
     """(latest, best) checkpoint folders of a trial, from Tune or its nested Train run."""
     latest = result.checkpoint
-    best = result.get_best_checkpoint(job["metric"], job["mode"]) if result.best_checkpoints else None
+    best = result.get_best_checkpoint(job.metric, job.mode) if result.best_checkpoints else None
     if latest is None and result.metrics and result.metrics.get("checkpoint_path"):
         import ray.train
 
-        train_path = Path(job["train_storage"]) / f"train-{result.metrics['trial_id']}"
+        train_path = Path(job.train_storage) / f"train-{result.metrics['trial_id']}"
         try:
             train_result = ray.train.Result.from_path(str(train_path))
         except Exception:  # noqa: BLE001 - no usable Train run: the trial is reported without files
             return None, None
         latest = train_result.checkpoint
-        best = train_result.get_best_checkpoint(job["metric"], job["mode"])
+        best = train_result.get_best_checkpoint(job.metric, job.mode)
     latest_path, best_path = _local_dir(latest), _local_dir(best)
     return latest_path, best_path or latest_path
 
@@ -112,9 +113,8 @@ def _history(result, latest: Path | None) -> list[dict]:
     return df.to_dict("records")
 
 
-def collect(grid, job: dict) -> tuple[list[TrialRow], bool]:
-    base = configs.from_dict(job["base"])
-    space = parse_space(job["space"], base, job["space_source"], checks=0)
+def collect(grid, job: TuneJob) -> tuple[list[TrialRow], bool]:
+    base, space = job.base, job.search_space()
     statuses = _trial_status(grid)
     rows, interrupted = [], False
     for result in grid:
@@ -131,25 +131,25 @@ def collect(grid, job: dict) -> tuple[list[TrialRow], bool]:
         history = _history(result, latest)
         if not history:
             continue
-        pick = max if job["mode"] == "max" else min
+        pick = max if job.mode == "max" else min
         epochs = int(history[-1]["epoch"])
         rows.append(TrialRow(
             trial_id=trial_id, status=status, config=config,
             values={k: v for k, v in flatten(sampled).items() if k in space.params},
-            history=history, best_metric=pick(h[job["metric"]] for h in history),
+            history=history, best_metric=pick(h[job.metric] for h in history),
             best_val_acc=max(h["val_acc"] for h in history), epochs=epochs,
-            stopped_early=status == "TERMINATED" and epochs < job["max_epochs"],
+            stopped_early=status == "TERMINATED" and epochs < job.max_epochs,
             latest=latest, best=best, path=result.path))
-    reverse = job["mode"] == "max"
+    reverse = job.mode == "max"
     rows.sort(key=lambda r: r.best_metric, reverse=reverse)
     return rows, interrupted
 
 
-def write_leaderboard(rows: list[TrialRow], job: dict, path: Path) -> Path:
+def write_leaderboard(rows: list[TrialRow], job: TuneJob, path: Path) -> Path:
     keys = sorted({k for r in rows for k in r.values})
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        extra = [f"best_{job['metric']}"] if job["metric"] != "val_acc" else []
+        extra = [f"best_{job.metric}"] if job.metric != "val_acc" else []
         writer.writerow(["rank", "trial", *keys, "best_val_acc", "last_val_acc", *extra,
                          "epochs", "stopped_early", "status"])
         for i, r in enumerate(rows, 1):
@@ -161,19 +161,18 @@ def write_leaderboard(rows: list[TrialRow], job: dict, path: Path) -> Path:
     return path
 
 
-def leaderboard_table(rows: list[TrialRow], job: dict, limit: int = 20, width: int | None = None):
+def leaderboard_table(rows: list[TrialRow], job: TuneJob, limit: int = 20, width: int | None = None):
     """Best first; one column per sampled value that differs between trials, most telling
     first, as many as fit in `width` characters (leaderboard.csv has every value)."""
     from rich.table import Table
 
     from jobs.tune_progress import applicable, fmt, value_columns
 
-    base_optimizer = job["base"]["optim"]["name"]
-    values = [applicable(r.values, base_optimizer) for r in rows]
-    order = list(job["space"]) if isinstance(job.get("space"), dict) else []
+    values = [applicable(r.values, job.base.optim.name) for r in rows]
+    order = list(job.space)
     keys, hidden, names = value_columns(values, order, width, fixed=62)
     stopped = sum(r.stopped_early for r in rows)
-    table = Table(title=f"Leaderboard: {len(rows)} trials by {job['metric']}, "
+    table = Table(title=f"Leaderboard: {len(rows)} trials by {job.metric}, "
                         f"{stopped} stopped early by ASHA",
                   caption=f"+{hidden} more sampled values in leaderboard.csv" if hidden else None,
                   title_justify="left", caption_justify="left")
@@ -188,21 +187,21 @@ def leaderboard_table(rows: list[TrialRow], job: dict, limit: int = 20, width: i
         ended = ("error" if r.status == "ERROR" else "stopped (ASHA)" if r.stopped_early
                  else "ran to the max")
         table.add_row(str(i), r.trial_id, f"{100 * r.best_val_acc:.1f}%",
-                      f"{r.epochs}/{job['max_epochs']}", ended,
+                      f"{r.epochs}/{job.max_epochs}", ended,
                       *[fmt(v[k]) if k in v else "-" for k in keys])
     return table
 
 
-def plot_trials(rows: list[TrialRow], job: dict, path: Path) -> Path:
+def plot_trials(rows: list[TrialRow], job: TuneJob, path: Path) -> Path:
     from modresnet import plots  # noqa: F401  (selects the Agg backend)
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(9, 5))
-    rung = job["grace_period"]
-    while rung < job["max_epochs"]:
+    rung = job.grace_period
+    while rung < job.max_epochs:
         ax.axvline(rung, color="grey", ls=":", lw=1)
-        rung *= job["reduction_factor"]
+        rung *= job.reduction_factor
     for i, r in enumerate(rows):
         epochs = [h["epoch"] for h in r.history]
         accs = [100 * h["val_acc"] for h in r.history]
@@ -213,7 +212,7 @@ def plot_trials(rows: list[TrialRow], job: dict, path: Path) -> Path:
             ax.plot(epochs[-1], accs[-1], "x", color="red", ms=10, mew=2, zorder=4)
     ax.plot([], [], "x", color="red", ms=10, mew=2, label="stopped by ASHA")
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)",
-           title=f"Validation accuracy per trial (dotted: ASHA rungs, max {job['max_epochs']} epochs)")
+           title=f"Validation accuracy per trial (dotted: ASHA rungs, max {job.max_epochs} epochs)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(rows) > 12 else 1, loc="best")
@@ -235,8 +234,8 @@ def export_best(row: TrialRow, exp: Path) -> tuple[RunDir, dict]:
     return RunDir(exp / BEST_RUN), test
 
 
-def summarize(grid, job: dict, info: Callable[[str], None] = print) -> TuneOutcome:
-    exp = Path(job["storage"]) / job["name"]
+def summarize(grid, job: TuneJob, info: Callable[[str], None] = print) -> TuneOutcome:
+    exp = job.experiment
     rows, interrupted = collect(grid, job)
     outcome = TuneOutcome(exp, rows, interrupted)
     if not rows:
@@ -253,7 +252,7 @@ def summarize(grid, job: dict, info: Callable[[str], None] = print) -> TuneOutco
     outcome.test = test
     outcome.files["best_run"] = run.path
     (exp / "summary.json").write_text(json.dumps({
-        "best_trial": best.trial_id, f"best_{job['metric']}": best.best_metric,
+        "best_trial": best.trial_id, f"best_{job.metric}": best.best_metric,
         "best_val_acc": best.best_val_acc, "test_acc": test["test_acc"], "test_n": test["n"],
         "trials": len(rows), "stopped_early": sum(r.stopped_early for r in rows),
         "epochs_trained": sum(r.epochs for r in rows), "best_run": str(run.path),

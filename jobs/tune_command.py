@@ -1,0 +1,176 @@
+"""`modresnet tune`: an ASHA search on Ray Tune (jobs/tune.py), started from flags or resumed
+from the settings it saved. Ray and torch are imported when the command runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional, get_args
+
+import typer
+
+from modresnet.cli_common import Wandb, console, default_name, err_console, say, user_errors
+from modresnet.cli_config import ConfigFile, Preset, Sets, build_config, config_flags
+
+from jobs.tune_job import Metric
+from jobs.tune_job import SearchSettings as Defaults
+
+if TYPE_CHECKING:
+    from modresnet.config import Config
+
+    from jobs.tune import TuneOptions
+    from jobs.tune_job import TuneJob
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resume(job: TuneJob, settings: dict[str, Any], name: str | None,
+                 config: Config | None, space: Path | None) -> None:
+    """Refuse a flag of `tune --resume` that contradicts the saved search: the resumed search
+    runs with the saved settings, so a different value would be silently ignored. `settings`
+    holds the search flags given, `config` the config they build (None: no config flag)."""
+    from jobs.search_space import load_space
+    from jobs.tune_job import TuneSetupError
+
+    fix = "drop it, or start a new search under another --name"
+    if name is not None and name != job.name:
+        raise TuneSetupError(f"--name {name} conflicts with --resume {job.name}; {fix}")
+    for field, value in settings.items():
+        if value != getattr(job, field):
+            raise TuneSetupError(f"--{field.replace('_', '-')} {value} conflicts with the saved "
+                                 f"search {job.name} ({field} {getattr(job, field)}); {fix}")
+    if config is not None:
+        given = _flatten(config.with_overrides({"train.epochs": job.max_epochs}).to_dict())
+        saved = _flatten(job.base.to_dict())
+        for key, value in given.items():
+            if value != saved[key]:
+                raise TuneSetupError(f"--preset/--config/--set/config flags give {key} {value}, "
+                                     f"the saved search {job.name} has {saved[key]}; {fix}")
+    if space is not None and load_space(space, job.base).raw != job.space:
+        raise TuneSetupError(f"--space {space} differs from the saved search {job.name}'s space "
+                             f"({job.space_source}); {fix}")
+
+
+@user_errors
+@config_flags("subset", "data_dir", "flavor", "seed", "device")
+def tune(
+    overrides: dict[str, Any],
+    preset: Preset = None,
+    config_file: ConfigFile = None,
+    sets: Sets = None,
+    space: Annotated[Optional[Path], typer.Option(
+        help="Search-space YAML (default jobs/search_space.yaml).")] = None,
+    samples: Annotated[Optional[int], typer.Option(
+        help=f"Trials to run (the paper point counts as one; default {Defaults.samples}).")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(
+        help="Epochs of a trial that ASHA never stops (default: the config's train.epochs).")
+    ] = None,
+    grace_period: Annotated[Optional[int], typer.Option(
+        help=f"ASHA: epochs before a trial can be stopped (default {Defaults.grace_period}).")
+    ] = None,
+    reduction_factor: Annotated[Optional[int], typer.Option(
+        help=f"ASHA: keep the top 1/N at every rung (default {Defaults.reduction_factor}).")
+    ] = None,
+    concurrent: Annotated[Optional[int], typer.Option(
+        help=f"Trials running at once (default {Defaults.concurrent}).")] = None,
+    metric: Annotated[Optional[str], typer.Option(
+        help=f"{' | '.join(get_args(Metric))} (default {Defaults.metric})")] = None,
+    include_paper: Annotated[Optional[bool], typer.Option(
+        "--include-paper", help="Run the paper's recipe as the first trial.")] = None,
+    workers_per_trial: Annotated[Optional[int], typer.Option(
+        help="Ray Train data-parallel workers per trial (default 1: train in the trial).")
+    ] = None,
+    cpus_per_trial: Annotated[Optional[float], typer.Option(
+        help=f"CPUs per trial (fractions allowed; default {Defaults.cpus_per_trial:g}).")
+    ] = None,
+    gpus_per_trial: Annotated[Optional[float], typer.Option(
+        help=f"GPUs per trial (fractions allowed; default {Defaults.gpus_per_trial:g}).")
+    ] = None,
+    search_seed: Annotated[Optional[int], typer.Option(
+        help=f"Seed of the random search (default {Defaults.search_seed}).")] = None,
+    name: Annotated[Optional[str], typer.Option(
+        help="Experiment name (default tune-PRESET-TIMESTAMP).")] = None,
+    storage: Annotated[Optional[Path], typer.Option(
+        help="Folder for experiments (default ~/modresnet-runs or $MODRESNET_RUNS), or "
+             "s3://BUCKET/PREFIX, gs://..., file://...")] = None,
+    address: Annotated[Optional[str], typer.Option(
+        help="Ray cluster address (default $RAY_ADDRESS, else a local Ray).")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        help="Continue the interrupted search NAME with its saved settings. --storage, "
+             "--address, --wandb/--no-wandb and --verbose may be given; any other flag must "
+             "repeat the saved value, or it is refused.")] = None,
+    wandb: Wandb = True,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", help="Ray Tune's own progress reporter (trial tables, configs, results) "
+                          "instead of the compact table.")] = False,
+) -> None:
+    """Search recipes with Ray Tune + ASHA; write a leaderboard and export the best model."""
+    from jobs import tune as tuning
+    from jobs.search_space import DEFAULT_SPACE, load_space
+    from jobs.tune_job import new_job, read_job
+    from modresnet import storage as object_storage
+    from modresnet.errors import UserError
+    from modresnet.rundir import default_storage
+
+    where = object_storage.parse(storage) or default_storage()
+    remote_root = where if object_storage.is_remote(where) else None
+    if remote_root is not None and (resume or (workers_per_trial or 1) > 1):
+        raise UserError(f"--storage {remote_root}: object storage takes new searches with one "
+                        f"worker per trial; --resume and --workers-per-trial > 1 need a "
+                        f"filesystem path (local or NFS)")
+    root = (object_storage.staging_root(remote_root) if remote_root
+            else where.expanduser()).resolve()
+    given = {"samples": samples, "max_epochs": max_epochs, "grace_period": grace_period,
+             "reduction_factor": reduction_factor, "concurrent": concurrent, "metric": metric,
+             "include_paper": include_paper, "workers_per_trial": workers_per_trial,
+             "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
+             "search_seed": search_seed}
+    settings = {k: v for k, v in given.items() if v is not None}
+    config_given = bool(preset or config_file or sets or overrides)
+    if resume:
+        job = read_job(root / resume)
+        check_resume(job, settings, name,
+                     build_config(preset, config_file, overrides, sets) if config_given else None,
+                     space)
+    else:
+        cfg = build_config(preset, config_file, overrides, sets)
+        search = Defaults(**{**settings, "max_epochs": max_epochs or cfg.train.epochs})
+        cfg = cfg.with_overrides({"train.epochs": search.max_epochs})
+        job = new_job(cfg, load_space(space or DEFAULT_SPACE, cfg), search, root,
+                      name or f"tune-{default_name(preset or 'paper')}",
+                      remote=remote_root.uri if remote_root is not None else None)
+    _run(job, tuning.TuneOptions(address=address, wandb=wandb), bool(resume), verbose, root)
+
+
+def _run(job: TuneJob, options: TuneOptions, resume: bool, verbose: bool, root: Path) -> None:
+    """Run the search and print its leaderboard, best trial and outputs."""
+    from jobs import tune as tuning
+    from jobs.tune_results import leaderboard_table
+
+    exp = job.experiment
+    say(f"experiment: {exp}  ({job.samples} trials, ASHA max {job.max_epochs} epochs, grace "
+        f"{job.grace_period}, reduction {job.reduction_factor}; Ray's log: {exp / 'ray.log'})")
+    outcome = tuning.run_search(job, options, resume=resume, verbose=verbose, console=console,
+                                info=say)
+    if outcome.rows:
+        console.print(leaderboard_table(outcome.rows, job, width=console.width))
+    if outcome.interrupted or outcome.best is None:
+        err_console.print(f"[bold yellow]search interrupted[/]; continue it with: modresnet tune "
+                          f"--resume {job.name} --storage {root}", highlight=False)
+        raise typer.Exit(130)
+    best, test = outcome.best, outcome.test
+    console.print(f"[bold green]best trial {best.trial_id}[/]: validation "
+                  f"{100 * best.best_val_acc:.2f}%, test accuracy {100 * test['test_acc']:.2f}% "
+                  f"on {test['n']:,} images ({sum(r.stopped_early for r in outcome.rows)} of "
+                  f"{len(outcome.rows)} trials stopped early by ASHA)", soft_wrap=True)
+    say(f"outputs in {exp}:")
+    for label, path in outcome.files.items():
+        say(f"  {label + ':':<13} {path}")
+

@@ -1,0 +1,173 @@
+"""The core's commands: `summary`, `evaluate`, `predict`, and the in-process training that
+`train --local` runs. Torch is imported when a command runs, not when the CLI starts."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from modresnet import config as configs
+from modresnet.cli_common import (console, epoch_line, print_predictions, print_run_result,
+                                  user_errors)
+from modresnet.cli_config import DataDir
+from modresnet.errors import UserError
+
+# Asks a running server (`predict --url`): (url, images, k) -> top-k {"label", "probability"}.
+AskServer = Callable[[str, Sequence[Path], int], list[list[dict[str, Any]]]]
+
+Images = Annotated[list[Path], typer.Argument(help="PNG/JPEG/... files of any size and mode.")]
+Checkpoint = Annotated[Optional[Path], typer.Option(help="Run directory or checkpoint folder.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Url = Annotated[Optional[str], typer.Option(
+    help="Ask a running `modresnet serve` at this URL instead of loading a checkpoint (API key "
+         "from $MODRESNET_API_KEY).")]
+
+
+@user_errors
+def summary(flavor: Annotated[str, typer.Option(help="paper | debug")] = "paper") -> None:
+    """Per-layer table of ModifiedResNet and its memory totals (the paper's Figure 2)."""
+    from modresnet.model import FLAVORS, build_model
+    from modresnet.summary import summarize
+
+    if flavor not in FLAVORS:
+        raise UserError(f"--flavor: must be one of {', '.join(FLAVORS)}; got {flavor!r}")
+    s = summarize(build_model(FLAVORS[flavor]))
+    table = Table(title=f"ModifiedResNet ({flavor})")
+    table.add_column("Layer (type)")
+    table.add_column("Output Shape")
+    table.add_column("Param #", justify="right")
+    for row in s.rows:
+        table.add_row(row.name, str(list(row.output_shape)), f"{row.params:,}")
+    console.print(table)
+    console.print(f"Total params: {s.total_params:,}\nTrainable params: {s.trainable_params:,}\n"
+                  f"Non-trainable params: {s.total_params - s.trainable_params:,}\n"
+                  f"Input size (MB): {s.input_mb:.2f}\n"
+                  f"Forward/backward pass size (MB): {s.forward_backward_mb:.2f}\n"
+                  f"Params size (MB): {s.params_mb:.2f}\n"
+                  f"Estimated Total Size (MB): {s.total_mb:.2f}")
+
+
+def train_in_process(cfg: configs.Config, run_path: Path, resume: bool) -> None:
+    """`train --local`: the engine in this process, with a progress bar per epoch."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn)
+
+    from modresnet.local import train_local
+
+    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
+                        MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
+                        TimeElapsedColumn(), console=console, transient=True)
+    task = progress.add_task("train", total=None, epoch=1, loss=float("nan"))
+    last_loss_read = [0.0]
+
+    def on_batch(step: int, steps: int, loss: Any) -> None:
+        now = time.monotonic()  # reading the loss waits for the GPU: a few times a second
+        if now - last_loss_read[0] > 0.5 or step == steps:
+            last_loss_read[0] = now
+            progress.update(task, completed=step, total=steps, loss=float(loss))
+        else:
+            progress.update(task, completed=step, total=steps)
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        progress.console.print(epoch_line(record, cfg.train.epochs), highlight=False,
+                               soft_wrap=True)
+        progress.update(task, completed=0, epoch=record["epoch"] + 1)
+
+    with progress:
+        result = train_local(cfg, run_path, resume=resume, on_batch=on_batch,
+                             on_epoch_done=on_epoch)
+    print_run_result(result.test, result.run.path, result.run.path)
+
+
+def local_run(value: Path) -> Path:
+    """A RUN/--checkpoint argument in object storage (s3://, gs://) -> its local cached copy."""
+    from modresnet.storage import local_run as fetch
+
+    return Path(fetch(value))
+
+
+def _test_set_metrics(checkpoint: Path, tta: bool, data_dir: str | None,
+                      subset: int | None) -> dict[str, Any]:
+    """The one place `evaluate` scores a checkpoint on the test set."""
+    import dataclasses
+
+    import torch
+    import torch.nn.functional as F
+
+    from modresnet.data import load_cifar10
+    from modresnet.inference import Predictor
+
+    predictor = Predictor.from_path(local_run(checkpoint), tta=tta)
+    data_cfg = dataclasses.replace(predictor.loaded.config.data, data_dir=data_dir,
+                                   test_subset=subset, subset=None, val_subset=None)
+    test = load_cifar10(data_cfg).test
+    probs = predictor.probabilities(test.x)
+    pred = probs.argmax(1)
+    return {"checkpoint": str(predictor.loaded.path), "sha256": predictor.loaded.sha256,
+            "n": len(test), "tta": tta,
+            "test_acc": float((pred == test.y).float().mean()),
+            "test_loss": float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), test.y))}
+
+
+@user_errors
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Run directory or checkpoint folder.")],
+    tta: Annotated[bool, typer.Option(help="Average with the mirrored image.")] = False,
+    data_dir: DataDir = None,
+    subset: Annotated[Optional[int], typer.Option(help="Stratified number of test images.")] = None,
+) -> None:
+    """Evaluate a checkpoint on the CIFAR-10 test set; prints JSON."""
+    print(json.dumps(_test_set_metrics(checkpoint, tta, data_dir, subset), indent=2))
+
+
+def _predict_local(images: Sequence[Path], checkpoint: Path,
+                   top_k: int) -> list[list[dict[str, Any]]]:
+    import torch
+
+    from modresnet.images import ImageError, decode_image
+    from modresnet.inference import Predictor
+
+    decoded = []
+    for path in images:
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise UserError(f"{path}: cannot read ({err.strerror})") from None
+        try:
+            decoded.append(decode_image(data))
+        except ImageError as err:
+            raise ImageError(f"{path}: {err}") from None
+    predictor = Predictor.from_path(local_run(checkpoint))
+    results = predictor.top_k(predictor.probabilities(torch.stack(decoded)), top_k)
+    return [[{"label": r.label, "probability": r.probability} for r in rs] for rs in results]
+
+
+def predict_command(ask_server: AskServer) -> Callable[..., None]:
+    """`predict`, with `ask_server` behind --url (the composition root passes Serve's client)."""
+
+    @user_errors
+    def predict(
+        images: Images,
+        checkpoint: Checkpoint = None,
+        top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 3,
+        as_json: AsJson = False,
+        url: Url = None,
+    ) -> None:
+        """Classify image files with a checkpoint, or over HTTP with --url."""
+        if url is not None and checkpoint is not None:
+            raise UserError("pass either --checkpoint (local) or --url (a server), not both")
+        if url is not None:
+            results = ask_server(url, images, top_k)
+        elif checkpoint is None:
+            raise UserError("predict needs --checkpoint RUN_OR_CHECKPOINT or --url URL")
+        else:
+            results = _predict_local(images, checkpoint, top_k)
+        print_predictions(images, results, as_json)
+
+    return predict

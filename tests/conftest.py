@@ -1,5 +1,12 @@
 """Shared fixtures: the real CIFAR-10 (MODRESNET_DATA, else ../shared/data) and a hermetic
-environment for Ray (no stray cluster addresses, token auth off unless a test turns it on)."""
+environment for Ray (no stray cluster addresses, token auth off unless a test turns it on).
+
+Two tiers. A test that needs the data set asks for one of the data fixtures below (subprocess
+tests too: they ask for `data_dir`); a test that starts
+Ray carries `@pytest.mark.ray`. Everything else is marked `fast` here, and `make test-fast` runs
+only those, with no data set, so a test that reads it without saying so fails there instead of
+slowing the quick tier.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +19,11 @@ from modresnet import config as configs
 from modresnet.data import Cifar10, load_cifar10
 
 REPO = Path(__file__).resolve().parents[1]
+DATA_FIXTURES = {"data_dir", "small_cifar", "debug_config"}
+FAST_TIER = os.environ.get("MODRESNET_TEST_TIER") == "fast"
 
-
-def _data_root() -> Path:
-    for candidate in (os.environ.get("MODRESNET_DATA"), REPO.parent / "shared" / "data"):
-        if candidate and (Path(candidate) / "cifar-10-batches-py" / "batches.meta").exists():
-            return Path(candidate).resolve()
-    raise RuntimeError("tests need the real CIFAR-10: set MODRESNET_DATA to the folder that "
-                       "holds cifar-10-batches-py")
-
-
-DATA_ROOT = _data_root()
-os.environ["MODRESNET_DATA"] = str(DATA_ROOT)
+if FAST_TIER:
+    os.environ["MODRESNET_DATA"] = str(REPO / "tests" / "no-data-in-the-fast-tier")
 for _var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
     os.environ.pop(_var, None)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -31,19 +31,43 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
+def _data_root() -> Path | None:
+    if FAST_TIER:
+        return None
+    for candidate in (os.environ.get("MODRESNET_DATA"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "cifar-10-batches-py" / "batches.meta").exists():
+            return Path(candidate).resolve()
+    return None
+
+
+DATA_ROOT = _data_root()
+if DATA_ROOT is not None:
+    os.environ["MODRESNET_DATA"] = str(DATA_ROOT)  # for the CLIs the tests start
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        needs_data = bool(DATA_FIXTURES & set(getattr(item, "fixturenames", ())))
+        if not needs_data and item.get_closest_marker("ray") is None:
+            item.add_marker(pytest.mark.fast)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
+    if DATA_ROOT is None:
+        raise RuntimeError("this test needs the real CIFAR-10: set MODRESNET_DATA to the folder "
+                           "that holds cifar-10-batches-py (make test-fast runs without it)")
     return DATA_ROOT
 
 
 @pytest.fixture(scope="session")
-def small_cifar() -> Cifar10:
+def small_cifar(data_dir: Path) -> Cifar10:
     """2,000 stratified training images, 500 validation, 500 test."""
-    cfg = configs.DataConfig(data_dir=str(DATA_ROOT), subset=2000, val_subset=500, test_subset=500)
+    cfg = configs.DataConfig(data_dir=str(data_dir), subset=2000, val_subset=500, test_subset=500)
     return load_cifar10(cfg)
 
 
 @pytest.fixture()
-def debug_config(data_dir) -> configs.Config:
+def debug_config(data_dir: Path) -> configs.Config:
     """The tiny debug recipe, pointed at the real data."""
     return configs.resolve("debug", overrides={"data.data_dir": str(data_dir)})

@@ -94,25 +94,22 @@ def local_run(value: Path) -> Path:
 
 def _test_set_metrics(checkpoint: Path, tta: bool, data_dir: str | None,
                       subset: int | None) -> dict[str, Any]:
-    """The one place `evaluate` scores a checkpoint on the test set."""
+    """The checkpoint scored on the test set, as a finished run's test.json is."""
     import dataclasses
 
     import torch
-    import torch.nn.functional as F
 
+    from modresnet.checkpoint import load_model
     from modresnet.data import load_cifar10
-    from modresnet.inference import Predictor
+    from modresnet.evaluation import evaluate_checkpoint
 
-    predictor = Predictor.from_path(local_run(checkpoint), tta=tta)
-    data_cfg = dataclasses.replace(predictor.loaded.config.data, data_dir=data_dir,
-                                   test_subset=subset, subset=None, val_subset=None)
-    test = load_cifar10(data_cfg).test
-    probs = predictor.probabilities(test.x)
-    pred = probs.argmax(1)
-    return {"checkpoint": str(predictor.loaded.path), "sha256": predictor.loaded.sha256,
-            "n": len(test), "tta": tta,
-            "test_acc": float((pred == test.y).float().mean()),
-            "test_loss": float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), test.y))}
+    loaded = load_model(local_run(checkpoint))
+    data_cfg = dataclasses.replace(loaded.config.data, data_dir=data_dir, test_subset=subset,
+                                   subset=None, val_subset=None)
+    scores = evaluate_checkpoint(loaded, load_cifar10(data_cfg).test, torch.device("cpu"),
+                                 tta=tta)
+    return {"checkpoint": str(loaded.path), "sha256": loaded.sha256, "n": scores.n, "tta": tta,
+            "test_acc": scores.acc, "test_loss": scores.loss}
 
 
 @user_errors

@@ -1,12 +1,18 @@
 """Every core CLI command end to end on a small real subset, and its user-error paths."""
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from modresnet.cli import app
 from modresnet.images import encode_png
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(*args, check=True):
@@ -58,6 +64,9 @@ def test_evaluate_prints_json(trained):
     run_dir, _ = trained
     result = json.loads(run("evaluate", run_dir, "--subset", "200", "--tta").stdout)
     assert result["n"] == 200 and 0.0 <= result["test_acc"] <= 1.0 and result["tta"] is True
+    plain = json.loads(run("evaluate", run_dir, "--subset", "200").stdout)
+    recorded = json.loads((run_dir / "test.json").read_text())  # the same 200 images, scored once
+    assert plain["test_acc"] == recorded["test_acc"] and plain["n"] == recorded["n"]
 
 
 def test_predict_real_test_images(trained, small_cifar, tmp_path):
@@ -97,3 +106,39 @@ def test_predict_refuses_a_non_image(trained, tmp_path):
     bad.write_bytes(b"not a png at all")
     proc = run("predict", bad, "--checkpoint", run_dir, check=False)
     assert proc.returncode == 2 and "bad.png" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_imports_neither_torch_nor_ray():
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom modresnet.cli import app\n"
+            "for args in ([], ['train'], ['tune'], ['serve'], ['jobs', 'submit'], ['cluster']):\n"
+            "    assert CliRunner().invoke(app, [*args, '--help']).exit_code == 0, args\n"
+            "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_only_the_composition_root_imports_jobs_and_serve():
+    upward = re.compile(r"^\s*(from|import) (jobs|serve)\b", re.MULTILINE)
+    for path in sorted((REPO / "modresnet").glob("*.py")):
+        if path.name != "cli.py":
+            assert not upward.search(path.read_text()), path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizer", "rmsprop"], "optim.name: must be one of adam, adamw, sgd; got 'rmsprop'"),
+    (["--schedule", "step"], "schedule.name: must be one of plateau"),
+    (["--device", "tpu"], "train.device: must be one of auto, cpu, cuda"),
+    (["--epochs", "0"], "train.epochs: must be between 1"),
+    (["--set", "optim.name=rmsprop"], "optim.name: must be one of"),
+])
+def test_config_flags_are_checked_by_the_config(args, message):
+    result = CliRunner().invoke(app, ["train", "--local", "--preset", "debug", *args])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+def test_config_flags_help_names_the_field_and_its_choices():
+    help_text = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    text = " ".join(help_text.split())
+    for fragment in ("optim.name: adam | adamw | sgd", "train.device: auto | cpu | cuda",
+                     "Model flavor (model.flavor): paper | debug", "optim.lr"):
+        assert fragment in text, fragment

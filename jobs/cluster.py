@@ -40,12 +40,20 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 from jobs.cluster_procs import boot_id, kill, own_processes, read_proc
-from jobs.cluster_state import (ClusterError, ClusterState, load_state, modresnet_home,
-                                read_token, save_state, state_dir, state_file)
+from jobs.cluster_state import (
+    ClusterError,
+    ClusterState,
+    load_state,
+    modresnet_home,
+    read_token,
+    save_state,
+    state_dir,
+    state_file,
+)
 from jobs.runtime import RAY_ENV
-
 
 # ------------------------------------------------------------------------------------------
 # helpers
@@ -54,7 +62,7 @@ from jobs.runtime import RAY_ENV
 def _free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     """n distinct free TCP ports (all held open while choosing, then released)."""
     with ExitStack() as stack:
-        ports = []
+        ports: list[int] = []
         while len(ports) < n:
             s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             s.bind((host, 0))
@@ -294,7 +302,7 @@ def _wait_ready(state: ClusterState, token: str, nodes: int, deadline: float) ->
     raise ClusterError(f"cluster not ready in time ({last}); logs in {state_dir() / 'logs'}")
 
 
-def status(timeout: float = 5.0) -> dict[str, object]:
+def status(timeout: float = 5.0) -> dict[str, Any]:
     state = load_state()
     if state is None:
         raise ClusterError(f"no cluster in {modresnet_home()}; start one with `modresnet cluster up`")

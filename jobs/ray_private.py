@@ -46,7 +46,7 @@ def reload_auth_config() -> None:
     """Make this process re-read RAY_AUTH_MODE/RAY_AUTH_TOKEN after changing them, as
     ray.init does when it turns auth on by default (authentication_token_setup)."""
     check_ray_version()
-    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
@@ -79,8 +79,9 @@ def flushing_wandb_callback() -> type:
                                  **wandb_init_kwargs: Any) -> None:
             if not self._remote_logger_class:
                 env = {k: os.environ[k] for k in ("WANDB_API_KEY",) if k in os.environ}
-                self._remote_logger_class = ray.remote(
-                    num_cpus=0, **_force_on_current_node(), runtime_env={"env_vars": env},
+                pinned: dict[str, Any] = dict(_force_on_current_node())  # type: ignore[arg-type]
+                self._remote_logger_class = ray.remote(  # type: ignore[assignment]
+                    num_cpus=0, **pinned, runtime_env={"env_vars": env},
                     max_restarts=0)(self._logger_actor_cls)
             super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
 

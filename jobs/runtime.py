@@ -170,13 +170,12 @@ def connect(address: str | None = None, log_file: Path | None = None,
         ray_logs_to(log_file)
     if ray.is_initialized():
         return False
-    quiet = {"log_to_driver": False,
-             "logging_level": logging.INFO if log_file is not None else logging.WARNING}
+    level = logging.INFO if log_file is not None else logging.WARNING
     address = resolve_address(address)
     if address:
         check_address(address)
         try:
-            ray.init(address=address, **quiet)
+            ray.init(address=address, log_to_driver=False, logging_level=level)
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise RayConnectError(f"--address {address}: cannot connect "
                                   f"({str(err).splitlines()[0]})") from None
@@ -184,7 +183,7 @@ def connect(address: str | None = None, log_file: Path | None = None,
         local_token_auth()
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=True,
                  dashboard_host="127.0.0.1", object_store_memory=EMBEDDED_OBJECT_STORE_BYTES,
-                 **quiet)
+                 log_to_driver=False, logging_level=level)
     if log_file is not None:
         ray_logs_to(log_file)  # ray.init may have set up more of Ray's loggers
     return True

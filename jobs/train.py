@@ -22,13 +22,15 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from jobs.runtime import connect, resolve_address, wandb_policy
 from modresnet import checkpoint
 from modresnet.assembly import assemble
 from modresnet.config import Config, from_dict
@@ -36,8 +38,6 @@ from modresnet.data import load_cifar10
 from modresnet.engine import Record, TrainingState
 from modresnet.errors import UserError
 from modresnet.rundir import RunDir, finalize
-
-from jobs.runtime import connect, resolve_address, wandb_policy
 
 RAY_SUBDIR = "ray"  # Ray Train run storage: <storage>/<name>/ray
 
@@ -260,10 +260,10 @@ def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayO
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=options.max_failures),
             callbacks=[_progress_callback(queue)],
-            **({"worker_runtime_env": runtime_env} if runtime_env else {}),
+            worker_runtime_env=runtime_env,  # type: ignore[call-arg]  # V2's RunConfig
         )
         trainer = TorchTrainer(
-            train_loop_per_worker,
+            train_loop_per_worker,  # type: ignore[arg-type]  # Ray's type omits return_value
             train_loop_config={"config": config.to_dict(), "threads": options.cpus_per_worker,
                                "wandb": wb},
             torch_config=TorchConfig(backend="nccl" if options.use_gpu else "gloo"),
@@ -292,15 +292,16 @@ def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayO
         stop.set()
         printer.join(timeout=5)
 
-        best = result.get_best_checkpoint(metric="val_acc", mode="max") or result.checkpoint
-        if result.checkpoint is None:
+        latest = result.checkpoint
+        if latest is None:
             raise RayTrainSetupError(f"Ray Train finished without a checkpoint in {ray_dir}")
+        best = result.get_best_checkpoint(metric="val_acc", mode="max") or latest
         if remote is not None:  # Ray's checkpoints are in the object store: download two
             fetched = Path(tempfile.mkdtemp(prefix="modresnet-ray-ckpt-"))
-            latest_dir = Path(result.checkpoint.to_directory(str(fetched / "latest")))
+            latest_dir = Path(latest.to_directory(str(fetched / "latest")))
             best_dir = Path(best.to_directory(str(fetched / "best")))
         else:
-            fetched, latest_dir, best_dir = None, Path(result.checkpoint.path), Path(best.path)
+            fetched, latest_dir, best_dir = None, Path(latest.path), Path(best.path)
         history = write_run_dir(run, config, latest_dir, best_dir)
         if fetched is not None:
             shutil.rmtree(fetched, ignore_errors=True)

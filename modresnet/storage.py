@@ -25,8 +25,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modresnet.errors import UserError
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 SKIP_ON_PUBLISH = {".lock", "ray"}  # the lock is local; Ray writes ray/ to the storage itself
@@ -58,7 +62,7 @@ class Location:
         return Location(self.scheme, "/".join([self.path, *(p.strip("/") for p in parts)]),
                         self.query)
 
-    def filesystem(self):
+    def filesystem(self) -> tuple[pafs.FileSystem, str]:
         """(pyarrow filesystem, path inside it); one-line StorageError when it cannot be built."""
         import pyarrow.fs as pafs
 
@@ -81,7 +85,7 @@ def _hint(scheme: str) -> str:
     return "; set GOOGLE_APPLICATION_CREDENTIALS (or run `gcloud auth application-default login`)"
 
 
-def parse(text: str | os.PathLike | None) -> Location | Path | None:
+def parse(text: str | os.PathLike[str] | None) -> Location | Path | None:
     """A local Path, a remote Location, or None for None. Unknown schemes are an error."""
     if text is None:
         return None
@@ -102,11 +106,11 @@ def parse(text: str | os.PathLike | None) -> Location | Path | None:
     return Location("gs" if scheme == "gcs" else scheme, path, query)
 
 
-def is_remote(value) -> bool:
+def is_remote(value: object) -> bool:
     return isinstance(value, Location)
 
 
-def _info(loc: Location, fs, path: str):
+def _info(loc: Location, fs: pafs.FileSystem, path: str) -> pafs.FileInfo:
     try:
         return fs.get_file_info(path)
     except Exception as err:  # noqa: BLE001 - credentials, endpoint, permissions
@@ -118,7 +122,7 @@ def exists(loc: Location) -> bool:
     import pyarrow.fs as pafs
 
     fs, path = loc.filesystem()
-    return _info(loc, fs, path).type != pafs.FileType.NotFound
+    return bool(_info(loc, fs, path).type != pafs.FileType.NotFound)
 
 
 def check_writable(loc: Location) -> None:
@@ -208,7 +212,7 @@ def fetch_run(loc: Location) -> Path:
     return target
 
 
-def local_run(value) -> Path | str:
+def local_run(value: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
     """At the CLI edge: a RUN/checkpoint argument that names object storage is fetched into
     the local cache; anything else comes back unchanged (the local code runs as before)."""
     if value is None:

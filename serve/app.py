@@ -41,7 +41,8 @@ def build_app(args: ServeArgs | dict[str, Any]) -> serve.Application:
     from modresnet.checkpoint import resolve
 
     args = args.model_copy(update={"checkpoint": str(resolve(args.checkpoint).resolve())})
-    deployment = serve.deployment(Classifier).options(
+    deployment: Any = serve.deployment(Classifier)
+    deployment = deployment.options(
         name="Classifier",
         autoscaling_config={
             "min_replicas": args.min_replicas, "initial_replicas": args.min_replicas,
@@ -80,7 +81,8 @@ class Health:
         app = serve.status().applications.get(self.args.app)
         if app is None or "Classifier" not in app.deployments:
             return False
-        return app.deployments["Classifier"].replica_states.get("RUNNING", 0) > 0
+        states = app.deployments["Classifier"].replica_states
+        return any(n > 0 for state, n in states.items() if state == "RUNNING")
 
     async def _update(self) -> None:
         try:
@@ -118,7 +120,8 @@ def build_health(args: HealthArgs | dict[str, Any]) -> serve.Application:
     """`serve run serve.app:build_health app=modresnet` at route prefix /v2/health."""
     if isinstance(args, dict):
         args = HealthArgs.model_validate(args)
-    return serve.deployment(Health).options(
+    deployment: Any = serve.deployment(Health)
+    return deployment.options(
         name="Health", num_replicas=1, max_ongoing_requests=1000,
         ray_actor_options={"num_cpus": 0}).bind(args.model_dump())
 

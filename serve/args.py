@@ -9,8 +9,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 APP_NAME = "modresnet"
 

@@ -17,6 +17,10 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 CHUNK = 64  # images per HTTP request: the app's default max_images
 
@@ -107,9 +111,9 @@ def demo(run: str | Path, n: int = 8, port: int | None = None, backend: str = "o
             mark = "ok" if r["predicted"] == r["true"] else "--"
             print_fn(f"{r['file']:<11} {r['true']:<11} {r['predicted']:<11} {mark}")
     total = len(labels)
-    http_acc = sum(a == b for a, b in zip(labels, truth)) / total
-    local_acc = sum(a == b for a, b in zip(local_labels, truth)) / total
-    agree = sum(a == b for a, b in zip(labels, local_labels))
+    http_acc = sum(a == b for a, b in zip(labels, truth, strict=False)) / total
+    local_acc = sum(a == b for a, b in zip(local_labels, truth, strict=False)) / total
+    agree = sum(a == b for a, b in zip(labels, local_labels, strict=False))
     print_fn(f"over HTTP: {100 * http_acc:.2f}% of {total:,} test images correct; "
              f"`modresnet evaluate`: {100 * local_acc:.2f}%; the two agree on "
              f"{agree:,}/{total:,} images")
@@ -130,13 +134,14 @@ def _cli() -> str:
     return "modresnet"
 
 
-def summary_table(run: str | Path, result: DemoResult, tune: str | Path | None = None):
+def summary_table(run_path: str | Path, result: DemoResult,
+                  tune: str | Path | None = None) -> Table:
     from rich.table import Table
 
     from modresnet import config as configs
     from modresnet.rundir import RunDir
 
-    run = RunDir(Path(run))
+    run = RunDir(Path(run_path))
     cfg = configs.load_yaml(run.path / "config.yaml")
     config = configs.from_dict(cfg)
     flavor = next((k for k, m in configs.FLAVORS.items() if m == config.model), "custom")

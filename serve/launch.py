@@ -23,8 +23,9 @@ def serve_app(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
               route_prefix: str = "/") -> str:
     """Deploy `args`; with an existing app of the same name the replicas roll over to the new
     checkpoint with no downtime. Blocks until Ctrl-C/SIGTERM when this process owns Ray."""
-    from modresnet.checkpoint import load_model
     from ray import serve
+
+    from modresnet.checkpoint import load_model
 
     loaded = load_model(args.checkpoint)  # refuse a bad checkpoint before touching Serve
     sha = loaded.sha256

@@ -11,6 +11,7 @@ import socket
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,8 @@ def _in_replica() -> bool:
     return True
 
 
-ERRORS = {code: {"model": schemas.ErrorBody} for code in (400, 401, 408, 413, 415, 429, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.ErrorBody} for code in (400, 401, 408, 413, 415, 429, 503)}
 
 
 class MissingApiKey(RuntimeError):
@@ -79,8 +81,9 @@ class Service:
         self.classes = self.loaded.classes
         self.decoder = DecodePool(self.args.decode_workers, self.args.decode_timeout_s,
                                   self.args.max_pixels, self.args.request_pixels)
-        self._infer.set_max_batch_size(self.args.max_batch_size)
-        self._infer.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        batcher: Any = self._infer  # serve.batch's setters are not in its type
+        batcher.set_max_batch_size(self.args.max_batch_size)
+        batcher.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         self._in_replica = _in_replica()
         self.batch_sizes: Counter[int] = Counter()
         self.failures = 0
@@ -145,7 +148,7 @@ class Service:
         return schemas.PredictResponse(
             model_sha256=self.loaded.sha256, backend=self.backend.name,
             predictions=[schemas.ImagePrediction(index=i, filename=n, top_k=r)
-                         for i, (n, r) in enumerate(zip(names, rows))])
+                         for i, (n, r) in enumerate(zip(names, rows, strict=False))])
 
     def live(self) -> dict:
         return {"live": True}
@@ -166,7 +169,7 @@ class Service:
     def model_ready(self) -> dict:
         return {"name": schemas.MODEL_NAME, "ready": True}
 
-    async def infer(self, request: Request) -> schemas.InferResponse:
+    async def infer(self, request: Request) -> schemas.InferResponse | Response:
         """Open Inference Protocol v2: input `input` UINT8/FP32 [N,32,32,3] or [N,3,32,32]."""
         self._auth(request)
         body = await schemas.read_body(request, self.args.max_body_bytes, self.args.body_timeout_s)

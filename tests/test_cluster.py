@@ -65,6 +65,7 @@ def free_port() -> int:
 # the upload: .rayignore keeps the working_dir package small (no cluster needed)
 
 
+@pytest.mark.ray  # reads Ray's packaging code / schema, no Ray instance
 def test_rayignore_keeps_the_package_small(tmp_path):
     from ray._private.runtime_env.packaging import _get_ignore_file, create_package
 
@@ -96,6 +97,7 @@ def _yaml(name: str):
     return yaml.safe_load((REPO / "cluster" / name).read_text())
 
 
+@pytest.mark.ray  # reads Ray's packaging code / schema, no Ray instance
 @pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
 def test_launcher_configs_match_rays_schema_and_are_locked_down(name):
     import jsonschema
@@ -369,7 +371,7 @@ def test_bad_addresses_and_job_ids_fail_fast_and_clearly(cluster):
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(run, cases))
-    for (args, message), (r, took) in zip(cases, results):
+    for (args, message), (r, took) in zip(cases, results, strict=False):
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert re.search(message, r.stderr), (args, r.stderr)
         assert "Traceback" not in r.stderr

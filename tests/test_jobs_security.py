@@ -95,6 +95,7 @@ def test_the_token_goes_over_plain_http_only_to_loopback(tmp_path, monkeypatch):
         server.close()
 
 
+@pytest.mark.ray  # Ray's Jobs SDK, no Ray instance
 @pytest.mark.parametrize("redirected", ["/api/version", "/api/jobs/"])
 def test_no_request_carrying_the_token_follows_a_redirect(redirected, tmp_path, monkeypatch):
     elsewhere = Recorder("127.0.0.1", lambda path: (200, {}, b"{}"))
@@ -119,6 +120,7 @@ def test_no_request_carrying_the_token_follows_a_redirect(redirected, tmp_path, 
         elsewhere.close()
 
 
+@pytest.mark.ray  # Ray's Jobs SDK, no Ray instance
 def test_ray_failures_are_classified_by_type_not_message(tmp_path, monkeypatch):
     """A job id the Jobs API does not know (HTTP 404) and a token Ray refuses (its
     AuthenticationError) are one-line JobsErrors, whatever the server's text says."""

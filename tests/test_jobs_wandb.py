@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_cluster import wandb_history
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import types
 
 import pytest
 
@@ -83,9 +85,8 @@ def test_private_ray_apis_refuse_another_ray_version():
 
 
 def test_every_private_helper_checks_the_version_first(monkeypatch):
-    import ray
-
-    monkeypatch.setattr(ray, "__version__", "3.0.0")
+    # a stand-in for another Ray: no helper may reach a private name before the check
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(__version__="3.0.0"))
     calls = [ray_private.reload_auth_config, ray_private.flushing_wandb_callback,
              lambda: ray_private.restored_run_config(object()),
              lambda: ray_private.result_grid_trials(object()),

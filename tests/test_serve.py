@@ -176,7 +176,7 @@ def test_predict_multipart_and_json_match_predictor(server, images, predictor):
     body = r.json()
     assert body["backend"] == "onnx" and body["model_sha256"] == predictor.loaded.sha256
     assert [p["filename"] for p in body["predictions"]] == [f"img{i}.png" for i in range(len(pngs))]
-    for got, exp in zip(body["predictions"], want):
+    for got, exp in zip(body["predictions"], want, strict=False):
         assert [g["label"] for g in got["top_k"]] == [e.label for e in exp]
         np.testing.assert_allclose([g["probability"] for g in got["top_k"]],
                                    [e.probability for e in exp], atol=1e-5)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -20,7 +20,7 @@ jobs_app = typer.Typer(no_args_is_help=True,
 cluster_app = typer.Typer(no_args_is_help=True,
                           help="A real multi-node Ray cluster on this machine (token auth on).")
 
-JobsAddress = Annotated[Optional[str], typer.Option(
+JobsAddress = Annotated[str | None, typer.Option(
     "--address", help="Jobs API http://HEAD:8265 (else $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, "
                       "or the `modresnet cluster up` cluster).")]
 JobId = Annotated[str, typer.Argument(help="Submission id (see `modresnet jobs list`).")]
@@ -46,9 +46,9 @@ def _check_passthrough(ctx: typer.Context, command: str, args: list[str]) -> Non
     try:
         cmd.make_context(command, list(args), resilient_parsing=False)
     except Exception as err:  # click's UsageError, or typer's vendored copy of it
-        if any(c.__name__ == "UsageError" for c in type(err).__mro__):
-            raise UserError(f"{command}: {err.format_message()}") from None
-        raise
+        if not any(c.__name__ == "UsageError" for c in type(err).__mro__):
+            raise
+        raise UserError(f"{command}: {err}") from None  # its message, as click formats it
 
 
 @jobs_app.command("submit", context_settings={"allow_extra_args": True,
@@ -59,11 +59,11 @@ def jobs_submit(
     command: Annotated[str, typer.Argument(
         help="train | tune | serve; every further option goes to it.")],
     address: JobsAddress = None,
-    submission_id: Annotated[Optional[str], typer.Option(
+    submission_id: Annotated[str | None, typer.Option(
         help="Job id (default: generated).")] = None,
-    env: Annotated[Optional[list[str]], typer.Option(
+    env: Annotated[list[str] | None, typer.Option(
         "--env", help="Extra NAME=VALUE for the job (no secrets); repeatable.")] = None,
-    entrypoint_num_cpus: Annotated[Optional[float], typer.Option(
+    entrypoint_num_cpus: Annotated[float | None, typer.Option(
         help="CPUs reserved for the driver (lets it run on a worker node).")] = None,
     insecure_token: InsecureToken = False,
 ) -> None:

@@ -6,13 +6,20 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from modresnet import config as configs
-from modresnet.cli_common import (Wandb, default_name, describe, epoch_line, print_run_result,
-                                  say, user_errors)
+from modresnet.cli_common import (
+    Wandb,
+    default_name,
+    describe,
+    epoch_line,
+    print_run_result,
+    say,
+    user_errors,
+)
 from modresnet.cli_config import ConfigFile, Preset, Sets, build_config, config_flags
 from modresnet.errors import UserError
 
@@ -58,10 +65,10 @@ def train(
     preset: Preset = None,
     config_file: ConfigFile = None,
     sets: Sets = None,
-    storage: Annotated[Optional[Path], typer.Option(
+    storage: Annotated[Path | None, typer.Option(
         help="Folder for runs (default ~/modresnet-runs or $MODRESNET_RUNS), or "
              "s3://BUCKET/PREFIX, gs://..., file://... (Ray path only).")] = None,
-    name: Annotated[Optional[str], typer.Option(
+    name: Annotated[str | None, typer.Option(
         help="Run name (default PRESET-TIMESTAMP).")] = None,
     resume: Annotated[bool, typer.Option(
         help="Continue the run NAME from its last checkpoint.")] = False,
@@ -72,7 +79,7 @@ def train(
         "--gpu/--no-gpu", help="One GPU per worker (nccl), else CPU (gloo).")] = False,
     cpus_per_worker: Annotated[float, typer.Option(
         help="CPUs (and torch threads) per worker.")] = 1.0,
-    address: Annotated[Optional[str], typer.Option(
+    address: Annotated[str | None, typer.Option(
         help="Ray cluster HOST:PORT (else $RAY_ADDRESS, else an embedded local Ray).")] = None,
     max_failures: Annotated[int, typer.Option(
         help="Worker-group restarts from the latest checkpoint.")] = 3,
@@ -88,11 +95,12 @@ def train(
     preset = preset or "paper"
     cfg = build_config(preset, config_file, overrides, sets)
     where = object_storage.parse(storage) or default_storage()
-    remote_root = where if object_storage.is_remote(where) else None
+    remote_root = where if isinstance(where, object_storage.Location) else None
     if remote_root is not None and local:
         raise UserError(f"--local trains into a local folder; for --storage {remote_root} train "
                         f"on Ray Train (drop --local), whose checkpoints go to the object store")
-    root = object_storage.staging_root(remote_root) if remote_root else where.expanduser()
+    root = (object_storage.staging_root(where) if isinstance(where, object_storage.Location)
+            else where.expanduser())
     run_name = name or (default_name(preset) if local
                         else ray_default_name(preset, cfg, root, remote=remote_root))
     run_path = root / run_name

@@ -194,10 +194,10 @@ def run_search(job: TuneJob, options: TuneOptions, resume: bool = False,
             raise TuneSetupError(f"--resume: no search at {exp}; check NAME and --storage")
         check_private_storage(exp)  # it unpickles Ray's state from there
     else:
-        if job.remote:  # object storage: Tune writes there; exp is the local staging
+        remote = job.remote_experiment()
+        if remote is not None:  # object storage: Tune writes there; exp is the local staging
             from modresnet import storage as object_storage
 
-            remote = object_storage.parse(job.remote).join(job.name)
             object_storage.check_writable(remote)
             if object_storage.exists(remote.join(JOB_FILE)):
                 raise TuneSetupError(f"{remote} already holds a search; choose another --name")
@@ -246,10 +246,10 @@ def run_search(job: TuneJob, options: TuneOptions, resume: bool = False,
         if not job.remote:  # in object storage Tune uploaded each trial folder itself
             sync_wandb_dirs(grid)
         outcome = summarize(grid, job, info)
-        if job.remote:
+        remote = job.remote_experiment()
+        if remote is not None:
             from modresnet import storage as object_storage
 
-            remote = object_storage.parse(job.remote).join(job.name)
             object_storage.publish(exp, remote)  # test.json files last
             info(f"published the search's outputs to {remote}")
         return outcome

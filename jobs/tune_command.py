@@ -3,22 +3,21 @@ from the settings it saved. Ray and torch are imported when the command runs."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, get_args
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
 
+from jobs.tune_job import Metric
+from jobs.tune_job import SearchSettings as Defaults
 from modresnet.cli_common import Wandb, console, default_name, err_console, say, user_errors
 from modresnet.cli_config import ConfigFile, Preset, Sets, build_config, config_flags
 
-from jobs.tune_job import Metric
-from jobs.tune_job import SearchSettings as Defaults
-
 if TYPE_CHECKING:
-    from modresnet.config import Config
-
     from jobs.tune import TuneOptions
     from jobs.tune_job import TuneJob
+    from modresnet.config import Config
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -65,44 +64,44 @@ def tune(
     preset: Preset = None,
     config_file: ConfigFile = None,
     sets: Sets = None,
-    space: Annotated[Optional[Path], typer.Option(
+    space: Annotated[Path | None, typer.Option(
         help="Search-space YAML (default jobs/search_space.yaml).")] = None,
-    samples: Annotated[Optional[int], typer.Option(
+    samples: Annotated[int | None, typer.Option(
         help=f"Trials to run (the paper point counts as one; default {Defaults.samples}).")] = None,
-    max_epochs: Annotated[Optional[int], typer.Option(
+    max_epochs: Annotated[int | None, typer.Option(
         help="Epochs of a trial that ASHA never stops (default: the config's train.epochs).")
     ] = None,
-    grace_period: Annotated[Optional[int], typer.Option(
+    grace_period: Annotated[int | None, typer.Option(
         help=f"ASHA: epochs before a trial can be stopped (default {Defaults.grace_period}).")
     ] = None,
-    reduction_factor: Annotated[Optional[int], typer.Option(
+    reduction_factor: Annotated[int | None, typer.Option(
         help=f"ASHA: keep the top 1/N at every rung (default {Defaults.reduction_factor}).")
     ] = None,
-    concurrent: Annotated[Optional[int], typer.Option(
+    concurrent: Annotated[int | None, typer.Option(
         help=f"Trials running at once (default {Defaults.concurrent}).")] = None,
-    metric: Annotated[Optional[str], typer.Option(
+    metric: Annotated[str | None, typer.Option(
         help=f"{' | '.join(get_args(Metric))} (default {Defaults.metric})")] = None,
-    include_paper: Annotated[Optional[bool], typer.Option(
+    include_paper: Annotated[bool | None, typer.Option(
         "--include-paper", help="Run the paper's recipe as the first trial.")] = None,
-    workers_per_trial: Annotated[Optional[int], typer.Option(
+    workers_per_trial: Annotated[int | None, typer.Option(
         help="Ray Train data-parallel workers per trial (default 1: train in the trial).")
     ] = None,
-    cpus_per_trial: Annotated[Optional[float], typer.Option(
+    cpus_per_trial: Annotated[float | None, typer.Option(
         help=f"CPUs per trial (fractions allowed; default {Defaults.cpus_per_trial:g}).")
     ] = None,
-    gpus_per_trial: Annotated[Optional[float], typer.Option(
+    gpus_per_trial: Annotated[float | None, typer.Option(
         help=f"GPUs per trial (fractions allowed; default {Defaults.gpus_per_trial:g}).")
     ] = None,
-    search_seed: Annotated[Optional[int], typer.Option(
+    search_seed: Annotated[int | None, typer.Option(
         help=f"Seed of the random search (default {Defaults.search_seed}).")] = None,
-    name: Annotated[Optional[str], typer.Option(
+    name: Annotated[str | None, typer.Option(
         help="Experiment name (default tune-PRESET-TIMESTAMP).")] = None,
-    storage: Annotated[Optional[Path], typer.Option(
+    storage: Annotated[Path | None, typer.Option(
         help="Folder for experiments (default ~/modresnet-runs or $MODRESNET_RUNS), or "
              "s3://BUCKET/PREFIX, gs://..., file://...")] = None,
-    address: Annotated[Optional[str], typer.Option(
+    address: Annotated[str | None, typer.Option(
         help="Ray cluster address (default $RAY_ADDRESS, else a local Ray).")] = None,
-    resume: Annotated[Optional[str], typer.Option(
+    resume: Annotated[str | None, typer.Option(
         help="Continue the interrupted search NAME with its saved settings. --storage, "
              "--address, --wandb/--no-wandb and --verbose may be given; any other flag must "
              "repeat the saved value, or it is refused.")] = None,
@@ -120,19 +119,19 @@ def tune(
     from modresnet.rundir import default_storage
 
     where = object_storage.parse(storage) or default_storage()
-    remote_root = where if object_storage.is_remote(where) else None
+    remote_root = where if isinstance(where, object_storage.Location) else None
     if remote_root is not None and (resume or (workers_per_trial or 1) > 1):
         raise UserError(f"--storage {remote_root}: object storage takes new searches with one "
                         f"worker per trial; --resume and --workers-per-trial > 1 need a "
                         f"filesystem path (local or NFS)")
-    root = (object_storage.staging_root(remote_root) if remote_root
+    root = (object_storage.staging_root(where) if isinstance(where, object_storage.Location)
             else where.expanduser()).resolve()
     given = {"samples": samples, "max_epochs": max_epochs, "grace_period": grace_period,
              "reduction_factor": reduction_factor, "concurrent": concurrent, "metric": metric,
              "include_paper": include_paper, "workers_per_trial": workers_per_trial,
              "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
              "search_seed": search_seed}
-    settings = {k: v for k, v in given.items() if v is not None}
+    settings: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     config_given = bool(preset or config_file or sets or overrides)
     if resume:
         job = read_job(root / resume)
@@ -141,7 +140,7 @@ def tune(
                      space)
     else:
         cfg = build_config(preset, config_file, overrides, sets)
-        search = Defaults(**{**settings, "max_epochs": max_epochs or cfg.train.epochs})
+        search = replace(Defaults(max_epochs=max_epochs or cfg.train.epochs), **settings)
         cfg = cfg.with_overrides({"train.epochs": search.max_epochs})
         job = new_job(cfg, load_space(space or DEFAULT_SPACE, cfg), search, root,
                       name or f"tune-{default_name(preset or 'paper')}",
@@ -161,7 +160,7 @@ def _run(job: TuneJob, options: TuneOptions, resume: bool, verbose: bool, root: 
                                 info=say)
     if outcome.rows:
         console.print(leaderboard_table(outcome.rows, job, width=console.width))
-    if outcome.interrupted or outcome.best is None:
+    if outcome.interrupted or outcome.best is None or outcome.test is None:
         err_console.print(f"[bold yellow]search interrupted[/]; continue it with: modresnet tune "
                           f"--resume {job.name} --storage {root}", highlight=False)
         raise typer.Exit(130)

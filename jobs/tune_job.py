@@ -13,13 +13,15 @@ import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from jobs.search_space import SearchSpace, parse_space
+
+if TYPE_CHECKING:
+    from modresnet.storage import Location
 from modresnet import config as configs
 from modresnet.config import Config, ConfigError
 from modresnet.errors import UserError
-
-from jobs.search_space import SearchSpace, parse_space
 
 JOB_FILE = "modresnet-tune.json"
 Metric = Literal["val_acc", "val_loss", "train_acc", "train_loss"]
@@ -95,6 +97,15 @@ class TuneJob(SearchSettings):
     def experiment(self) -> Path:
         return Path(self.storage) / self.name
 
+    def remote_experiment(self) -> Location | None:
+        """The experiment's folder in object storage, when the search lives there."""
+        from modresnet import storage
+
+        root = storage.parse(self.remote)
+        if root is not None and not isinstance(root, storage.Location):
+            raise InvalidSetting("remote", f"{self.remote} is not object storage (s3://, gs://)")
+        return root.join(self.name) if root is not None else None
+
     def search_space(self) -> SearchSpace:
         return parse_space(self.space, self.base, self.space_source, checks=0)
 
@@ -132,6 +143,7 @@ class TuneJob(SearchSettings):
         try:
             job = cls(**kwargs)
             job.search_space()
+            job.remote_experiment()
         except InvalidSetting as err:
             raise TuneSetupError(f"{source}: {err.field}: {err.problem}") from None
         except ConfigError as err:

@@ -5,8 +5,6 @@ command modules import torch and Ray when a command runs, so `--help` stays fast
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
 from jobs import cluster_commands, train_command, tune_command
@@ -30,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

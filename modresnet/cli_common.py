@@ -94,13 +94,13 @@ def print_predictions(images: Sequence[Path], results: Sequence[Sequence[dict[st
     from rich.table import Table
 
     if as_json:
-        print(json.dumps([{"image": str(p), "top_k": list(r)} for p, r in zip(images, results)],
-                         indent=2))
+        print(json.dumps([{"image": str(p), "top_k": list(r)}
+                          for p, r in zip(images, results, strict=True)], indent=2))
         return
     table = Table()
     table.add_column("image", overflow="fold")
     for i in range(len(results[0])):
         table.add_column(f"#{i + 1}")
-    for path, r in zip(images, results):
+    for path, r in zip(images, results, strict=True):
         table.add_row(str(path), *[f"{x['label']} {100 * x['probability']:.1f}%" for x in r])
     console.print(table)

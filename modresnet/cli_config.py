@@ -12,7 +12,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -37,7 +37,7 @@ class ConfigFlag:
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
         what = f"{self.note} ({self.path})" if self.note else self.path
         text = f"{what}: {' | '.join(allowed)}" if allowed else what
-        return Annotated[Optional[str if allowed else hint], typer.Option(help=text)]
+        return Annotated[(str if allowed else hint) | None, typer.Option(help=text)]
 
 
 CONFIG_FLAGS = {flag.param: flag for flag in (
@@ -55,11 +55,11 @@ CONFIG_FLAGS = {flag.param: flag for flag in (
     ConfigFlag("device", "train.device"),
 )}
 
-Preset = Annotated[Optional[str], typer.Option(
+Preset = Annotated[str | None, typer.Option(
     help=f"Recipe to start from: {', '.join(configs.PRESETS)}; default paper.")]
-ConfigFile = Annotated[Optional[Path], typer.Option(
+ConfigFile = Annotated[Path | None, typer.Option(
     "--config", help="YAML config; overrides the preset.")]
-Sets = Annotated[Optional[list[str]], typer.Option(
+Sets = Annotated[list[str] | None, typer.Option(
     "--set", help="Any config field, as SECTION.FIELD=VALUE (YAML value); repeatable.")]
 DataDir = CONFIG_FLAGS["data_dir"].option()
 
@@ -82,7 +82,8 @@ def config_flags(*params: str) -> Callable[[Callable[..., None]], Callable[..., 
             command(**kwargs, overrides={k: v for k, v in given.items() if v is not None})
 
         at = next((i + 1 for i, p in enumerate(own) if p.name == "sets"), len(own))
-        setattr(wrapper, "__signature__", signature.replace(parameters=own[:at] + added + own[at:]))
+        parameters = own[:at] + added + own[at:]
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
         return wrapper
 
     return decorate

@@ -7,14 +7,19 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from modresnet import config as configs
-from modresnet.cli_common import (console, epoch_line, print_predictions, print_run_result,
-                                  user_errors)
+from modresnet.cli_common import (
+    console,
+    epoch_line,
+    print_predictions,
+    print_run_result,
+    user_errors,
+)
 from modresnet.cli_config import DataDir
 from modresnet.errors import UserError
 
@@ -22,22 +27,22 @@ from modresnet.errors import UserError
 AskServer = Callable[[str, Sequence[Path], int], list[list[dict[str, Any]]]]
 
 Images = Annotated[list[Path], typer.Argument(help="PNG/JPEG/... files of any size and mode.")]
-Checkpoint = Annotated[Optional[Path], typer.Option(help="Run directory or checkpoint folder.")]
+Checkpoint = Annotated[Path | None, typer.Option(help="Run directory or checkpoint folder.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-Url = Annotated[Optional[str], typer.Option(
+Url = Annotated[str | None, typer.Option(
     help="Ask a running `modresnet serve` at this URL instead of loading a checkpoint (API key "
          "from $MODRESNET_API_KEY).")]
 
 
 @user_errors
-def summary(flavor: Annotated[str, typer.Option(help="paper | debug")] = "paper") -> None:
+def summary(
+    flavor: Annotated[str, typer.Option(help=" | ".join(configs.FLAVORS))] = "paper",
+) -> None:
     """Per-layer table of ModifiedResNet and its memory totals (the paper's Figure 2)."""
-    from modresnet.model import FLAVORS, build_model
+    from modresnet.model import build_model
     from modresnet.summary import summarize
 
-    if flavor not in FLAVORS:
-        raise UserError(f"--flavor: must be one of {', '.join(FLAVORS)}; got {flavor!r}")
-    s = summarize(build_model(FLAVORS[flavor]))
+    s = summarize(build_model(configs.FLAVORS[configs.coerce("--flavor", flavor, configs.Flavor)]))
     table = Table(title=f"ModifiedResNet ({flavor})")
     table.add_column("Layer (type)")
     table.add_column("Output Shape")
@@ -55,8 +60,7 @@ def summary(flavor: Annotated[str, typer.Option(help="paper | debug")] = "paper"
 
 def train_in_process(cfg: configs.Config, run_path: Path, resume: bool) -> None:
     """`train --local`: the engine in this process, with a progress bar per epoch."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from modresnet.local import train_local
 
@@ -89,7 +93,8 @@ def local_run(value: Path) -> Path:
     """A RUN/--checkpoint argument in object storage (s3://, gs://) -> its local cached copy."""
     from modresnet.storage import local_run as fetch
 
-    return Path(fetch(value))
+    fetched = fetch(value)
+    return value if fetched is None else Path(fetched)
 
 
 def _test_set_metrics(checkpoint: Path, tta: bool, data_dir: str | None,
@@ -117,7 +122,7 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Run directory or checkpoint folder.")],
     tta: Annotated[bool, typer.Option(help="Average with the mirrored image.")] = False,
     data_dir: DataDir = None,
-    subset: Annotated[Optional[int], typer.Option(help="Stratified number of test images.")] = None,
+    subset: Annotated[int | None, typer.Option(help="Stratified number of test images.")] = None,
 ) -> None:
     """Evaluate a checkpoint on the CIFAR-10 test set; prints JSON."""
     print(json.dumps(_test_set_metrics(checkpoint, tta, data_dir, subset), indent=2))

@@ -78,11 +78,11 @@ class DataConfig:
         for name in ("subset", "val_subset", "test_subset"):
             value = getattr(self, name)
             if value is not None and value < 10:
-                raise ValueError(f"data.{name}: need at least 10 images (one per class), got {value}")
+                raise ValueError(f"data.{name}: need at least 10 images (one per class), "
+                                 f"got {value}")
         if self.subset is not None and self.subset > 50000 - self.val_size:
-            raise ValueError(
-                f"data.subset: at most {50000 - self.val_size} training images exist, got {self.subset}"
-            )
+            raise ValueError(f"data.subset: at most {50000 - self.val_size} training images "
+                             f"exist, got {self.subset}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"data.std: must be positive, got {list(self.std)}")
 
@@ -187,7 +187,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return plain
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -198,7 +199,8 @@ class Config:
         for key, value in overrides.items():
             section, _, name = key.partition(".")
             if not name or section not in merged:
-                raise ConfigError(f"{key}: unknown key; use SECTION.FIELD with a section of {list(merged)}")
+                raise ConfigError(f"{key}: unknown key; use SECTION.FIELD with a section of "
+                                  f"{list(merged)}")
             if section == "model" and name == "flavor":
                 merged["model"] = {"flavor": value, "num_classes": merged["model"]["num_classes"]}
                 continue
@@ -233,7 +235,8 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _check_choices(section: Any, path: str) -> None:
     """Every `Literal` field of a section holds one of its values, however it was built."""
-    for name, hint in _hints(type(section)).items():
+    section_type: type = type(section)
+    for name, hint in _hints(section_type).items():
         allowed = choices(hint)
         value = getattr(section, name)
         if allowed is not None and value not in allowed:
@@ -256,18 +259,18 @@ def coerce(path: str, value: Any, hint: Any) -> Any:
         if value is None:
             return None
         return coerce(path, value, args[0])
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping of fields, got {value!r}")
         return _build(path, hint, value)
     if origin is tuple:
-        args = typing.get_args(hint)
+        items = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
-        item = args[0]
-        if len(args) != 2 or args[1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{path}: expected {len(args)} values, got {list(value)}")
+        item = items[0]
+        if len(items) != 2 or items[1] is not Ellipsis:
+            if len(value) != len(items):
+                raise ConfigError(f"{path}: expected {len(items)} values, got {list(value)}")
         return tuple(coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value))
     if origin is Literal:
         if not isinstance(value, str) or value not in get_args(hint):

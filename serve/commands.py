@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -16,10 +16,10 @@ from modresnet.errors import UserError
 Backend = Annotated[str, typer.Option(
     help="onnx (exported once per checkpoint; the faster on CPU here) | torch | int8 (after "
          "python -m serve.quantize RUN)")]
-Address = Annotated[Optional[str], typer.Option(
+Address = Annotated[str | None, typer.Option(
     help="Join this Ray cluster (e.g. auto) instead of starting one; a running app is updated "
          "in place and the command returns.")]
-ApiKeyEnv = Annotated[Optional[str], typer.Option(
+ApiKeyEnv = Annotated[str | None, typer.Option(
     help="Require auth: the env var the replicas read the API key from; a replica without it "
          "fails the deploy. Default: required if MODRESNET_API_KEY is set in this shell.")]
 
@@ -71,15 +71,16 @@ def serve(
     try:
         from serve.app import ServeArgs
 
-        args = ServeArgs(checkpoint=str(checkpoint), backend=backend, threads=threads,
-                         replica_cpus=replica_cpus, min_replicas=min_replicas,
-                         max_replicas=max_replicas, target_ongoing_requests=target_ongoing_requests,
-                         max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_ms / 1000,
-                         max_ongoing_requests=max_ongoing_requests,
-                         max_queued_requests=max_queued_requests,
-                         max_body_bytes=int(max_body_mb * 1024 * 1024),
-                         api_key_env=api_key_env or "MODRESNET_API_KEY",
-                         api_key_required=bool(api_key_env or os.environ.get("MODRESNET_API_KEY")))
+        args = ServeArgs.model_validate({
+            "checkpoint": str(checkpoint), "backend": backend, "threads": threads,
+            "replica_cpus": replica_cpus, "min_replicas": min_replicas,
+            "max_replicas": max_replicas, "target_ongoing_requests": target_ongoing_requests,
+            "max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_ms / 1000,
+            "max_ongoing_requests": max_ongoing_requests,
+            "max_queued_requests": max_queued_requests,
+            "max_body_bytes": int(max_body_mb * 1024 * 1024),
+            "api_key_env": api_key_env or "MODRESNET_API_KEY",
+            "api_key_required": bool(api_key_env or os.environ.get("MODRESNET_API_KEY"))})
     except ValidationError as err:
         first = err.errors()[0]
         raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None

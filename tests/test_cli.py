@@ -26,7 +26,8 @@ def run(*args, check=True):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
-    proc = run("train", "--local", "--preset", "debug", "--epochs", "2", "--storage", storage, "--name", "cli")
+    proc = run("train", "--local", "--preset", "debug", "--epochs", "2", "--storage", storage,
+               "--name", "cli")
     return storage / "cli", proc.stdout
 
 
@@ -48,14 +49,16 @@ def test_train_writes_a_complete_run(trained):
         assert (run_dir / name).exists(), name
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
-    assert {"train_loss", "val_loss", "train_acc", "val_acc", "lr", "images_per_s"} <= set(metrics[0])
+    fields = {"train_loss", "val_loss", "train_acc", "val_acc", "lr", "images_per_s"}
+    assert fields <= set(metrics[0])
 
 
 def test_resume_continues_at_the_next_epoch(tmp_path):
-    run("train", "--local", "--preset", "debug", "--epochs", "1", "--storage", tmp_path, "--name", "r")
-    again = run("train", "--local", "--preset", "debug", "--epochs", "1", "--storage", tmp_path, "--name", "r", check=False)
+    local = ["train", "--local", "--preset", "debug", "--storage", tmp_path, "--name", "r"]
+    run(*local, "--epochs", "1")
+    again = run(*local, "--epochs", "1", check=False)
     assert again.returncode == 2 and "--resume" in again.stderr
-    run("train", "--local", "--preset", "debug", "--epochs", "2", "--storage", tmp_path, "--name", "r", "--resume")
+    run(*local, "--epochs", "2", "--resume")
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
@@ -76,7 +79,8 @@ def test_predict_real_test_images(trained, small_cifar, tmp_path):
         path = tmp_path / f"img{i}.png"
         path.write_bytes(encode_png(small_cifar.test.x[i]))
         paths.append(path)
-    out = json.loads(run("predict", *paths, "--checkpoint", run_dir, "--json", "--top-k", "3").stdout)
+    out = json.loads(run("predict", *paths, "--checkpoint", run_dir, "--json", "--top-k",
+                         "3").stdout)
     assert len(out) == 3
     for item in out:
         probs = [r["probability"] for r in item["top_k"]]
@@ -90,7 +94,8 @@ def test_predict_real_test_images(trained, small_cifar, tmp_path):
     (["train", "--local", "--preset", "debug", "--set", "optim.lrr=1"], "optim.lrr"),
     (["train", "--local", "--preset", "debug", "--lr", "-1"], "optim.lr"),
     (["train", "--local", "--preset", "nope"], "preset"),
-    (["train", "--local", "--preset", "debug", "--data-dir", "/nonexistent", "--set", "data.download=false"], "MODRESNET_DATA"),
+    (["train", "--local", "--preset", "debug", "--data-dir", "/nonexistent", "--set",
+      "data.download=false"], "MODRESNET_DATA"),
     (["evaluate", "/nonexistent/run"], "no such file"),
     (["predict", "/nonexistent.png", "--checkpoint", "/nonexistent"], "cannot read"),
 ])

@@ -20,6 +20,8 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
+from jobs.tune_job import TuneJob
+
 REPO = Path(__file__).resolve().parents[1]
 
 # What must not reach a successful demo's console.
@@ -72,14 +74,14 @@ def test_noise_patterns_catch_the_lines_issue_13_reported():
 tune_progress = pytest.importorskip("jobs.tune_progress")
 
 
-def _job() -> dict:
+def _job() -> TuneJob:
     from jobs.search_space import DEFAULT_SPACE, load_space
+    from jobs.tune_job import SearchSettings, new_job
     from modresnet import config as configs
 
     base = configs.resolve("demo", overrides={"optim.nesterov": False, "train.epochs": 3})
     space = load_space(DEFAULT_SPACE, base)
-    return {"base": base.to_dict(), "space": space.raw, "space_source": space.source,
-            "max_epochs": 3, "samples": 3, "metric": "val_acc"}
+    return new_job(base, space, SearchSettings(max_epochs=3, samples=3), Path("runs"), "demo")
 
 
 def _trial(trial_id, status, epoch, val, optim="sgd", lr=0.01, batch=128, momentum=0.9):

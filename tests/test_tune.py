@@ -112,15 +112,17 @@ def test_default_space_is_valid_and_holds_the_paper_point():
     assert paper.optim.name == "adam" and paper.optim.lr == 1e-3
     assert paper.schedule.name == "plateau" and paper.augment.rotation == 20.0
     # sgd-only fields never reach adam, betas never reach sgd
-    sgd = spaces.overrides_for({"optim": {"name": "sgd", "nesterov": True, "betas": [0.9, 0.99]}}, base)
+    sgd = spaces.overrides_for({"optim": {"name": "sgd", "nesterov": True,
+                                          "betas": [0.9, 0.99]}}, base)
     assert "optim.betas" not in sgd and sgd["optim.nesterov"] is True
     adam = spaces.overrides_for({"optim": {"name": "adam", "nesterov": True}}, base)
     assert "optim.nesterov" not in adam
     # a Nesterov base (the fast and demo presets) still yields valid adam trials
     for preset in ("fast", "demo"):
-        trial = spaces.trial_config(configs.resolve(preset), {"optim.name": "adam", "optim.lr": 1e-3})
+        nesterov = configs.resolve(preset)
+        trial = spaces.trial_config(nesterov, {"optim.name": "adam", "optim.lr": 1e-3})
         assert trial.optim.name == "adam" and not trial.optim.nesterov
-        assert "optim.name" in spaces.load_space(spaces.DEFAULT_SPACE, configs.resolve(preset)).tuned_keys()
+        assert "optim.name" in spaces.load_space(spaces.DEFAULT_SPACE, nesterov).tuned_keys()
 
 
 def _saved_search(tmp_path: Path) -> Path:
@@ -280,7 +282,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     log = (tmp_path / "first.txt").open("w")
     # One trial at a time and no early stops, so the kill lands after trial 0 finished and
     # while trial 1 is between epochs: one finished, one half-done, one not started.
-    pairs = list(zip(COMMON[::2], COMMON[1::2]))
+    pairs = list(zip(COMMON[::2], COMMON[1::2], strict=True))
     args = [x for flag, value in pairs if flag not in ("--grace-period", "--concurrent")
             for x in (flag, value)]
     proc = subprocess.Popen(

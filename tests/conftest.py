@@ -11,6 +11,7 @@ slowing the quick tier.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ DATA_FIXTURES = {"data_dir", "small_cifar", "debug_config"}
 FAST_TIER = os.environ.get("MODRESNET_TEST_TIER") == "fast"
 
 if FAST_TIER:
-    os.environ["MODRESNET_DATA"] = str(REPO / "tests" / "no-data-in-the-fast-tier")
+    os.environ["MODRESNET_DATA"] = tempfile.mkdtemp(prefix="modresnet-no-data-")
 for _var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
     os.environ.pop(_var, None)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

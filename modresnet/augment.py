@@ -11,6 +11,7 @@ bit-identical to torchvision's PIL pipeline, which was never the goal.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,8 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
-def const(values, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def const(values: Sequence[float] | Sequence[Sequence[float]], device: torch.device,
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A small constant on `device` without a host sync: a blocking host-to-GPU copy waits
     for every queued kernel, which per batch starves the GPU."""
     return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
@@ -39,7 +41,8 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
     return (x - m) / s
 
 
-def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
+def _uniform(n: int, low: float, high: float, g: torch.Generator,
+             device: torch.device) -> torch.Tensor:
     return torch.rand(n, generator=g, device=device) * (high - low) + low
 
 

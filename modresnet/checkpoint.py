@@ -51,7 +51,7 @@ class LoadedModel:
 
     @property
     def sha256(self) -> str:
-        return self.meta["sha256"]
+        return str(self.meta["sha256"])
 
 
 def sha256_file(path: Path) -> str:

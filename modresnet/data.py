@@ -13,6 +13,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,13 +98,13 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
     }
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         return super().find_class(module, name)
 
 
-def _read_batch(path: Path, md5: str) -> dict:
+def _read_batch(path: Path, md5: str) -> dict[str, Any]:
     if not path.exists():
         raise DataError(f"CIFAR-10 file {path} is missing. {SUPPLY_HINT}")
     actual = _md5(path)
@@ -113,7 +114,8 @@ def _read_batch(path: Path, md5: str) -> dict:
             f"Delete {path.parent} and download again, or point --data-dir at a good copy."
         )
     with path.open("rb") as f:
-        return _ArrayUnpickler(io.BufferedReader(f), encoding="latin1").load()
+        batch: dict[str, Any] = _ArrayUnpickler(io.BufferedReader(f), encoding="latin1").load()
+    return batch
 
 
 def _download(root: Path) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ class WeightEMA:
     @torch.no_grad()
     def update(self, live: nn.Module) -> None:
         self.updates += 1
-        ema = list(self.module.parameters())
+        ema: list[torch.Tensor] = list(self.module.parameters())
         src = [p.detach() for p in live.parameters()]
         torch._foreach_lerp_(ema, src, 1.0 - self.current_decay())
 
@@ -58,9 +59,9 @@ class WeightEMA:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"module": self.module.state_dict(), "updates": self.updates}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["module"])
         self.updates = int(state["updates"])

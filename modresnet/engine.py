@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 import torch
 import torch.distributed as dist
@@ -178,11 +178,11 @@ def train_one_epoch(state: TrainingState, train: Split, config: Config, device: 
             loss = F.cross_entropy(logits, y, label_smoothing=tc.label_smoothing)
         state.optimizer.zero_grad(set_to_none=True)
         if state.scaler is not None:
-            state.scaler.scale(loss).backward()
+            torch.autograd.backward(state.scaler.scale(loss))
             state.scaler.step(state.optimizer)
             state.scaler.update()
         else:
-            loss.backward()
+            torch.autograd.backward(loss)
             state.optimizer.step()
         if per_step is not None:
             per_step.step()
@@ -222,8 +222,8 @@ def predict_logits(model: nn.Module, x: torch.Tensor, config: Config, device: to
                 logits = (logits + model(xb.flip(3)).float()) / 2
         outs.append(logits)
     if not outs:
-        classes: int = unwrap(model).linear.out_features
-        return torch.zeros(0, classes, device=device)
+        head = cast(nn.Linear, unwrap(model).linear)
+        return torch.zeros(0, head.out_features, device=device)
     return torch.cat(outs)
 
 

@@ -59,7 +59,8 @@ class ModifiedResNet(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layers(out)
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return self.linear(out)
+        logits: torch.Tensor = self.linear(out)
+        return logits
 
 
 def build_model(config: ModelConfig) -> ModifiedResNet:

@@ -93,12 +93,25 @@ def default_storage() -> Path:
 class RunDir:
     path: Path
 
-    metrics_file = property(lambda self: self.path / "metrics.jsonl")
-    best = property(lambda self: self.path / "best")
-    last = property(lambda self: self.path / "last")
-    test_file = property(lambda self: self.path / "test.json")
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
 
-    lock_file = property(lambda self: self.path / ".lock")
+    @property
+    def best(self) -> Path:
+        return self.path / "best"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last"
+
+    @property
+    def test_file(self) -> Path:
+        return self.path / "test.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / ".lock"
 
     def create(self, config: Config) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -137,12 +150,12 @@ class RunDir:
     def exists(self) -> bool:
         return self.metrics_file.exists() or self.last.exists()
 
-    def read_metrics(self) -> list[dict]:
+    def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_file.exists():
             return []
         return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line]
 
-    def write_metrics(self, history: list[dict]) -> None:
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite the whole history: a resumed run keeps every epoch exactly once."""
         checkpoint.atomic_write_text(self.metrics_file,
                                      "".join(json.dumps(m) + "\n" for m in history))

@@ -8,9 +8,9 @@ one; else, for a local run, torch's default (one thread per core).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn

@@ -4,8 +4,8 @@ train.precision resolves to on it (autocast dtype, loss scaling)."""
 from __future__ import annotations
 
 import contextlib
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import ContextManager
 
 import torch
 
@@ -72,7 +72,7 @@ def inference_precision(config: Config, device: torch.device) -> Precision:
     return device_precision(requested, device)
 
 
-def autocast(precision: Precision, device: torch.device) -> ContextManager[object]:
+def autocast(precision: Precision, device: torch.device) -> AbstractContextManager[object]:
     if precision.dtype is not None:
         return torch.autocast(device.type, dtype=precision.dtype)
     return contextlib.nullcontext()

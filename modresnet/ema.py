@@ -56,7 +56,7 @@ class WeightEMA:
         for x in batches:
             self.module(x)
         self.module.train(was_training)
-        for m, momentum in zip(norms, momenta):
+        for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
 
     def state_dict(self) -> dict[str, Any]:

@@ -10,8 +10,9 @@ epoch's permutation by rank and all-reduce the metrics through torch.distributed
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, cast
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist

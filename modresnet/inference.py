@@ -50,5 +50,5 @@ class Predictor:
 
     def top_k(self, probabilities: torch.Tensor, k: int = 5) -> list[list[Prediction]]:
         values, indices = top_k(probabilities, k)
-        return [[Prediction(self.classes[i], float(p)) for p, i in zip(row_p, row_i)]
-                for row_p, row_i in zip(values.tolist(), indices.tolist())]
+        return [[Prediction(self.classes[i], float(p)) for p, i in zip(row_p, row_i, strict=True)]
+                for row_p, row_i in zip(values.tolist(), indices.tolist(), strict=True)]

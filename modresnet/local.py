@@ -3,9 +3,10 @@ Ray Train path writes the same run directory through the same engine."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from modresnet import checkpoint
 from modresnet.assembly import assemble

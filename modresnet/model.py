@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modresnet.config import FLAVORS, ModelConfig  # noqa: F401  (re-exported: the model's config)
+from modresnet.config import FLAVORS, ModelConfig
 
 
 class BasicBlock(nn.Module):
@@ -37,7 +37,7 @@ class BasicBlock(nn.Module):
 
 
 class ModifiedResNet(nn.Module):
-    def __init__(self, config: ModelConfig = ModelConfig()) -> None:
+    def __init__(self, config: ModelConfig = FLAVORS["paper"]) -> None:
         super().__init__()
         self.config = config
         stem = config.widths[0]
@@ -45,7 +45,7 @@ class ModifiedResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(stem)
         stages = []
         in_planes = stem
-        for i, (width, n) in enumerate(zip(config.widths, config.blocks)):
+        for i, (width, n) in enumerate(zip(config.widths, config.blocks, strict=True)):
             stride = 1 if i == 0 else 2
             blocks = []
             for j in range(n):

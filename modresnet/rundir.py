@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from modresnet import checkpoint, plots
 from modresnet.config import Config
 from modresnet.data import Split
-from modresnet.evaluation import evaluate_checkpoint
 from modresnet.errors import UserError
+from modresnet.evaluation import evaluate_checkpoint
 
 
 class RunInUseError(UserError):

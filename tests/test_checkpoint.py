@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from modresnet import checkpoint, config as configs
+from modresnet import checkpoint
+from modresnet import config as configs
 from modresnet.checkpoint import CheckpointError
 from modresnet.data import CLASSES
 from modresnet.model import build_model
@@ -90,7 +91,8 @@ def test_training_state_keeps_its_on_disk_format(tmp_path):
     fresh = engine.build_state(cfg, build_model(cfg.model), 64)
     checkpoint.load_training_state(tmp_path, fresh)
     assert fresh.epoch == 3 and fresh.history == state.history
-    for a, b in zip(state.state_dict()["model"].values(), fresh.state_dict()["model"].values()):
+    saved, restored = state.state_dict()["model"], fresh.state_dict()["model"]
+    for a, b in zip(saved.values(), restored.values(), strict=True):
         assert torch.equal(a, b)
 
 

@@ -56,7 +56,8 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     ("before-renames", {"last", "last.tmp"}),
 ])
 def test_a_run_killed_while_replacing_last_resumes_from_the_last_complete_epoch(
-        tmp_path, crash_at, left):
+        tmp_path: Path, crash_at: str, left: set[str], data_dir: Path) -> None:
+    """Needs CIFAR-10 (`data_dir`): the child and the resumed CLI read it."""
     run = tmp_path / "r"
     child = subprocess.run([sys.executable, "-c", CRASHING_TRAINER, str(run), crash_at],
                            cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.overrides import TorchFunctionMode
 
-from modresnet import config as configs, engine, optim
+from modresnet import config as configs
+from modresnet import engine, optim
 from modresnet.augment import augment
 from modresnet.data import Split, load_cifar10
 from modresnet.model import FLAVORS, build_model

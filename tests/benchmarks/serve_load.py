@@ -84,10 +84,10 @@ def load(url: str, files: list[bytes], concurrency: int, total: int) -> dict:
 
 def ceiling(checkpoint: str, backend: str, batch: int, seconds: float = 3.0) -> float:
     import torch
+    from serve_backends import rate  # the same timing loop as the backend benchmark
 
     from modresnet.checkpoint import load_model
     from serve.backends import make_backend
-    from serve_backends import rate  # the same timing loop as the backend benchmark
 
     torch.set_num_threads(1)
     return rate(make_backend(backend, load_model(checkpoint), threads=1), batch, seconds)

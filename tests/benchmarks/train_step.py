@@ -15,11 +15,12 @@ import time
 
 import torch
 import torch.nn.functional as F
+from augment import paper_pipeline
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 
-from augment import paper_pipeline
-from modresnet import config as configs, engine
+from modresnet import config as configs
+from modresnet import engine
 from modresnet.data import Split, load_cifar10, resolve_root
 from modresnet.model import FLAVORS, build_model
 

@@ -158,18 +158,23 @@ def resolve_address(address: str | None) -> str | None:
     return None if resolved == "local" else resolved
 
 
+Connection = Literal["existing", "joined", "embedded"]
+
+
 def connect(address: str | None = None, log_file: Path | None = None,
-            num_cpus: int | None = None) -> bool:
-    """Reach Ray by the module's rule; True when this call started Ray and must shut it
-    down. With `log_file`, Ray's Python logs go there (INFO and up) instead of the console;
-    `num_cpus` sizes an embedded Ray (default: every CPU)."""
+            num_cpus: int | None = None) -> Connection:
+    """Reach Ray by the module's rule. "existing": this process was connected already (leave
+    it so); "joined": this call connected to a cluster (ray.shutdown() disconnects, the
+    cluster stays); "embedded": this call started a Ray that ends with ray.shutdown(), and
+    Serve apps with it. With `log_file`, Ray's Python logs go there (INFO and up) instead of
+    the console; `num_cpus` sizes an embedded Ray (default: every CPU)."""
     import ray
 
     apply_ray_env()
     if log_file is not None:
         ray_logs_to(log_file)
     if ray.is_initialized():
-        return False
+        return "existing"
     level = logging.INFO if log_file is not None else logging.WARNING
     address = resolve_address(address)
     if address:
@@ -186,7 +191,7 @@ def connect(address: str | None = None, log_file: Path | None = None,
                  log_to_driver=False, logging_level=level)
     if log_file is not None:
         ray_logs_to(log_file)  # ray.init may have set up more of Ray's loggers
-    return True
+    return "joined" if address else "embedded"
 
 
 # --------------------------------------------------------------------------- W&B

@@ -239,7 +239,7 @@ def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayO
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Empty, Queue
 
-    started = connect(options.address, log_file=run_path / "ray.log")
+    connection = connect(options.address, log_file=run_path / "ray.log")
     stop = threading.Event()
     try:
         check_resources(options)
@@ -329,7 +329,7 @@ def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayO
         return RayResult(run, history, test, result.path)
     finally:
         stop.set()
-        if started:
+        if connection != "existing":
             ray.shutdown()
 
 

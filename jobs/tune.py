@@ -24,23 +24,22 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-from modresnet import checkpoint, config as configs
-from modresnet.assembly import assemble
-from modresnet.config import Config
-from modresnet.engine import Record, TrainingState
-from modresnet.rundir import check_private_storage
 
 from jobs.ray_private import flushing_wandb_callback, restored_run_config
 from jobs.runtime import connect, quiet_tune_output, use_wandb_env, wandb_policy
 from jobs.search_space import trial_config
 from jobs.tune_job import JOB_FILE, TuneJob, TuneSetupError
 from jobs.tune_results import TuneOutcome, summarize, sync_wandb_dirs
-
+from modresnet import checkpoint
+from modresnet import config as configs
+from modresnet.assembly import assemble
+from modresnet.config import Config
+from modresnet.engine import Record, TrainingState
+from modresnet.rundir import check_private_storage
 
 # --------------------------------------------------------------------------- trial side
 
@@ -74,8 +73,8 @@ def _run_train_trial(config: Config, job: TuneJob) -> None:
     named after the trial, so a restored trial resumes that run from its last checkpoint."""
     import ray.train
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     from jobs.train import train_loop_per_worker
 
@@ -219,7 +218,7 @@ def run_search(job: TuneJob, options: TuneOptions, resume: bool = False,
     from jobs.tune_progress import ProgressCallback, TrialTable
 
     callbacks = _wandb_callbacks(options, job.name, info) + [ProgressCallback()]
-    started = connect(options.address, log_file=exp / "ray.log")
+    connection = connect(options.address, log_file=exp / "ray.log")
     try:
         import ray
 
@@ -254,7 +253,7 @@ def run_search(job: TuneJob, options: TuneOptions, resume: bool = False,
             info(f"published the search's outputs to {remote}")
         return outcome
     finally:
-        if started:
+        if connection != "existing":
             ray.shutdown()
 
 

@@ -82,7 +82,8 @@ def demo(run: str | Path, n: int = 8, port: int | None = None, backend: str = "o
 
     log_file = Path(run) / "ray.log"
     port = port or _free_port()
-    owns = connect("local", log_file=log_file, num_cpus=2)  # its own Ray, even with RAY_ADDRESS
+    # its own Ray, even with RAY_ADDRESS set
+    owns = connect("local", log_file=log_file, num_cpus=2) == "embedded"
     try:
         start("127.0.0.1", port)
         url = f"http://127.0.0.1:{port}"

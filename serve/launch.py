@@ -36,7 +36,7 @@ def serve_app(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
             raise UserError(f"--backend int8: {args.checkpoint} has no int8 model yet; make it "
                             f"once with `python -m serve.quantize {args.checkpoint}`, or use "
                             f"--backend onnx")
-    owns = connect(address)
+    owns = connect(address) == "embedded"  # else Serve outlives this process
     start(host, port)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}" + \
         route_prefix.rstrip("/")

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 from modresnet import config as configs
 from modresnet.config import Config, ConfigError
 from modresnet.errors import UserError
+from modresnet.fields import coerce
 
 JOB_FILE = "modresnet-tune.json"
 Metric = Literal["val_acc", "val_loss", "train_acc", "train_loss"]
@@ -164,7 +165,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"space: expected a mapping of SECTION.FIELD keys, got {value!r}")
         return value
-    return configs.coerce(name, value, hint)
+    return coerce(name, value, hint)
 
 
 def new_job(base: Config, space: SearchSpace, settings: SearchSettings, storage: Path,

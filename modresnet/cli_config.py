@@ -19,6 +19,7 @@ import yaml
 
 from modresnet import config as configs
 from modresnet.errors import UserError
+from modresnet.fields import choices
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class ConfigFlag:
     def option(self) -> Any:
         """The typer annotation: optional (None: not given), typed and described by the field."""
         hint = configs.field_hint(self.path)
-        allowed = configs.choices(hint)
+        allowed = choices(hint)
         if typing.get_origin(hint) in (types.UnionType, typing.Union):
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
         what = f"{self.note} ({self.path})" if self.note else self.path

@@ -39,10 +39,11 @@ def summary(
     flavor: Annotated[str, typer.Option(help=" | ".join(configs.FLAVORS))] = "paper",
 ) -> None:
     """Per-layer table of ModifiedResNet and its memory totals (the paper's Figure 2)."""
+    from modresnet.fields import coerce
     from modresnet.model import build_model
     from modresnet.summary import summarize
 
-    s = summarize(build_model(configs.FLAVORS[configs.coerce("--flavor", flavor, configs.Flavor)]))
+    s = summarize(build_model(configs.FLAVORS[coerce("--flavor", flavor, configs.Flavor)]))
     table = Table(title=f"ModifiedResNet ({flavor})")
     table.add_column("Layer (type)")
     table.add_column("Output Shape")

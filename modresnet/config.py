@@ -8,21 +8,14 @@ naming the field. Presets are functions of nothing that return a config.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
 
-from modresnet.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A config key or value a user wrote is wrong; the message names the field."""
-
+from modresnet.fields import ConfigError as ConfigError  # the config's error, by its name
+from modresnet.fields import check_choices, check_range, coerce, plain, type_hints
 
 # The choices of the config, as types: validation, YAML coercion and the CLI's help read them.
 Flavor = Literal["paper", "debug"]
@@ -102,14 +95,14 @@ class AugmentConfig:
     cutout: int = 0  # side in pixels of one zeroed square
 
     def __post_init__(self) -> None:
-        _range("augment.crop_padding", self.crop_padding, 0, 16)
-        _range("augment.flip", self.flip, 0.0, 1.0)
+        check_range("augment.crop_padding", self.crop_padding, 0, 16)
+        check_range("augment.flip", self.flip, 0.0, 1.0)
         for name in ("brightness", "contrast", "saturation"):
-            _range(f"augment.{name}", getattr(self, name), 0.0, 1.0)
-        _range("augment.hue", self.hue, 0.0, 0.5)
-        _range("augment.rotation", self.rotation, 0.0, 180.0)
-        _range("augment.translate", self.translate, 0.0, 0.5)
-        _range("augment.cutout", self.cutout, 0, 32)
+            check_range(f"augment.{name}", getattr(self, name), 0.0, 1.0)
+        check_range("augment.hue", self.hue, 0.0, 0.5)
+        check_range("augment.rotation", self.rotation, 0.0, 180.0)
+        check_range("augment.translate", self.translate, 0.0, 0.5)
+        check_range("augment.cutout", self.cutout, 0, 32)
 
 
 @dataclass(kw_only=True)
@@ -123,10 +116,10 @@ class OptimConfig:
     norm_bias_decay: bool = True  # false: no weight decay on BatchNorm weights and biases
 
     def __post_init__(self) -> None:
-        _check_choices(self, "optim")
-        _range("optim.lr", self.lr, 1e-8, 10.0)
-        _range("optim.weight_decay", self.weight_decay, 0.0, 1.0)
-        _range("optim.momentum", self.momentum, 0.0, 0.999)
+        check_choices(self, "optim")
+        check_range("optim.lr", self.lr, 1e-8, 10.0)
+        check_range("optim.weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("optim.momentum", self.momentum, 0.0, 0.999)
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
             raise ValueError("optim.nesterov: needs optim.name 'sgd' and a non-zero optim.momentum")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -142,11 +135,11 @@ class ScheduleConfig:
     final_lr_fraction: float = 0.01  # onecycle/cosine: last lr as a share of the peak
 
     def __post_init__(self) -> None:
-        _check_choices(self, "schedule")
-        _range("schedule.plateau_factor", self.plateau_factor, 1e-4, 0.99)
-        _range("schedule.plateau_patience", self.plateau_patience, 0, 1000)
-        _range("schedule.warmup_fraction", self.warmup_fraction, 0.01, 0.99)
-        _range("schedule.final_lr_fraction", self.final_lr_fraction, 0.0, 1.0)
+        check_choices(self, "schedule")
+        check_range("schedule.plateau_factor", self.plateau_factor, 1e-4, 0.99)
+        check_range("schedule.plateau_patience", self.plateau_patience, 0, 1000)
+        check_range("schedule.warmup_fraction", self.warmup_fraction, 0.01, 0.99)
+        check_range("schedule.final_lr_fraction", self.final_lr_fraction, 0.0, 1.0)
 
 
 @dataclass(kw_only=True)
@@ -167,14 +160,14 @@ class TrainConfig:
     lr_scaling: LrScaling = "linear"  # how optim.lr grows with data-parallel workers
 
     def __post_init__(self) -> None:
-        _range("train.epochs", self.epochs, 1, 10000)
-        _range("train.batch_size", self.batch_size, 1, 65536)
-        _range("train.eval_batch_size", self.eval_batch_size, 1, 65536)
-        _range("train.label_smoothing", self.label_smoothing, 0.0, 0.99)
-        _range("train.ema_decay", self.ema_decay, 0.0, 0.99999)
-        _range("train.ema_bn_images", self.ema_bn_images, 1, 1_000_000)
-        _range("train.threads", self.threads, 0, 1024)
-        _check_choices(self, "train")
+        check_range("train.epochs", self.epochs, 1, 10000)
+        check_range("train.batch_size", self.batch_size, 1, 65536)
+        check_range("train.eval_batch_size", self.eval_batch_size, 1, 65536)
+        check_range("train.label_smoothing", self.label_smoothing, 0.0, 0.99)
+        check_range("train.ema_decay", self.ema_decay, 0.0, 0.99999)
+        check_range("train.ema_bn_images", self.ema_bn_images, 1, 1_000_000)
+        check_range("train.threads", self.threads, 0, 1024)
+        check_choices(self, "train")
 
 
 @dataclass(kw_only=True)
@@ -187,8 +180,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
-        return plain
+        values: dict[str, Any] = plain(dataclasses.asdict(self))
+        return values
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -208,93 +201,12 @@ class Config:
         return from_dict(merged)
 
 
-def _range(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ValueError(f"{name}: must be between {low} and {high}, got {value}")
-
-
-def choices(hint: Any) -> tuple[str, ...] | None:
-    """The allowed values of a `Literal` field type (also inside `X | None`), else None."""
-    if typing.get_origin(hint) in (types.UnionType, typing.Union):
-        hint = next(a for a in get_args(hint) if a is not type(None))
-    return get_args(hint) if typing.get_origin(hint) is Literal else None
-
-
 def field_hint(path: str) -> Any:
     """The type of the config field SECTION.FIELD (`model.flavor`: the flavor names)."""
     section, _, name = path.partition(".")
     if path == "model.flavor":
         return Flavor
-    return _hints(_hints(Config)[section])[name]
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _check_choices(section: Any, path: str) -> None:
-    """Every `Literal` field of a section holds one of its values, however it was built."""
-    section_type: type = type(section)
-    for name, hint in _hints(section_type).items():
-        allowed = choices(hint)
-        value = getattr(section, name)
-        if allowed is not None and value not in allowed:
-            raise ValueError(f"{path}.{name}: must be one of {', '.join(allowed)}; got {value!r}")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def coerce(path: str, value: Any, hint: Any) -> Any:
-    """Turn a YAML/JSON/CLI value into the annotated type, or raise ConfigError naming `path`."""
-    origin = typing.get_origin(hint)
-    if origin in (types.UnionType, typing.Union):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return coerce(path, value, args[0])
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping of fields, got {value!r}")
-        return _build(path, hint, value)
-    if origin is tuple:
-        items = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        item = items[0]
-        if len(items) != 2 or items[1] is not Ellipsis:
-            if len(value) != len(items):
-                raise ConfigError(f"{path}: expected {len(items)} values, got {list(value)}")
-        return tuple(coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value))
-    if origin is Literal:
-        if not isinstance(value, str) or value not in get_args(hint):
-            raise ConfigError(f"{path}: must be one of {', '.join(get_args(hint))}; got {value!r}")
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{path}: unsupported field type {hint}")
+    return type_hints(type_hints(Config)[section])[name]
 
 
 def _build(path: str, cls: type, values: dict[str, Any]) -> Any:
@@ -304,15 +216,15 @@ def _build(path: str, cls: type, values: dict[str, Any]) -> Any:
         values["precision"] = "auto" if values.pop("bf16") is not False else "fp32"
     if cls is ModelConfig and "flavor" in values:
         flavor = coerce(f"{path}.flavor", values.pop("flavor"), Flavor)
-        base = _plain(dataclasses.asdict(FLAVORS[flavor]))
+        base = plain(dataclasses.asdict(FLAVORS[flavor]))
         values = {**base, **values}
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"{path}.{key}: unknown key; {path} has {', '.join(known)}")
-        kwargs[key] = coerce(f"{path}.{key}", value, hints[key])
+        kwargs[key] = coerce(f"{path}.{key}", value, hints[key], _build)
     try:
         return cls(**kwargs)
     except ValueError as err:
@@ -325,12 +237,12 @@ def _build(path: str, cls: type, values: dict[str, Any]) -> Any:
 def from_dict(values: dict[str, Any]) -> Config:
     if not isinstance(values, dict):
         raise ConfigError(f"config: expected a mapping of sections, got {type(values).__name__}")
-    hints = typing.get_type_hints(Config)
+    hints = type_hints(Config)
     kwargs = {}
     for key, value in values.items():
         if key not in hints:
             raise ConfigError(f"{key}: unknown section; a config has {', '.join(hints)}")
-        kwargs[key] = coerce(key, value or {}, hints[key])
+        kwargs[key] = coerce(key, value or {}, hints[key], _build)
     return Config(**kwargs)
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from modresnet import config as configs
 from modresnet.config import ConfigError
+from modresnet.fields import choices
 
 
 def test_paper_preset_is_the_papers_recipe():
@@ -71,9 +72,9 @@ def test_unknown_section_and_bad_yaml(tmp_path):
 
 
 def test_choices_are_literal_types_checked_however_a_config_is_built():
-    assert configs.choices(configs.field_hint("optim.name")) == ("adam", "adamw", "sgd")
-    assert configs.choices(configs.field_hint("model.flavor")) == tuple(configs.FLAVORS)
-    assert configs.choices(configs.field_hint("train.epochs")) is None
+    assert choices(configs.field_hint("optim.name")) == ("adam", "adamw", "sgd")
+    assert choices(configs.field_hint("model.flavor")) == tuple(configs.FLAVORS)
+    assert choices(configs.field_hint("train.epochs")) is None
     with pytest.raises(ValueError, match="train.device: must be one of auto, cpu, cuda"):
         configs.TrainConfig(device="tpu")
     with pytest.raises(ConfigError, match="schedule.name: must be one of plateau, onecycle"):

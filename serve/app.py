@@ -135,7 +135,7 @@ def deploy(args: ServeArgs, name: str = APP_NAME, route_prefix: str = "/") -> An
     """Deploy, or roll an existing app of that name over to new args in place; with it, its
     health app `{name}-health` at `{route_prefix}/v2/health` (longest prefix wins in Serve)."""
     handle = serve.run(build_app(args), name=name, route_prefix=route_prefix, blocking=False)
-    serve.run(build_health(HealthArgs(app=name)), name=f"{name}-health",
+    serve.run(build_health(HealthArgs.model_validate({"app": name})), name=f"{name}-health",
               route_prefix=route_prefix.rstrip("/") + "/v2/health", blocking=False)
     return handle
 

@@ -87,7 +87,8 @@ def demo(run: str | Path, n: int = 8, port: int | None = None, backend: str = "o
     try:
         start("127.0.0.1", port)
         url = f"http://127.0.0.1:{port}"
-        deploy(ServeArgs(checkpoint=str(run), backend=backend, max_replicas=1))
+        deploy(ServeArgs.model_validate({"checkpoint": str(run), "backend": backend,
+                                         "max_replicas": 1}))
         wait_ready(url, timeout=300, sha256=loaded.sha256)
         print_fn(f"serving {loaded.sha256[:12]} ({backend}) at {url}: sending all "
                  f"{len(pngs):,} test images as PNG files, {CHUNK} per POST /predict")

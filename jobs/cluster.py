@@ -108,8 +108,9 @@ def _http_get(url: str, token: str | None, timeout: float = 3.0) -> tuple[int, b
 
 def alive_nodes(state: ClusterState, token: str | None, timeout: float = 5.0) -> list[dict]:
     """Alive nodes as the dashboard's State API sees them."""
-    status, body = _http_get(f"{state.jobs_address}/api/v0/nodes?limit=1000&detail=1", token,
-                             timeout=timeout)
+    status, body = _http_get(
+        f"{state.jobs_address}/api/v0/nodes?limit=1000&detail=1", token, timeout=timeout
+    )
     if status != 200:
         raise ClusterError(f"dashboard answered {status} for /api/v0/nodes")
     result = json.loads(body)["data"]["result"]["result"]
@@ -141,9 +142,14 @@ def node_temp_dir(temp_dir: str, i: int) -> str:
 
 def _ray_start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
-        return subprocess.Popen([ray_executable(), "start", *args], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [ray_executable(), "start", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def _wait_started(procs: list[tuple[subprocess.Popen, Path]], timeout_s: float) -> None:
@@ -152,8 +158,9 @@ def _wait_started(procs: list[tuple[subprocess.Popen, Path]], timeout_s: float) 
         try:
             rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            raise ClusterError(f"`ray start` did not finish within {timeout_s:.0f}s; see {log}:\n"
-                               f"{_tail(log)}") from None
+            raise ClusterError(
+                f"`ray start` did not finish within {timeout_s:.0f}s; see {log}:\n{_tail(log)}"
+            ) from None
         if rc != 0:
             raise ClusterError(f"`ray start` failed (exit {rc}); see {log}:\n{_tail(log)}")
 
@@ -179,25 +186,38 @@ def _cluster_lock() -> Iterator[None]:
     try:
         lock.acquire()
     except Timeout:
-        raise ClusterError(f"another `modresnet cluster up|down` is running for "
-                           f"{modresnet_home()} (it holds {sdir / 'lock'}); wait for it to "
-                           f"finish, then try again") from None
+        raise ClusterError(
+            f"another `modresnet cluster up|down` is running for "
+            f"{modresnet_home()} (it holds {sdir / 'lock'}); wait for it to "
+            f"finish, then try again"
+        ) from None
     try:
         yield
     finally:
         lock.release()
 
 
-def up(workers: int = 2, cpus_per_node: float = 1, head_cpus: float = 0,
-       object_store_mb: int = 256, timeout_s: float = 240,
-       log: Callable[[str], None] = print) -> ClusterState:
+def up(
+    workers: int = 2,
+    cpus_per_node: float = 1,
+    head_cpus: float = 0,
+    object_store_mb: int = 256,
+    timeout_s: float = 240,
+    log: Callable[[str], None] = print,
+) -> ClusterState:
     """Start the cluster, holding the cluster lock (see `_up`)."""
     with _cluster_lock():
         return _up(workers, cpus_per_node, head_cpus, object_store_mb, timeout_s, log)
 
 
-def _up(workers: int, cpus_per_node: float, head_cpus: float, object_store_mb: int,
-        timeout_s: float, log: Callable[[str], None]) -> ClusterState:
+def _up(
+    workers: int,
+    cpus_per_node: float,
+    head_cpus: float,
+    object_store_mb: int,
+    timeout_s: float,
+    log: Callable[[str], None],
+) -> ClusterState:
     if workers < 0:
         raise ClusterError("--workers must be >= 0")
     if cpus_per_node <= 0:
@@ -209,9 +229,11 @@ def _up(workers: int, cpus_per_node: float, head_cpus: float, object_store_mb: i
     existing = load_state()
     if existing is not None:
         if own_processes(existing):
-            raise ClusterError(f"a cluster from {modresnet_home()} is already running at "
-                               f"{existing.jobs_address}; `modresnet cluster down` first, or set "
-                               f"MODRESNET_HOME to start another")
+            raise ClusterError(
+                f"a cluster from {modresnet_home()} is already running at "
+                f"{existing.jobs_address}; `modresnet cluster down` first, or set "
+                f"MODRESNET_HOME to start another"
+            )
         _cleanup_files(existing)  # stale state from a crashed cluster
 
     sdir = state_dir()
@@ -227,48 +249,105 @@ def _up(workers: int, cpus_per_node: float, head_cpus: float, object_store_mb: i
 
     node_ip = "127.0.0.1"
     gcs, dash, client, dash_metrics, monitor_metrics, *node_ports = _free_ports(
-        5 + 6 * (workers + 1))
-    state = ClusterState(home=str(modresnet_home()), temp_dir=temp_dir, token_path=str(token_path),
-                         node_ip=node_ip, gcs_port=gcs, dashboard_port=dash, client_port=client,
-                         workers=workers, cpus_per_node=cpus_per_node, head_cpus=head_cpus,
-                         started_at=time.time(), boot_id=boot_id())
+        5 + 6 * (workers + 1)
+    )
+    state = ClusterState(
+        home=str(modresnet_home()),
+        temp_dir=temp_dir,
+        token_path=str(token_path),
+        node_ip=node_ip,
+        gcs_port=gcs,
+        dashboard_port=dash,
+        client_port=client,
+        workers=workers,
+        cpus_per_node=cpus_per_node,
+        head_cpus=head_cpus,
+        started_at=time.time(),
+        boot_id=boot_id(),
+    )
     save_state(state)  # saved first, so `down` can clean up even a half-started cluster
     env = _child_env(token_path)
     # the head's two Prometheus servers default to fixed ports (44227, 44217): a second cluster
     # on this machine would fail to bind them
-    env.update(DASHBOARD_METRIC_PORT=str(dash_metrics),
-               AUTOSCALER_METRIC_PORT=str(monitor_metrics))
+    env.update(DASHBOARD_METRIC_PORT=str(dash_metrics), AUTOSCALER_METRIC_PORT=str(monitor_metrics))
     token = token_path.read_text().strip()
 
     def node_args(i: int) -> list[str]:
-        agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = node_ports[6 * i: 6 * i + 6]
-        return ["--node-ip-address", node_ip, "--temp-dir", node_temp_dir(temp_dir, i),
-                "--dashboard-agent-listen-port", str(agent),
-                "--dashboard-agent-grpc-port", str(agent_grpc),
-                "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(rt_env),
-                "--node-manager-port", str(node_mgr), "--object-manager-port", str(obj_mgr),
-                "--min-worker-port", "0", "--max-worker-port", "0",  # OS-assigned worker ports
-                "--object-store-memory", str(object_store_mb * 1024 * 1024),
-                "--num-gpus", "0", "--disable-usage-stats"]
+        agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = node_ports[6 * i : 6 * i + 6]
+        return [
+            "--node-ip-address",
+            node_ip,
+            "--temp-dir",
+            node_temp_dir(temp_dir, i),
+            "--dashboard-agent-listen-port",
+            str(agent),
+            "--dashboard-agent-grpc-port",
+            str(agent_grpc),
+            "--metrics-export-port",
+            str(metrics),
+            "--runtime-env-agent-port",
+            str(rt_env),
+            "--node-manager-port",
+            str(node_mgr),
+            "--object-manager-port",
+            str(obj_mgr),
+            "--min-worker-port",
+            "0",
+            "--max-worker-port",
+            "0",  # OS-assigned worker ports
+            "--object-store-memory",
+            str(object_store_mb * 1024 * 1024),
+            "--num-gpus",
+            "0",
+            "--disable-usage-stats",
+        ]
 
     t0 = time.monotonic()
     try:
         head_log = sdir / "logs" / "head.log"
         log(f"starting head on {node_ip}:{gcs} (dashboard + Jobs API on {state.jobs_address})")
-        head = _ray_start(["--head", "--port", str(gcs), "--dashboard-host", node_ip,
-                           "--dashboard-port", str(dash), "--include-dashboard", "true",
-                           "--ray-client-server-port", str(client),
-                           "--num-cpus", f"{head_cpus:g}", *node_args(0)], env, head_log)
+        head = _ray_start(
+            [
+                "--head",
+                "--port",
+                str(gcs),
+                "--dashboard-host",
+                node_ip,
+                "--dashboard-port",
+                str(dash),
+                "--include-dashboard",
+                "true",
+                "--ray-client-server-port",
+                str(client),
+                "--num-cpus",
+                f"{head_cpus:g}",
+                *node_args(0),
+            ],
+            env,
+            head_log,
+        )
         _record_leader(state, head)
         _wait_started([(head, head_log)], timeout_s)
-        log(f"head up in {time.monotonic() - t0:.0f}s; starting {workers} worker raylet(s) with "
-            f"{cpus_per_node:g} CPU(s) each")
+        log(
+            f"head up in {time.monotonic() - t0:.0f}s; starting {workers} worker raylet(s) with "
+            f"{cpus_per_node:g} CPU(s) each"
+        )
         # One at a time: on 2 busy cores, raylets registering at once can time out in GCS.
         for i in range(1, workers + 1):
             wlog = sdir / "logs" / f"worker-{i}.log"
-            proc = _ray_start(["--address", state.gcs_address, "--num-cpus", f"{cpus_per_node:g}",
-                               "--resources", json.dumps({f"modresnet_worker_{i}": 1}),
-                               *node_args(i)], env, wlog)
+            proc = _ray_start(
+                [
+                    "--address",
+                    state.gcs_address,
+                    "--num-cpus",
+                    f"{cpus_per_node:g}",
+                    "--resources",
+                    json.dumps({f"modresnet_worker_{i}": 1}),
+                    *node_args(i),
+                ],
+                env,
+                wlog,
+            )
             _record_leader(state, proc)
             _wait_started([(proc, wlog)], max(30.0, t0 + timeout_s - time.monotonic()))
         _wait_ready(state, token, workers + 1, deadline=t0 + timeout_s)
@@ -278,8 +357,10 @@ def _up(workers: int, cpus_per_node: float, head_cpus: float, object_store_mb: i
         raise
     state.procs = [[p.pid, p.start] for p in own_processes(state)]
     save_state(state)
-    log(f"cluster up in {time.monotonic() - t0:.0f}s: {workers + 1} nodes, "
-        f"{len(state.procs)} processes, state in {sdir}")
+    log(
+        f"cluster up in {time.monotonic() - t0:.0f}s: {workers + 1} nodes, "
+        f"{len(state.procs)} processes, state in {sdir}"
+    )
     return state
 
 
@@ -305,17 +386,31 @@ def _wait_ready(state: ClusterState, token: str, nodes: int, deadline: float) ->
 def status(timeout: float = 5.0) -> dict[str, Any]:
     state = load_state()
     if state is None:
-        raise ClusterError(f"no cluster in {modresnet_home()}; start one with `modresnet cluster up`")
+        raise ClusterError(
+            f"no cluster in {modresnet_home()}; start one with `modresnet cluster up`"
+        )
     procs = own_processes(state)
-    info = {"home": state.home, "jobs_address": state.jobs_address,
-            "gcs_address": state.gcs_address, "token_path": state.token_path,
-            "temp_dir": state.temp_dir, "processes": len(procs), "nodes": None,
-            "running": False}
+    info = {
+        "home": state.home,
+        "jobs_address": state.jobs_address,
+        "gcs_address": state.gcs_address,
+        "token_path": state.token_path,
+        "temp_dir": state.temp_dir,
+        "processes": len(procs),
+        "nodes": None,
+        "running": False,
+    }
     if procs:
         try:
             nodes = alive_nodes(state, read_token(), timeout=timeout)
-            info["nodes"] = [{"node_id": n.get("node_id"), "is_head": n.get("is_head_node"),
-                              "cpus": n.get("resources_total", {}).get("CPU", 0)} for n in nodes]
+            info["nodes"] = [
+                {
+                    "node_id": n.get("node_id"),
+                    "is_head": n.get("is_head_node"),
+                    "cpus": n.get("resources_total", {}).get("CPU", 0),
+                }
+                for n in nodes
+            ]
             info["running"] = True
         except (OSError, ClusterError, ValueError, KeyError) as err:
             info["error"] = f"dashboard not answering: {err}"

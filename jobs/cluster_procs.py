@@ -29,12 +29,17 @@ def read_proc(pid: int) -> Proc | None:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
     state = fields[0]
     if state in ("Z", "X"):
         return None
-    return Proc(pid=pid, ppid=int(fields[1]), sid=int(fields[3]), start=int(fields[19]),
-                cmdline=raw.replace(b"\0", b" ").decode(errors="replace").strip())
+    return Proc(
+        pid=pid,
+        ppid=int(fields[1]),
+        sid=int(fields[3]),
+        start=int(fields[19]),
+        cmdline=raw.replace(b"\0", b" ").decode(errors="replace").strip(),
+    )
 
 
 def processes() -> list[Proc]:
@@ -81,9 +86,12 @@ def own_processes(state: ClusterState) -> list[Proc]:
     sessions = {p.sid for p in verified} | {p.pid for p in procs if (p.pid, p.start) in leaders}
     sessions &= set(state.sessions)
     marker = re.compile(re.escape(state.temp_dir.rstrip("/")) + r"(/|\s|$)")
-    ours = {p.pid for p in procs
-            if p.pid != me and ((p.pid, p.start) in recorded or p.sid in sessions
-                                or marker.search(p.cmdline))}
+    ours = {
+        p.pid
+        for p in procs
+        if p.pid != me
+        and ((p.pid, p.start) in recorded or p.sid in sessions or marker.search(p.cmdline))
+    }
     children: dict[int, list[int]] = {}
     for p in procs:
         children.setdefault(p.ppid, []).append(p.pid)

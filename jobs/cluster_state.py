@@ -52,8 +52,11 @@ class ClusterState:
 
     def exports(self) -> dict[str, str]:
         """The environment a client needs (Jobs API / `ray job` / `modresnet jobs`)."""
-        return {"RAY_ADDRESS": self.jobs_address, "RAY_AUTH_MODE": "token",
-                "RAY_AUTH_TOKEN_PATH": self.token_path}
+        return {
+            "RAY_ADDRESS": self.jobs_address,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": self.token_path,
+        }
 
 
 def state_file() -> Path:

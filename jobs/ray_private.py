@@ -39,7 +39,8 @@ def check_ray_version(version: str | None = None) -> None:
         raise UnsupportedRayError(
             f"Ray {version} is installed, but modresnet uses Ray internals checked on Ray "
             f"{SUPPORTED_RAY}.x only; install the supported version: pip install ray==2.60.0 "
-            f"(or `pip install -c constraints.txt -e .`)")
+            f"(or `pip install -c constraints.txt -e .`)"
+        )
 
 
 def reload_auth_config() -> None:
@@ -75,14 +76,15 @@ def flushing_wandb_callback() -> type:
     class FlushingWandbLoggerCallback(WandbLoggerCallback):
         _logger_actor_cls = FlushingActor
 
-        def _start_logging_actor(self, trial: Any, exclude_results: list[str],
-                                 **wandb_init_kwargs: Any) -> None:
+        def _start_logging_actor(
+            self, trial: Any, exclude_results: list[str], **wandb_init_kwargs: Any
+        ) -> None:
             if not self._remote_logger_class:
                 env = {k: os.environ[k] for k in ("WANDB_API_KEY",) if k in os.environ}
                 pinned: dict[str, Any] = dict(_force_on_current_node())  # type: ignore[arg-type]
                 self._remote_logger_class = ray.remote(  # type: ignore[assignment]
-                    num_cpus=0, **pinned, runtime_env={"env_vars": env},
-                    max_restarts=0)(self._logger_actor_cls)
+                    num_cpus=0, **pinned, runtime_env={"env_vars": env}, max_restarts=0
+                )(self._logger_actor_cls)
             super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
 
     return FlushingWandbLoggerCallback
@@ -102,8 +104,11 @@ def result_grid_trials(grid: Any) -> list[Any]:
     return list(grid._experiment_analysis.trials)
 
 
-def jobs_client(address: str, headers: dict[str, str] | None,
-                redirect_error: Callable[[str, int, str | None], Exception]) -> Any:
+def jobs_client(
+    address: str,
+    headers: dict[str, str] | None,
+    redirect_error: Callable[[str, int, str | None], Exception],
+) -> Any:
     """A JobSubmissionClient that never follows a redirect (requests keeps the Authorization
     header on a same-host redirect: http -> https -> another port alike) and raises
     `JobsHttpError` with the status for a failed request, where Ray raises a RuntimeError
@@ -116,8 +121,9 @@ def jobs_client(address: str, headers: dict[str, str] | None,
             kwargs["allow_redirects"] = False
             response = super()._do_request(method, endpoint, **kwargs)
             if response.is_redirect:
-                raise redirect_error(self._address, response.status_code,
-                                     response.headers.get("Location"))
+                raise redirect_error(
+                    self._address, response.status_code, response.headers.get("Location")
+                )
             return response
 
         def _raise_error(self, r: Any) -> None:

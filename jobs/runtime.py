@@ -120,13 +120,15 @@ def ray_logs_to(path: Path) -> None:
             if isinstance(handler, logging.FileHandler):
                 continue  # Ray's own files (session logs) stay
             if isinstance(handler, logging.StreamHandler) and (
-                    handler.stream in consoles or type(handler).__name__ == "PlainRayHandler"):
+                handler.stream in consoles or type(handler).__name__ == "PlainRayHandler"
+            ):
                 logger.removeHandler(handler)
         if logger.propagate and name != "ray":
             continue  # reaches "ray"'s file handler
         target = str(path.resolve())
-        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == target
-                   for h in logger.handlers):
+        if not any(
+            isinstance(h, logging.FileHandler) and h.baseFilename == target for h in logger.handlers
+        ):
             handler = logging.FileHandler(target, mode="a", encoding="utf-8")
             handler.setFormatter(logging.Formatter(_RAY_LOG_FORMAT))
             logger.addHandler(handler)
@@ -147,9 +149,11 @@ def check_address(address: str, timeout: float = 3.0) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except OSError as err:
-        raise RayConnectError(f"--address {address}: no Ray cluster reachable there "
-                              f"({err.strerror or err}); start one with `ray start --head` "
-                              f"or drop --address to use a local Ray") from None
+        raise RayConnectError(
+            f"--address {address}: no Ray cluster reachable there "
+            f"({err.strerror or err}); start one with `ray start --head` "
+            f"or drop --address to use a local Ray"
+        ) from None
 
 
 def resolve_address(address: str | None) -> str | None:
@@ -161,8 +165,9 @@ def resolve_address(address: str | None) -> str | None:
 Connection = Literal["existing", "joined", "embedded"]
 
 
-def connect(address: str | None = None, log_file: Path | None = None,
-            num_cpus: int | None = None) -> Connection:
+def connect(
+    address: str | None = None, log_file: Path | None = None, num_cpus: int | None = None
+) -> Connection:
     """Reach Ray by the module's rule. "existing": this process was connected already (leave
     it so); "joined": this call connected to a cluster (ray.shutdown() disconnects, the
     cluster stays); "embedded": this call started a Ray that ends with ray.shutdown(), and
@@ -182,13 +187,20 @@ def connect(address: str | None = None, log_file: Path | None = None,
         try:
             ray.init(address=address, log_to_driver=False, logging_level=level)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise RayConnectError(f"--address {address}: cannot connect "
-                                  f"({str(err).splitlines()[0]})") from None
+            raise RayConnectError(
+                f"--address {address}: cannot connect ({str(err).splitlines()[0]})"
+            ) from None
     else:
         local_token_auth()
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=True,
-                 dashboard_host="127.0.0.1", object_store_memory=EMBEDDED_OBJECT_STORE_BYTES,
-                 log_to_driver=False, logging_level=level)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            object_store_memory=EMBEDDED_OBJECT_STORE_BYTES,
+            log_to_driver=False,
+            logging_level=level,
+        )
     if log_file is not None:
         ray_logs_to(log_file)  # ray.init may have set up more of Ray's loggers
     return "joined" if address else "embedded"
@@ -227,8 +239,11 @@ def wandb_policy(requested: bool | None = True) -> WandbPolicy:
     if requested is False or env_mode == "disabled":
         return WandbPolicy("disabled", "W&B off (--no-wandb or WANDB_MODE=disabled)")
     if env_mode in ("offline", "dryrun") or not os.environ.get("WANDB_API_KEY"):
-        return WandbPolicy("offline", "W&B offline (set WANDB_API_KEY to log online; "
-                                      "`wandb sync <dir>/wandb/offline-run-*` uploads later)")
+        return WandbPolicy(
+            "offline",
+            "W&B offline (set WANDB_API_KEY to log online; "
+            "`wandb sync <dir>/wandb/offline-run-*` uploads later)",
+        )
     return WandbPolicy("online", "W&B online")
 
 

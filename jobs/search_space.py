@@ -16,8 +16,11 @@ from modresnet.config import Config, ConfigError
 
 DEFAULT_SPACE = Path(__file__).with_name("search_space.yaml")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "quniform", "randint")
-NOT_TUNABLE = {"train.epochs": "set by --max-epochs", "train.device": "set by --device",
-               "train.threads": "follows --cpus-per-trial"}
+NOT_TUNABLE = {
+    "train.epochs": "set by --max-epochs",
+    "train.device": "set by --device",
+    "train.threads": "follows --cpus-per-trial",
+}
 SGD_ONLY = ("optim.momentum", "optim.nesterov")
 ADAM_ONLY = ("optim.betas",)
 
@@ -96,8 +99,12 @@ class SearchSpace:
 
 
 def flatten(nested: dict) -> dict[str, Any]:
-    return {f"{s}.{k}": v for s, fields in nested.items() if isinstance(fields, dict)
-            for k, v in fields.items()}
+    return {
+        f"{s}.{k}": v
+        for s, fields in nested.items()
+        if isinstance(fields, dict)
+        for k, v in fields.items()
+    }
 
 
 def overrides_for(sampled: dict, base: Config) -> dict[str, Any]:
@@ -126,21 +133,28 @@ def _parse_param(where: str, key: str, spec: Any) -> Param:
     if not isinstance(spec, dict):
         return Param(key, "constant", (spec,))
     if len(spec) != 1:
-        raise SpaceError(f"{where}: expected one distribution ({', '.join(DISTRIBUTIONS)}), "
-                         f"got {list(spec) or 'an empty mapping'}")
+        raise SpaceError(
+            f"{where}: expected one distribution ({', '.join(DISTRIBUTIONS)}), "
+            f"got {list(spec) or 'an empty mapping'}"
+        )
     kind, args = next(iter(spec.items()))
     if kind not in DISTRIBUTIONS:
-        raise SpaceError(f"{where}: unknown distribution {kind!r}; use one of "
-                         f"{', '.join(DISTRIBUTIONS)}")
+        raise SpaceError(
+            f"{where}: unknown distribution {kind!r}; use one of {', '.join(DISTRIBUTIONS)}"
+        )
     if not isinstance(args, list) or not args:
-        raise SpaceError(f"{where}: {kind} needs a list, e.g. {{{kind}: "
-                         f"{'[a, b]' if kind == 'choice' else '[low, high]'}}}")
+        raise SpaceError(
+            f"{where}: {kind} needs a list, e.g. {{{kind}: "
+            f"{'[a, b]' if kind == 'choice' else '[low, high]'}}}"
+        )
     if kind == "choice":
         return Param(key, kind, tuple(args))
     need = 3 if kind == "quniform" else 2
     if len(args) != need:
-        raise SpaceError(f"{where}: {kind} needs {need} values "
-                         f"({'[low, high, q]' if need == 3 else '[low, high]'}), got {args}")
+        raise SpaceError(
+            f"{where}: {kind} needs {need} values "
+            f"({'[low, high, q]' if need == 3 else '[low, high]'}), got {args}"
+        )
     low, high = (_number(f"{where}.{kind}[{i}]", v) for i, v in enumerate(args[:2]))
     if not low < high:
         raise SpaceError(f"{where}: {kind} needs low < high, got [{low}, {high}]")
@@ -164,13 +178,15 @@ def _context(key: str, base: Config) -> dict[str, Any]:
     return {}
 
 
-def parse_space(values: Any, base: Config, source: str = "<space>", checks: int = 200,
-                seed: int = 0) -> SearchSpace:
+def parse_space(
+    values: Any, base: Config, source: str = "<space>", checks: int = 200, seed: int = 0
+) -> SearchSpace:
     if values is None:
         raise SpaceError(f"{source}: empty search space; add SECTION.FIELD keys")
     if not isinstance(values, dict):
-        raise SpaceError(f"{source}: expected a mapping of SECTION.FIELD keys, got "
-                         f"{type(values).__name__}")
+        raise SpaceError(
+            f"{source}: expected a mapping of SECTION.FIELD keys, got {type(values).__name__}"
+        )
     sections = base.to_dict()
     params: dict[str, Param] = {}
     for key, spec in values.items():
@@ -179,14 +195,16 @@ def parse_space(values: Any, base: Config, source: str = "<space>", checks: int 
             raise SpaceError(f"{where}: keys must be SECTION.FIELD strings")
         section, _, name = key.partition(".")
         if section not in sections or name not in sections[section]:
-            known = (", ".join(sections[section]) if section in sections
-                     else ", ".join(sections))
-            raise SpaceError(f"{where}: unknown key; use SECTION.FIELD "
-                             f"({section + ' has' if section in sections else 'sections are'} "
-                             f"{known})")
+            known = ", ".join(sections[section]) if section in sections else ", ".join(sections)
+            raise SpaceError(
+                f"{where}: unknown key; use SECTION.FIELD "
+                f"({section + ' has' if section in sections else 'sections are'} "
+                f"{known})"
+            )
         if section in ("data", "model"):
-            raise SpaceError(f"{where}: {section}.* is not tunable here; set it with the "
-                             f"data/config flags")
+            raise SpaceError(
+                f"{where}: {section}.* is not tunable here; set it with the data/config flags"
+            )
         if key in NOT_TUNABLE:
             raise SpaceError(f"{where}: not tunable ({NOT_TUNABLE[key]})")
         params[key] = _parse_param(where, key, spec)
@@ -198,16 +216,19 @@ def parse_space(values: Any, base: Config, source: str = "<space>", checks: int 
             try:
                 trial_config(base, {**_context(key, base), key: value})
             except ConfigError as err:
-                raise SpaceError(f"{source}: {key}: value {value!r} makes an invalid config "
-                                 f"({err})") from None
+                raise SpaceError(
+                    f"{source}: {key}: value {value!r} makes an invalid config ({err})"
+                ) from None
     rng = random.Random(seed)
     for _ in range(checks):
         point = {k: p.sample(rng) for k, p in params.items()}
         try:
             trial_config(base, point)
         except ConfigError as err:
-            raise SpaceError(f"{source}: a sampled point makes an invalid config ({err}); "
-                             f"narrow that field's range") from None
+            raise SpaceError(
+                f"{source}: a sampled point makes an invalid config ({err}); "
+                f"narrow that field's range"
+            ) from None
     return SearchSpace(params, source, dict(values))
 
 
@@ -222,5 +243,3 @@ def load_space(path: str | Path, base: Config) -> SearchSpace:
     except yaml.YAMLError as err:
         raise SpaceError(f"search space {path}: not valid YAML ({err})") from None
     return parse_space(values, base, str(path))
-
-

@@ -56,8 +56,10 @@ def project_root() -> Path:
     cwd = Path.cwd()
     if (cwd / "modresnet" / "cli.py").exists():
         return cwd
-    raise JobsError("jobs submit ships the modresnet source tree as the job's working_dir; run it "
-                    "from a source checkout (pip install -e .)")
+    raise JobsError(
+        "jobs submit ships the modresnet source tree as the job's working_dir; run it "
+        "from a source checkout (pip install -e .)"
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -65,22 +67,28 @@ def project_root() -> Path:
 
 
 def resolve_address(address: str | None) -> str:
-    address = (address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
-               or "").strip()
+    address = (
+        address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or ""
+    ).strip()
     if not address:
         state = local_cluster.load_state()
         if state is None:
-            raise JobsError("no cluster address: pass --address http://HEAD:8265, set RAY_ADDRESS, "
-                            "or start a local cluster with `modresnet cluster up`")
+            raise JobsError(
+                "no cluster address: pass --address http://HEAD:8265, set RAY_ADDRESS, "
+                "or start a local cluster with `modresnet cluster up`"
+            )
         address = state.jobs_address
     if address in ("auto", "local") or address.startswith("ray://"):
-        raise JobsError(f"address {address!r} is not a Jobs API address; use the dashboard's "
-                        f"http://HOST:PORT (port 8265 by default)")
+        raise JobsError(
+            f"address {address!r} is not a Jobs API address; use the dashboard's "
+            f"http://HOST:PORT (port 8265 by default)"
+        )
     if "://" not in address:
         address = f"http://{address}"
     if not re.match(r"^https?://[^/:\s]+(:\d+)?/?$", address):
-        raise JobsError(f"address {address!r}: expected http(s)://HOST[:PORT], e.g. "
-                        f"http://127.0.0.1:8265")
+        raise JobsError(
+            f"address {address!r}: expected http(s)://HOST[:PORT], e.g. http://127.0.0.1:8265"
+        )
     return address.rstrip("/")
 
 
@@ -118,10 +126,12 @@ def check_token_transport(address: str, token: str | None, insecure: bool = Fals
     parts = urllib.parse.urlsplit(address)
     if parts.scheme == "https" or is_loopback(parts.hostname or ""):
         return
-    raise JobsError(f"refusing to send the cluster token over plain http to {parts.hostname} (not "
-                    f"this machine): anyone on the path could read it and run code on the "
-                    f"cluster. Use https://, or an SSH tunnel (ssh -L 8265:127.0.0.1:8265 HEAD) "
-                    f"with --address http://127.0.0.1:8265; --insecure-token sends it anyway")
+    raise JobsError(
+        f"refusing to send the cluster token over plain http to {parts.hostname} (not "
+        f"this machine): anyone on the path could read it and run code on the "
+        f"cluster. Use https://, or an SSH tunnel (ssh -L 8265:127.0.0.1:8265 HEAD) "
+        f"with --address http://127.0.0.1:8265; --insecure-token sends it anyway"
+    )
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -132,15 +142,18 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def _redirect_error(address: str, code: int, location: str | None) -> JobsError:
-    return JobsError(f"{address} answered with a redirect (HTTP {code}) to {location or '?'}; "
-                     f"the token is never sent on through a redirect: pass the final Jobs API "
-                     f"address with --address")
+    return JobsError(
+        f"{address} answered with a redirect (HTTP {code}) to {location or '?'}; "
+        f"the token is never sent on through a redirect: pass the final Jobs API "
+        f"address with --address"
+    )
 
 
 def _check(address: str, token: str | None) -> None:
     """Reach the Jobs API within seconds and turn every failure into one clear line."""
-    req = urllib.request.Request(f"{address}/api/version",
-                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    req = urllib.request.Request(
+        f"{address}/api/version", headers={"Authorization": f"Bearer {token}"} if token else {}
+    )
     try:
         with urllib.request.build_opener(_NoRedirect).open(req, timeout=CONNECT_TIMEOUT_S) as resp:
             body = resp.read()
@@ -148,16 +161,24 @@ def _check(address: str, token: str | None) -> None:
         if 300 <= err.code < 400:
             raise _redirect_error(address, err.code, err.headers.get("Location")) from None
         if err.code == 401:
-            raise JobsError(f"{address}: the cluster requires a token (401); set RAY_AUTH_TOKEN or "
-                            f"RAY_AUTH_TOKEN_PATH") from None
+            raise JobsError(
+                f"{address}: the cluster requires a token (401); set RAY_AUTH_TOKEN or "
+                f"RAY_AUTH_TOKEN_PATH"
+            ) from None
         if err.code == 403:
-            raise JobsError(f"{address}: the cluster rejected the token (403); check "
-                            f"RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH") from None
-        raise JobsError(f"{address}: not a Ray Jobs API (HTTP {err.code} for /api/version)") from None
+            raise JobsError(
+                f"{address}: the cluster rejected the token (403); check "
+                f"RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH"
+            ) from None
+        raise JobsError(
+            f"{address}: not a Ray Jobs API (HTTP {err.code} for /api/version)"
+        ) from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise JobsError(f"cannot reach the Ray Jobs API at {address}: {reason}. Is the cluster up "
-                        f"(`modresnet cluster status`) and is this the dashboard port?") from None
+        raise JobsError(
+            f"cannot reach the Ray Jobs API at {address}: {reason}. Is the cluster up "
+            f"(`modresnet cluster status`) and is this the dashboard port?"
+        ) from None
     if b"ray_version" not in body:
         raise JobsError(f"{address}: not a Ray Jobs API (unexpected answer to /api/version)")
 
@@ -185,8 +206,10 @@ def _ray_errors(address: str, job_id: str | None = None) -> Iterator[None]:
         yield
     except AuthenticationError as err:
         first = (err.message.splitlines() or ["?"])[0]
-        raise JobsError(f"{address}: the cluster refused the token ({first}); check "
-                        f"RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH") from None
+        raise JobsError(
+            f"{address}: the cluster refused the token ({first}); check "
+            f"RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH"
+        ) from None
     except JobsHttpError as err:
         if job_id is not None and err.status == 404:
             raise JobsError(f"no job {job_id!r} on {address}; see `modresnet jobs list`") from None
@@ -202,8 +225,11 @@ def job_env() -> dict[str, str]:
     for name, value in os.environ.items():
         if name in FORWARD_VARS or name.startswith(FORWARD_PREFIXES):
             if SECRET_NAME.search(name):
-                print(f"note: not forwarding {name} (secrets must not go into the job's "
-                      f"runtime_env); set it on the cluster nodes instead", file=sys.stderr)
+                print(
+                    f"note: not forwarding {name} (secrets must not go into the job's "
+                    f"runtime_env); set it on the cluster nodes instead",
+                    file=sys.stderr,
+                )
                 continue
             env[name] = value
     return env
@@ -216,8 +242,10 @@ def parse_env(items: list[str] | None) -> dict[str, str]:
         if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
             raise JobsError(f"--env {item!r}: expected NAME=VALUE")
         if SECRET_NAME.search(key):
-            raise JobsError(f"--env {key}: refusing to put a secret into the job's runtime_env "
-                            f"(it is readable through the Jobs API); set it on the cluster nodes")
+            raise JobsError(
+                f"--env {key}: refusing to put a secret into the job's runtime_env "
+                f"(it is readable through the Jobs API); set it on the cluster nodes"
+            )
         out[key] = value
     return out
 
@@ -226,13 +254,20 @@ def entrypoint(command: str, args: list[str]) -> str:
     return shlex.join(["python", "-m", "modresnet.cli", command, *args])
 
 
-def submit(command: str, args: list[str], address: str | None = None,
-           submission_id: str | None = None, env: dict[str, str] | None = None,
-           entrypoint_num_cpus: float | None = None, insecure_token: bool = False) -> str:
+def submit(
+    command: str,
+    args: list[str],
+    address: str | None = None,
+    submission_id: str | None = None,
+    env: dict[str, str] | None = None,
+    entrypoint_num_cpus: float | None = None,
+    insecure_token: bool = False,
+) -> str:
     if command not in COMMANDS:
         raise JobsError(f"unknown command {command!r}: choose one of {', '.join(COMMANDS)}")
-    if submission_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
-                                                   submission_id):
+    if submission_id is not None and not re.match(
+        r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", submission_id
+    ):
         raise JobsError(f"--submission-id {submission_id!r}: use letters, digits, '.', '_', '-'")
     addr = resolve_address(address)
     c = client(addr, insecure_token)
@@ -247,17 +282,24 @@ def submit(command: str, args: list[str], address: str | None = None,
         kwargs["entrypoint_num_cpus"] = entrypoint_num_cpus
     try:
         with _ray_errors(addr):
-            return str(c.submit_job(
-                entrypoint=entrypoint(command, args), submission_id=submission_id,
-                runtime_env=runtime_env,
-                metadata={"modresnet.command": command, "modresnet.client": "cli"}, **kwargs))
+            return str(
+                c.submit_job(
+                    entrypoint=entrypoint(command, args),
+                    submission_id=submission_id,
+                    runtime_env=runtime_env,
+                    metadata={"modresnet.command": command, "modresnet.client": "cli"},
+                    **kwargs,
+                )
+            )
     except JobsHttpError as err:
         if err.status == 413:
-            raise JobsError("the working_dir package is too large for the Jobs API (100 MiB); "
-                            "check .rayignore") from None
+            raise JobsError(
+                "the working_dir package is too large for the Jobs API (100 MiB); check .rayignore"
+            ) from None
         if err.status == 400 and submission_id is not None and _exists(c, submission_id):
-            raise JobsError(f"--submission-id {submission_id!r} is already used on this "
-                            f"cluster") from None
+            raise JobsError(
+                f"--submission-id {submission_id!r} is already used on this cluster"
+            ) from None
         raise
 
 
@@ -290,8 +332,13 @@ def job_info(job_id: str, address: str | None = None, insecure_token: bool = Fal
         return c.get_job_info(job_id)
 
 
-def logs(job_id: str, address: str | None = None, follow: bool = False, out=sys.stdout,
-         insecure_token: bool = False) -> str:
+def logs(
+    job_id: str,
+    address: str | None = None,
+    follow: bool = False,
+    out=sys.stdout,
+    insecure_token: bool = False,
+) -> str:
     """Print the job's logs (following them until the job ends); returns its final status."""
     addr = resolve_address(address)
     c = client(addr, insecure_token)
@@ -316,8 +363,9 @@ def logs(job_id: str, address: str | None = None, follow: bool = False, out=sys.
         time.sleep(0.5)
 
 
-def stop(job_id: str, address: str | None = None, wait_s: float = 60,
-         insecure_token: bool = False) -> str:
+def stop(
+    job_id: str, address: str | None = None, wait_s: float = 60, insecure_token: bool = False
+) -> str:
     """Stop a job and wait until it has stopped; returns its final status."""
     addr = resolve_address(address)
     c = client(addr, insecure_token)

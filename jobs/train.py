@@ -76,8 +76,15 @@ def wandb_id(name: str) -> str:
 def _wandb_init(wb: dict, config: dict):
     import wandb
 
-    return wandb.init(project=wb["project"], id=wb["id"], name=wb["name"], resume="allow",
-                      dir=wb["dir"], config=config, mode=wb["mode"] or None)
+    return wandb.init(
+        project=wb["project"],
+        id=wb["id"],
+        name=wb["name"],
+        resume="allow",
+        dir=wb["dir"],
+        config=config,
+        mode=wb["mode"] or None,
+    )
 
 
 # --------------------------------------------------------------------------- worker side
@@ -92,9 +99,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, int]:
     rank = ray.train.get_context().get_world_rank()
     resumed = ray.train.get_checkpoint()
     with resumed.as_directory() if resumed is not None else nullcontext() as d:
-        assembled = assemble(config, get_device(), cpus=loop_config["threads"],
-                             wrap=lambda m: prepare_model(m, move_to_device=False),
-                             resume_from=Path(d) if d is not None else None)
+        assembled = assemble(
+            config,
+            get_device(),
+            cpus=loop_config["threads"],
+            wrap=lambda m: prepare_model(m, move_to_device=False),
+            resume_from=Path(d) if d is not None else None,
+        )
 
     wb = loop_config.get("wandb")
     wandb_run = _wandb_init(wb, config.to_dict()) if wb and rank == 0 else None
@@ -126,8 +137,9 @@ def check_storage(run_path: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=run_path, prefix=".write-test-"):
             pass
     except OSError as err:
-        raise RayTrainSetupError(f"--storage: cannot write to {run_path} "
-                                 f"({err.strerror or err})") from None
+        raise RayTrainSetupError(
+            f"--storage: cannot write to {run_path} ({err.strerror or err})"
+        ) from None
 
 
 def check_resources(options: RayOptions) -> None:
@@ -138,10 +150,13 @@ def check_resources(options: RayOptions) -> None:
     if need_cpu > res.get("CPU", 0):
         raise RayTrainSetupError(
             f"--workers {options.workers} x --cpus-per-worker {options.cpus_per_worker:g} needs "
-            f"{need_cpu:g} CPUs but the Ray cluster has {res.get('CPU', 0):g}; use fewer workers")
+            f"{need_cpu:g} CPUs but the Ray cluster has {res.get('CPU', 0):g}; use fewer workers"
+        )
     if options.use_gpu and options.workers > res.get("GPU", 0):
-        raise RayTrainSetupError(f"--gpu --workers {options.workers} needs {options.workers} GPUs "
-                                 f"but the Ray cluster has {res.get('GPU', 0):g}")
+        raise RayTrainSetupError(
+            f"--gpu --workers {options.workers} needs {options.workers} GPUs "
+            f"but the Ray cluster has {res.get('GPU', 0):g}"
+        )
 
 
 def _progress_callback(queue):
@@ -180,9 +195,15 @@ def write_run_dir(run: RunDir, config: Config, latest: Path, best: Path) -> list
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # what Ray Train resumes a run from
 
 
-def train_ray(config: Config, run_path: Path, options: RayOptions = RayOptions(),
-              resume: bool = False, on_epoch_done: Callable[[dict], None] | None = None,
-              info: Callable[[str], None] = print, remote=None) -> RayResult:
+def train_ray(
+    config: Config,
+    run_path: Path,
+    options: RayOptions = RayOptions(),
+    resume: bool = False,
+    on_epoch_done: Callable[[dict], None] | None = None,
+    info: Callable[[str], None] = print,
+    remote=None,
+) -> RayResult:
     """Train on Ray, holding the run's lock for the whole run (one process per --name).
 
     With `remote` (a modresnet.storage.Location, the run's URI in an object store) Ray Train's
@@ -193,13 +214,21 @@ def train_ray(config: Config, run_path: Path, options: RayOptions = RayOptions()
     with RunDir(run_path).lock() as run:
         for line in run.recover():
             info(line)
-        return _train_ray_locked(config, run_path, run, options, resume, on_epoch_done, info,
-                                 remote)
+        return _train_ray_locked(
+            config, run_path, run, options, resume, on_epoch_done, info, remote
+        )
 
 
-def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayOptions,
-                      resume: bool, on_epoch_done: Callable[[dict], None] | None,
-                      info: Callable[[str], None], remote=None) -> RayResult:
+def _train_ray_locked(
+    config: Config,
+    run_path: Path,
+    run: RunDir,
+    options: RayOptions,
+    resume: bool,
+    on_epoch_done: Callable[[dict], None] | None,
+    info: Callable[[str], None],
+    remote=None,
+) -> RayResult:
     if options.workers < 1:
         raise RayTrainSetupError(f"--workers: need at least 1, got {options.workers}")
     if options.cpus_per_worker <= 0:
@@ -221,15 +250,21 @@ def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayO
         resume = True  # an unfinished Ray run of this name: re-running the command resumes it
         info(f"resuming the unfinished Ray run in {ray_dir}")
     elif resume and not has_ray and has_run:
-        raise RayTrainSetupError(f"--resume: {run_path} was trained in-process (no {RAY_SUBDIR}/ "
-                                 f"folder); resume it with --local")
+        raise RayTrainSetupError(
+            f"--resume: {run_path} was trained in-process (no {RAY_SUBDIR}/ "
+            f"folder); resume it with --local"
+        )
     elif resume and not has_snapshot:
-        raise RayTrainSetupError(f"--resume: {ray_dir}/{RAY_SNAPSHOT} is missing, so run "
-                                 f"{run_path.name} has no training state to continue (it never "
-                                 f"finished an epoch); start it again under a new --name")
+        raise RayTrainSetupError(
+            f"--resume: {ray_dir}/{RAY_SNAPSHOT} is missing, so run "
+            f"{run_path.name} has no training state to continue (it never "
+            f"finished an epoch); start it again under a new --name"
+        )
     elif (has_run or has_ray or finished) and not resume:
-        raise RayTrainSetupError(f"run directory {remote or run_path} already holds a run; pass --resume "
-                                 f"to continue it, or choose another --name")
+        raise RayTrainSetupError(
+            f"run directory {remote or run_path} already holds a run; pass --resume "
+            f"to continue it, or choose another --name"
+        )
     check_storage(run_path.parent)
     wandb = wandb_policy(options.wandb)
     info(wandb.reason)
@@ -247,28 +282,41 @@ def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayO
         wb = None
         runtime_env = None
         if wandb.enabled:
-            wb = {"project": os.environ.get("WANDB_PROJECT", options.wandb_project),
-                  "id": wandb_id(run_path.name), "name": run_path.name, "dir": str(run_path),
-                  "mode": "offline" if wandb.mode == "offline" else None}
+            wb = {
+                "project": os.environ.get("WANDB_PROJECT", options.wandb_project),
+                "id": wandb_id(run_path.name),
+                "name": run_path.name,
+                "dir": str(run_path),
+                "mode": "offline" if wandb.mode == "offline" else None,
+            }
             if resolve_address(options.address):  # workers on other nodes log the same way
                 runtime_env = {"env_vars": wandb.worker_env()}
         queue = Queue(actor_options={"num_cpus": 0})
         run_config = RunConfig(
-            name=RAY_SUBDIR, storage_path=str(remote or run_path),
-            checkpoint_config=CheckpointConfig(num_to_keep=options.keep_checkpoints,
-                                               checkpoint_score_attribute="val_acc",
-                                               checkpoint_score_order="max"),
+            name=RAY_SUBDIR,
+            storage_path=str(remote or run_path),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=options.keep_checkpoints,
+                checkpoint_score_attribute="val_acc",
+                checkpoint_score_order="max",
+            ),
             failure_config=FailureConfig(max_failures=options.max_failures),
             callbacks=[_progress_callback(queue)],
             worker_runtime_env=runtime_env,  # type: ignore[call-arg]  # V2's RunConfig
         )
         trainer = TorchTrainer(
             train_loop_per_worker,  # type: ignore[arg-type]  # Ray's type omits return_value
-            train_loop_config={"config": config.to_dict(), "threads": options.cpus_per_worker,
-                               "wandb": wb},
+            train_loop_config={
+                "config": config.to_dict(),
+                "threads": options.cpus_per_worker,
+                "wandb": wb,
+            },
             torch_config=TorchConfig(backend="nccl" if options.use_gpu else "gloo"),
-            scaling_config=ScalingConfig(num_workers=options.workers, use_gpu=options.use_gpu,
-                                         resources_per_worker={"CPU": options.cpus_per_worker}),
+            scaling_config=ScalingConfig(
+                num_workers=options.workers,
+                use_gpu=options.use_gpu,
+                resources_per_worker={"CPU": options.cpus_per_worker},
+            ),
             run_config=run_config,
         )
 
@@ -313,14 +361,17 @@ def _train_ray_locked(config: Config, run_path: Path, run: RunDir, options: RayO
             raise RayTrainSetupError(
                 f"training finished and {run_path} holds its checkpoints and metrics, but the "
                 f"test evaluation failed ({_one_line(err)}); `modresnet evaluate {run_path}` "
-                f"evaluates it once that is fixed (traceback in {run_path / 'ray.log'})") from None
+                f"evaluates it once that is fixed (traceback in {run_path / 'ray.log'})"
+            ) from None
         if wb is not None:
             try:
                 _log_final_wandb(wb, config, run, test, step=history[-1]["epoch"] + 1)
             except Exception as err:  # W&B is a copy; the run directory is complete
                 _append_traceback(run_path / "ray.log")
-                info(f"warning: W&B could not record the test result ({_one_line(err)}); the "
-                     f"run directory {run_path} is complete and W&B holds every epoch")
+                info(
+                    f"warning: W&B could not record the test result ({_one_line(err)}); the "
+                    f"run directory {run_path} is complete and W&B holds every epoch"
+                )
         if remote is not None:
             from modresnet import storage
 

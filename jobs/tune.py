@@ -57,8 +57,9 @@ def run_trial(params: dict, job: TuneJob) -> None:
         return _run_train_trial(config, job)
     resumed = tune.get_checkpoint()
     with resumed.as_directory() if resumed is not None else nullcontext() as d:
-        assembled = assemble(config, cpus=job.cpus_per_trial,
-                             resume_from=Path(d) if d is not None else None)
+        assembled = assemble(
+            config, cpus=job.cpus_per_trial, resume_from=Path(d) if d is not None else None
+        )
 
     def on_epoch(record: Record, state: TrainingState) -> None:
         with tempfile.TemporaryDirectory(prefix="modresnet-tune-") as d:
@@ -89,18 +90,22 @@ def _run_train_trial(config: Config, job: TuneJob) -> None:
     resources = {"CPU": per_worker_cpu, **({"GPU": per_worker_gpu} if per_worker_gpu else {})}
     TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "threads": per_worker_cpu,
-                           "wandb": None},
+        train_loop_config={"config": config.to_dict(), "threads": per_worker_cpu, "wandb": None},
         torch_config=TorchConfig(backend="nccl" if per_worker_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=bool(per_worker_gpu),
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=bool(per_worker_gpu), resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}", storage_path=job.train_storage,
+            name=f"train-{trial_id}",
+            storage_path=job.train_storage,
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=job.metric,
-                checkpoint_score_order=job.mode),
-            failure_config=ray.train.FailureConfig(max_failures=1)),
+                num_to_keep=1,
+                checkpoint_score_attribute=job.metric,
+                checkpoint_score_order=job.mode,
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=1),
+        ),
     ).fit()
 
 
@@ -127,9 +132,15 @@ def _wandb_callbacks(options: TuneOptions, group: str, info: Callable[[str], Non
     info(f"{wandb.reason}, project {project}, group {group}")
     use_wandb_env(wandb)
     kwargs = {"mode": "offline"} if wandb.mode == "offline" else {}
-    return [flushing_wandb_callback()(project=project, group=group,
-                                      upload_timeout=options.upload_timeout, log_config=True,
-                                      **kwargs)]
+    return [
+        flushing_wandb_callback()(
+            project=project,
+            group=group,
+            upload_timeout=options.upload_timeout,
+            log_config=True,
+            **kwargs,
+        )
+    ]
 
 
 def _trainable(job: TuneJob):
@@ -149,21 +160,32 @@ def _tuner_parts(job: TuneJob, callbacks: list, verbose: bool = True):
 
     space = job.search_space()
     points = [space.point(configs.paper())] if job.include_paper else None
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=job.max_epochs,
-                              grace_period=job.grace_period,
-                              reduction_factor=job.reduction_factor)
-    search_alg = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=job.concurrent,
-                                       random_state=job.search_seed)
-    tune_config = tune.TuneConfig(metric=job.metric, mode=job.mode,
-                                  num_samples=job.samples, scheduler=scheduler,
-                                  search_alg=search_alg)
+    scheduler = ASHAScheduler(
+        time_attr="epoch",
+        max_t=job.max_epochs,
+        grace_period=job.grace_period,
+        reduction_factor=job.reduction_factor,
+    )
+    search_alg = BasicVariantGenerator(
+        points_to_evaluate=points, max_concurrent=job.concurrent, random_state=job.search_seed
+    )
+    tune_config = tune.TuneConfig(
+        metric=job.metric,
+        mode=job.mode,
+        num_samples=job.samples,
+        scheduler=scheduler,
+        search_alg=search_alg,
+    )
     run_config = tune.RunConfig(
-        name=job.name, storage_path=job.remote or job.storage, callbacks=callbacks,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1,
-                                                checkpoint_score_attribute=job.metric,
-                                                checkpoint_score_order=job.mode),
+        name=job.name,
+        storage_path=job.remote or job.storage,
+        callbacks=callbacks,
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=1, checkpoint_score_attribute=job.metric, checkpoint_score_order=job.mode
+        ),
         failure_config=tune.FailureConfig(max_failures=1),
-        verbose=None if verbose else 0)  # 0: no Ray reporter; jobs/tune_progress draws a table
+        verbose=None if verbose else 0,
+    )  # 0: no Ray reporter; jobs/tune_progress draws a table
     return space.param_space(), tune_config, run_config
 
 
@@ -180,9 +202,14 @@ def _restored_output(tuner, run_config) -> None:
         restored.callbacks = list(restored.callbacks or []) + [ProgressCallback()]
 
 
-def run_search(job: TuneJob, options: TuneOptions, resume: bool = False,
-               info: Callable[[str], None] = print, verbose: bool = False,
-               console=None) -> TuneOutcome:
+def run_search(
+    job: TuneJob,
+    options: TuneOptions,
+    resume: bool = False,
+    info: Callable[[str], None] = print,
+    verbose: bool = False,
+    console=None,
+) -> TuneOutcome:
     """Start (or restore) the search, then write the leaderboard, plot and best run.
 
     Progress: one compact table of trials on `console` (jobs/tune_progress.py), or with
@@ -202,16 +229,20 @@ def run_search(job: TuneJob, options: TuneOptions, resume: bool = False,
                 raise TuneSetupError(f"{remote} already holds a search; choose another --name")
             shutil.rmtree(exp, ignore_errors=True)  # staging of an earlier, unpublished try
         if exp.exists() and any(exp.iterdir()):
-            raise TuneSetupError(f"{exp} already holds a search; continue it with --resume "
-                                 f"{job.name}, or choose another --name")
+            raise TuneSetupError(
+                f"{exp} already holds a search; continue it with --resume "
+                f"{job.name}, or choose another --name"
+            )
         exp.mkdir(parents=True, exist_ok=True)
         (exp / JOB_FILE).write_text(json.dumps(job.to_dict(), indent=2))
     if job.workers_per_trial > 1:
         try:
             from jobs.train import train_loop_per_worker  # noqa: F401
         except ImportError as err:
-            raise TuneSetupError(f"--workers-per-trial {job.workers_per_trial} needs the Ray "
-                                 f"Train worker in jobs/train.py ({err})") from None
+            raise TuneSetupError(
+                f"--workers-per-trial {job.workers_per_trial} needs the Ray "
+                f"Train worker in jobs/train.py ({err})"
+            ) from None
 
     from ray import tune
 
@@ -224,22 +255,31 @@ def run_search(job: TuneJob, options: TuneOptions, resume: bool = False,
 
         cpus = ray.cluster_resources().get("CPU", 0)
         if job.cpus_per_trial > cpus:
-            raise TuneSetupError(f"--cpus-per-trial {job.cpus_per_trial:g} exceeds the "
-                                 f"{cpus:g} CPUs of the Ray cluster")
+            raise TuneSetupError(
+                f"--cpus-per-trial {job.cpus_per_trial:g} exceeds the "
+                f"{cpus:g} CPUs of the Ray cluster"
+            )
         if resume:
             if not tune.Tuner.can_restore(str(exp)):
-                raise TuneSetupError(f"--resume: {exp} has no Tune experiment state to restore "
-                                     f"(it was interrupted before the first trial started); "
-                                     f"start it again under a new --name")
+                raise TuneSetupError(
+                    f"--resume: {exp} has no Tune experiment state to restore "
+                    f"(it was interrupted before the first trial started); "
+                    f"start it again under a new --name"
+                )
             param_space, _, run_config = _tuner_parts(job, callbacks, verbose)
-            tuner = tune.Tuner.restore(str(exp), trainable=_trainable(job), resume_errored=True,
-                                       param_space=param_space)
+            tuner = tune.Tuner.restore(
+                str(exp), trainable=_trainable(job), resume_errored=True, param_space=param_space
+            )
             _restored_output(tuner, run_config)
             info(f"resuming search {exp}")
         else:
             param_space, tune_config, run_config = _tuner_parts(job, callbacks, verbose)
-            tuner = tune.Tuner(_trainable(job), param_space=param_space,
-                               tune_config=tune_config, run_config=run_config)
+            tuner = tune.Tuner(
+                _trainable(job),
+                param_space=param_space,
+                tune_config=tune_config,
+                run_config=run_config,
+            )
         with quiet_tune_output(verbose), TrialTable(job, console=console, enabled=not verbose):
             grid = tuner.fit()
         if not job.remote:  # in object storage Tune uploaded each trial folder itself
@@ -255,5 +295,3 @@ def run_search(job: TuneJob, options: TuneOptions, resume: bool = False,
     finally:
         if connection != "existing":
             ray.shutdown()
-
-

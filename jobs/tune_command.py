@@ -30,8 +30,13 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resume(job: TuneJob, settings: dict[str, Any], name: str | None,
-                 config: Config | None, space: Path | None) -> None:
+def check_resume(
+    job: TuneJob,
+    settings: dict[str, Any],
+    name: str | None,
+    config: Config | None,
+    space: Path | None,
+) -> None:
     """Refuse a flag of `tune --resume` that contradicts the saved search: the resumed search
     runs with the saved settings, so a different value would be silently ignored. `settings`
     holds the search flags given, `config` the config they build (None: no config flag)."""
@@ -43,18 +48,24 @@ def check_resume(job: TuneJob, settings: dict[str, Any], name: str | None,
         raise TuneSetupError(f"--name {name} conflicts with --resume {job.name}; {fix}")
     for field, value in settings.items():
         if value != getattr(job, field):
-            raise TuneSetupError(f"--{field.replace('_', '-')} {value} conflicts with the saved "
-                                 f"search {job.name} ({field} {getattr(job, field)}); {fix}")
+            raise TuneSetupError(
+                f"--{field.replace('_', '-')} {value} conflicts with the saved "
+                f"search {job.name} ({field} {getattr(job, field)}); {fix}"
+            )
     if config is not None:
         given = _flatten(config.with_overrides({"train.epochs": job.max_epochs}).to_dict())
         saved = _flatten(job.base.to_dict())
         for key, value in given.items():
             if value != saved[key]:
-                raise TuneSetupError(f"--preset/--config/--set/config flags give {key} {value}, "
-                                     f"the saved search {job.name} has {saved[key]}; {fix}")
+                raise TuneSetupError(
+                    f"--preset/--config/--set/config flags give {key} {value}, "
+                    f"the saved search {job.name} has {saved[key]}; {fix}"
+                )
     if space is not None and load_space(space, job.base).raw != job.space:
-        raise TuneSetupError(f"--space {space} differs from the saved search {job.name}'s space "
-                             f"({job.space_source}); {fix}")
+        raise TuneSetupError(
+            f"--space {space} differs from the saved search {job.name}'s space "
+            f"({job.space_source}); {fix}"
+        )
 
 
 @user_errors
@@ -64,51 +75,96 @@ def tune(
     preset: Preset = None,
     config_file: ConfigFile = None,
     sets: Sets = None,
-    space: Annotated[Path | None, typer.Option(
-        help="Search-space YAML (default jobs/search_space.yaml).")] = None,
-    samples: Annotated[int | None, typer.Option(
-        help=f"Trials to run (the paper point counts as one; default {Defaults.samples}).")] = None,
-    max_epochs: Annotated[int | None, typer.Option(
-        help="Epochs of a trial that ASHA never stops (default: the config's train.epochs).")
+    space: Annotated[
+        Path | None, typer.Option(help="Search-space YAML (default jobs/search_space.yaml).")
     ] = None,
-    grace_period: Annotated[int | None, typer.Option(
-        help=f"ASHA: epochs before a trial can be stopped (default {Defaults.grace_period}).")
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Trials to run (the paper point counts as one; default {Defaults.samples})."
+        ),
     ] = None,
-    reduction_factor: Annotated[int | None, typer.Option(
-        help=f"ASHA: keep the top 1/N at every rung (default {Defaults.reduction_factor}).")
+    max_epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Epochs of a trial that ASHA never stops (default: the config's train.epochs)."
+        ),
     ] = None,
-    concurrent: Annotated[int | None, typer.Option(
-        help=f"Trials running at once (default {Defaults.concurrent}).")] = None,
-    metric: Annotated[str | None, typer.Option(
-        help=f"{' | '.join(get_args(Metric))} (default {Defaults.metric})")] = None,
-    include_paper: Annotated[bool | None, typer.Option(
-        "--include-paper", help="Run the paper's recipe as the first trial.")] = None,
-    workers_per_trial: Annotated[int | None, typer.Option(
-        help="Ray Train data-parallel workers per trial (default 1: train in the trial).")
+    grace_period: Annotated[
+        int | None,
+        typer.Option(
+            help=f"ASHA: epochs before a trial can be stopped (default {Defaults.grace_period})."
+        ),
     ] = None,
-    cpus_per_trial: Annotated[float | None, typer.Option(
-        help=f"CPUs per trial (fractions allowed; default {Defaults.cpus_per_trial:g}).")
+    reduction_factor: Annotated[
+        int | None,
+        typer.Option(
+            help=f"ASHA: keep the top 1/N at every rung (default {Defaults.reduction_factor})."
+        ),
     ] = None,
-    gpus_per_trial: Annotated[float | None, typer.Option(
-        help=f"GPUs per trial (fractions allowed; default {Defaults.gpus_per_trial:g}).")
+    concurrent: Annotated[
+        int | None, typer.Option(help=f"Trials running at once (default {Defaults.concurrent}).")
     ] = None,
-    search_seed: Annotated[int | None, typer.Option(
-        help=f"Seed of the random search (default {Defaults.search_seed}).")] = None,
-    name: Annotated[str | None, typer.Option(
-        help="Experiment name (default tune-PRESET-TIMESTAMP).")] = None,
-    storage: Annotated[Path | None, typer.Option(
-        help="Folder for experiments (default ~/modresnet-runs or $MODRESNET_RUNS), or "
-             "s3://BUCKET/PREFIX, gs://..., file://...")] = None,
-    address: Annotated[str | None, typer.Option(
-        help="Ray cluster address (default $RAY_ADDRESS, else a local Ray).")] = None,
-    resume: Annotated[str | None, typer.Option(
-        help="Continue the interrupted search NAME with its saved settings. --storage, "
-             "--address, --wandb/--no-wandb and --verbose may be given; any other flag must "
-             "repeat the saved value, or it is refused.")] = None,
+    metric: Annotated[
+        str | None, typer.Option(help=f"{' | '.join(get_args(Metric))} (default {Defaults.metric})")
+    ] = None,
+    include_paper: Annotated[
+        bool | None,
+        typer.Option("--include-paper", help="Run the paper's recipe as the first trial."),
+    ] = None,
+    workers_per_trial: Annotated[
+        int | None,
+        typer.Option(
+            help="Ray Train data-parallel workers per trial (default 1: train in the trial)."
+        ),
+    ] = None,
+    cpus_per_trial: Annotated[
+        float | None,
+        typer.Option(
+            help=f"CPUs per trial (fractions allowed; default {Defaults.cpus_per_trial:g})."
+        ),
+    ] = None,
+    gpus_per_trial: Annotated[
+        float | None,
+        typer.Option(
+            help=f"GPUs per trial (fractions allowed; default {Defaults.gpus_per_trial:g})."
+        ),
+    ] = None,
+    search_seed: Annotated[
+        int | None,
+        typer.Option(help=f"Seed of the random search (default {Defaults.search_seed})."),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Experiment name (default tune-PRESET-TIMESTAMP).")
+    ] = None,
+    storage: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for experiments (default ~/modresnet-runs or $MODRESNET_RUNS), or "
+            "s3://BUCKET/PREFIX, gs://..., file://..."
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)."),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue the interrupted search NAME with its saved settings. --storage, "
+            "--address, --wandb/--no-wandb and --verbose may be given; any other flag must "
+            "repeat the saved value, or it is refused."
+        ),
+    ] = None,
     wandb: Wandb = True,
-    verbose: Annotated[bool, typer.Option(
-        "--verbose", help="Ray Tune's own progress reporter (trial tables, configs, results) "
-                          "instead of the compact table.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            help="Ray Tune's own progress reporter (trial tables, configs, results) "
+            "instead of the compact table.",
+        ),
+    ] = False,
 ) -> None:
     """Search recipes with Ray Tune + ASHA; write a leaderboard and export the best model."""
     from jobs import tune as tuning
@@ -121,30 +177,52 @@ def tune(
     where = object_storage.parse(storage) or default_storage()
     remote_root = where if isinstance(where, object_storage.Location) else None
     if remote_root is not None and (resume or (workers_per_trial or 1) > 1):
-        raise UserError(f"--storage {remote_root}: object storage takes new searches with one "
-                        f"worker per trial; --resume and --workers-per-trial > 1 need a "
-                        f"filesystem path (local or NFS)")
-    root = (object_storage.staging_root(where) if isinstance(where, object_storage.Location)
-            else where.expanduser()).resolve()
-    given = {"samples": samples, "max_epochs": max_epochs, "grace_period": grace_period,
-             "reduction_factor": reduction_factor, "concurrent": concurrent, "metric": metric,
-             "include_paper": include_paper, "workers_per_trial": workers_per_trial,
-             "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
-             "search_seed": search_seed}
+        raise UserError(
+            f"--storage {remote_root}: object storage takes new searches with one "
+            f"worker per trial; --resume and --workers-per-trial > 1 need a "
+            f"filesystem path (local or NFS)"
+        )
+    root = (
+        object_storage.staging_root(where)
+        if isinstance(where, object_storage.Location)
+        else where.expanduser()
+    ).resolve()
+    given = {
+        "samples": samples,
+        "max_epochs": max_epochs,
+        "grace_period": grace_period,
+        "reduction_factor": reduction_factor,
+        "concurrent": concurrent,
+        "metric": metric,
+        "include_paper": include_paper,
+        "workers_per_trial": workers_per_trial,
+        "cpus_per_trial": cpus_per_trial,
+        "gpus_per_trial": gpus_per_trial,
+        "search_seed": search_seed,
+    }
     settings: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     config_given = bool(preset or config_file or sets or overrides)
     if resume:
         job = read_job(root / resume)
-        check_resume(job, settings, name,
-                     build_config(preset, config_file, overrides, sets) if config_given else None,
-                     space)
+        check_resume(
+            job,
+            settings,
+            name,
+            build_config(preset, config_file, overrides, sets) if config_given else None,
+            space,
+        )
     else:
         cfg = build_config(preset, config_file, overrides, sets)
         search = replace(Defaults(max_epochs=max_epochs or cfg.train.epochs), **settings)
         cfg = cfg.with_overrides({"train.epochs": search.max_epochs})
-        job = new_job(cfg, load_space(space or DEFAULT_SPACE, cfg), search, root,
-                      name or f"tune-{default_name(preset or 'paper')}",
-                      remote=remote_root.uri if remote_root is not None else None)
+        job = new_job(
+            cfg,
+            load_space(space or DEFAULT_SPACE, cfg),
+            search,
+            root,
+            name or f"tune-{default_name(preset or 'paper')}",
+            remote=remote_root.uri if remote_root is not None else None,
+        )
     _run(job, tuning.TuneOptions(address=address, wandb=wandb), bool(resume), verbose, root)
 
 
@@ -154,22 +232,30 @@ def _run(job: TuneJob, options: TuneOptions, resume: bool, verbose: bool, root: 
     from jobs.tune_results import leaderboard_table
 
     exp = job.experiment
-    say(f"experiment: {exp}  ({job.samples} trials, ASHA max {job.max_epochs} epochs, grace "
-        f"{job.grace_period}, reduction {job.reduction_factor}; Ray's log: {exp / 'ray.log'})")
-    outcome = tuning.run_search(job, options, resume=resume, verbose=verbose, console=console,
-                                info=say)
+    say(
+        f"experiment: {exp}  ({job.samples} trials, ASHA max {job.max_epochs} epochs, grace "
+        f"{job.grace_period}, reduction {job.reduction_factor}; Ray's log: {exp / 'ray.log'})"
+    )
+    outcome = tuning.run_search(
+        job, options, resume=resume, verbose=verbose, console=console, info=say
+    )
     if outcome.rows:
         console.print(leaderboard_table(outcome.rows, job, width=console.width))
     if outcome.interrupted or outcome.best is None or outcome.test is None:
-        err_console.print(f"[bold yellow]search interrupted[/]; continue it with: modresnet tune "
-                          f"--resume {job.name} --storage {root}", highlight=False)
+        err_console.print(
+            f"[bold yellow]search interrupted[/]; continue it with: modresnet tune "
+            f"--resume {job.name} --storage {root}",
+            highlight=False,
+        )
         raise typer.Exit(130)
     best, test = outcome.best, outcome.test
-    console.print(f"[bold green]best trial {best.trial_id}[/]: validation "
-                  f"{100 * best.best_val_acc:.2f}%, test accuracy {100 * test['test_acc']:.2f}% "
-                  f"on {test['n']:,} images ({sum(r.stopped_early for r in outcome.rows)} of "
-                  f"{len(outcome.rows)} trials stopped early by ASHA)", soft_wrap=True)
+    console.print(
+        f"[bold green]best trial {best.trial_id}[/]: validation "
+        f"{100 * best.best_val_acc:.2f}%, test accuracy {100 * test['test_acc']:.2f}% "
+        f"on {test['n']:,} images ({sum(r.stopped_early for r in outcome.rows)} of "
+        f"{len(outcome.rows)} trials stopped early by ASHA)",
+        soft_wrap=True,
+    )
     say(f"outputs in {exp}:")
     for label, path in outcome.files.items():
         say(f"  {label + ':':<13} {path}")
-

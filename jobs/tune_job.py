@@ -27,8 +27,12 @@ from modresnet.fields import coerce
 JOB_FILE = "modresnet-tune.json"
 Metric = Literal["val_acc", "val_loss", "train_acc", "train_loss"]
 Mode = Literal["max", "min"]
-METRICS: dict[str, Mode] = {"val_acc": "max", "val_loss": "min", "train_acc": "max",
-                            "train_loss": "min"}
+METRICS: dict[str, Mode] = {
+    "val_acc": "max",
+    "val_loss": "min",
+    "train_acc": "max",
+    "train_loss": "min",
+}
 
 
 class TuneSetupError(UserError):
@@ -62,16 +66,26 @@ class SearchSettings:
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
-            raise InvalidSetting("metric", f"must be one of {', '.join(METRICS)}; "
-                                           f"got {self.metric!r}")
-        for name, low in (("samples", 1), ("max_epochs", 1), ("grace_period", 1),
-                          ("reduction_factor", 2), ("concurrent", 1), ("workers_per_trial", 1)):
+            raise InvalidSetting(
+                "metric", f"must be one of {', '.join(METRICS)}; got {self.metric!r}"
+            )
+        for name, low in (
+            ("samples", 1),
+            ("max_epochs", 1),
+            ("grace_period", 1),
+            ("reduction_factor", 2),
+            ("concurrent", 1),
+            ("workers_per_trial", 1),
+        ):
             if getattr(self, name) < low:
                 raise InvalidSetting(name, f"must be at least {low}, got {getattr(self, name)}")
         if self.grace_period > self.max_epochs:
-            raise InvalidSetting("grace_period", f"{self.grace_period} exceeds --max-epochs "
-                                                 f"{self.max_epochs}; ASHA could never stop a "
-                                                 f"trial")
+            raise InvalidSetting(
+                "grace_period",
+                f"{self.grace_period} exceeds --max-epochs "
+                f"{self.max_epochs}; ASHA could never stop a "
+                f"trial",
+            )
         if self.cpus_per_trial <= 0:
             raise InvalidSetting("cpus_per_trial", f"must be positive, got {self.cpus_per_trial}")
         if self.gpus_per_trial < 0:
@@ -129,8 +143,9 @@ class TuneJob(SearchSettings):
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(fields))
         if unknown:
-            raise TuneSetupError(f"{source}: {unknown[0]}: unknown field; a search has "
-                                 f"{', '.join(fields)}")
+            raise TuneSetupError(
+                f"{source}: {unknown[0]}: unknown field; a search has {', '.join(fields)}"
+            )
         kwargs: dict[str, Any] = {}
         for name, f in fields.items():
             if name not in values:
@@ -150,8 +165,9 @@ class TuneJob(SearchSettings):
         except ConfigError as err:
             raise TuneSetupError(f"{source}: space: {err}") from None
         if mode is not None and mode != job.mode:
-            raise TuneSetupError(f"{source}: mode: {mode!r} contradicts metric {job.metric} "
-                                 f"({job.mode})")
+            raise TuneSetupError(
+                f"{source}: mode: {mode!r} contradicts metric {job.metric} ({job.mode})"
+            )
         return job
 
 
@@ -168,24 +184,36 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     return coerce(name, value, hint)
 
 
-def new_job(base: Config, space: SearchSpace, settings: SearchSettings, storage: Path,
-            name: str, remote: str | None = None) -> TuneJob:
+def new_job(
+    base: Config,
+    space: SearchSpace,
+    settings: SearchSettings,
+    storage: Path,
+    name: str,
+    remote: str | None = None,
+) -> TuneJob:
     """A new search of `space` around `base`, whose trials train max_epochs at most."""
     exp = storage / name
-    return TuneJob(**{f.name: getattr(settings, f.name)
-                      for f in dataclasses.fields(SearchSettings)},
-                   name=name, storage=str(storage),
-                   base=base.with_overrides({"train.epochs": settings.max_epochs}),
-                   space=space.raw, space_source=space.source,
-                   train_storage=str(exp / "train-runs"), remote=remote)
+    return TuneJob(
+        **{f.name: getattr(settings, f.name) for f in dataclasses.fields(SearchSettings)},
+        name=name,
+        storage=str(storage),
+        base=base.with_overrides({"train.epochs": settings.max_epochs}),
+        space=space.raw,
+        space_source=space.source,
+        train_storage=str(exp / "train-runs"),
+        remote=remote,
+    )
 
 
 def read_job(exp: Path) -> TuneJob:
     """The saved search to resume, once its folder is known to be safe to unpickle from."""
     path = exp / JOB_FILE
     if not path.exists():
-        raise TuneSetupError(f"--resume: {exp} holds no modresnet search ({JOB_FILE} "
-                             f"missing); check NAME and --storage")
+        raise TuneSetupError(
+            f"--resume: {exp} holds no modresnet search ({JOB_FILE} "
+            f"missing); check NAME and --storage"
+        )
     from modresnet.rundir import check_private_storage
 
     check_private_storage(exp)  # Ray's pickled state is loaded from there

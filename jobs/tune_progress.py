@@ -23,8 +23,17 @@ from jobs.search_space import ADAM_ONLY, SGD_ONLY
 from jobs.tune_job import TuneJob
 
 # Sampled fields in the order a reader wants them; the rest follow in the space's order.
-PRIORITY = ("optim.name", "optim.lr", "train.batch_size", "schedule.name", "optim.weight_decay",
-            "train.label_smoothing", "optim.momentum", "optim.nesterov", "optim.betas")
+PRIORITY = (
+    "optim.name",
+    "optim.lr",
+    "train.batch_size",
+    "schedule.name",
+    "optim.weight_decay",
+    "train.label_smoothing",
+    "optim.momentum",
+    "optim.nesterov",
+    "optim.betas",
+)
 FIXED_WIDTH = 60  # the trial/status/epoch/accuracy columns and the table's borders
 
 _active: TrialTable | None = None
@@ -60,12 +69,19 @@ def short_names(keys: list[str]) -> dict[str, str]:
 
 def ordered(keys, order: list[str]) -> list[str]:
     """Most telling first (PRIORITY), then in the search space's order."""
-    return sorted(set(keys), key=lambda k: (PRIORITY.index(k) if k in PRIORITY else len(PRIORITY),
-                                            order.index(k) if k in order else len(order), k))
+    return sorted(
+        set(keys),
+        key=lambda k: (
+            PRIORITY.index(k) if k in PRIORITY else len(PRIORITY),
+            order.index(k) if k in order else len(order),
+            k,
+        ),
+    )
 
 
-def value_columns(rows: list[dict[str, Any]], order: list[str], width: int | None,
-                  fixed: int = FIXED_WIDTH) -> tuple[list[str], int, dict[str, str]]:
+def value_columns(
+    rows: list[dict[str, Any]], order: list[str], width: int | None, fixed: int = FIXED_WIDTH
+) -> tuple[list[str], int, dict[str, str]]:
     """The keys whose values differ between `rows`, most telling first, as many as fit in
     `width` characters besides `fixed` ones (all of them when width is None); how many
     differing keys did not fit; and the column name of each key."""
@@ -100,13 +116,18 @@ class TrialState:
 def _status(ray_status: str, epoch: int, max_epochs: int) -> str:
     if ray_status == "TERMINATED":
         return "done" if epoch >= max_epochs else "stopped (ASHA)"
-    return {"PENDING": "pending", "RUNNING": "running", "PAUSED": "paused",
-            "ERROR": "error"}.get(ray_status, ray_status.lower())
+    return {"PENDING": "pending", "RUNNING": "running", "PAUSED": "paused", "ERROR": "error"}.get(
+        ray_status, ray_status.lower()
+    )
 
 
 def _flat(config: dict) -> dict[str, Any]:
-    return {f"{s}.{k}": v for s, fields in config.items() if isinstance(fields, dict)
-            for k, v in fields.items()}
+    return {
+        f"{s}.{k}": v
+        for s, fields in config.items()
+        if isinstance(fields, dict)
+        for k, v in fields.items()
+    }
 
 
 # --------------------------------------------------------------------------- the table
@@ -140,8 +161,9 @@ class TrialTable:
         if self.console.is_terminal:
             from rich.live import Live
 
-            self.live = Live(self.render([]), console=self.console, refresh_per_second=4,
-                             transient=True)
+            self.live = Live(
+                self.render([]), console=self.console, refresh_per_second=4, transient=True
+            )
             self.live.start()
         _active = self
         return self
@@ -181,16 +203,24 @@ class TrialTable:
             if v is not None:
                 self.best[trial.trial_id] = max(v, self.best.get(trial.trial_id, v))
         values = {k: v for k, v in _flat(trial.config).items() if k in self.tuned}
-        return TrialState(trial.trial_id, _status(trial.status, epoch, self.max_epochs), epoch,
-                          val, self.best.get(trial.trial_id),
-                          applicable(values, self.base_optimizer))
+        return TrialState(
+            trial.trial_id,
+            _status(trial.status, epoch, self.max_epochs),
+            epoch,
+            val,
+            self.best.get(trial.trial_id),
+            applicable(values, self.base_optimizer),
+        )
 
     def _line(self, s: TrialState) -> str:
         acc = f"best val {100 * s.best_val_acc:.1f}%" if s.best_val_acc is not None else "no result"
-        values = "  ".join(f"{self.names.get(k, k)}={fmt(s.values[k])}"
-                           for k in PRIORITY[:4] if k in s.values)
-        return (f"trial {s.trial_id} {s.status}: epoch {s.epoch}/{self.max_epochs}, {acc}"
-                f"{'  (' + values + ')' if values else ''}")
+        values = "  ".join(
+            f"{self.names.get(k, k)}={fmt(s.values[k])}" for k in PRIORITY[:4] if k in s.values
+        )
+        return (
+            f"trial {s.trial_id} {s.status}: epoch {s.epoch}/{self.max_epochs}, {acc}"
+            f"{'  (' + values + ')' if values else ''}"
+        )
 
     def render(self, states: list[TrialState]):
         from rich.table import Table
@@ -198,10 +228,15 @@ class TrialTable:
         width = self.console.width if self.console is not None else None
         keys, hidden, names = value_columns([s.values for s in states], self.tuned, width)
         finished = sum(s.status in ("done", "stopped (ASHA)", "error") for s in states)
-        title = (f"Ray Tune + ASHA: {finished}/{self.samples} trials finished, "
-                 f"max {self.max_epochs} epochs")
-        caption = (f"+{hidden} more sampled values: leaderboard.csv at the end, or --verbose"
-                   if hidden else None)
+        title = (
+            f"Ray Tune + ASHA: {finished}/{self.samples} trials finished, "
+            f"max {self.max_epochs} epochs"
+        )
+        caption = (
+            f"+{hidden} more sampled values: leaderboard.csv at the end, or --verbose"
+            if hidden
+            else None
+        )
         table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
         table.add_column("trial", no_wrap=True)
         table.add_column("status", no_wrap=True)
@@ -212,10 +247,13 @@ class TrialTable:
             table.add_column(names[key], justify="right", no_wrap=True)
         for s in states:
             table.add_row(
-                s.trial_id, s.status, f"{s.epoch}/{self.max_epochs}",
+                s.trial_id,
+                s.status,
+                f"{s.epoch}/{self.max_epochs}",
                 f"{100 * s.val_acc:.1f}%" if s.val_acc is not None else "-",
                 f"{100 * s.best_val_acc:.1f}%" if s.best_val_acc is not None else "-",
-                *[fmt(s.values[k]) if k in s.values else "-" for k in keys])
+                *[fmt(s.values[k]) if k in s.values else "-" for k in keys],
+            )
         return table
 
 

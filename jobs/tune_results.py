@@ -7,22 +7,22 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from jobs.ray_private import result_grid_trials
+from jobs.search_space import flatten, trial_config
+from jobs.train import write_run_dir
+from jobs.tune_job import TuneJob
 from modresnet import checkpoint
 from modresnet.config import Config
 from modresnet.data import load_cifar10
 from modresnet.errors import UserError
 from modresnet.rundir import RunDir, finalize
-
-from jobs.ray_private import result_grid_trials
-from jobs.search_space import flatten, trial_config
-from jobs.tune_job import TuneJob
-from jobs.train import write_run_dir
 
 BEST_RUN = "best-run"
 
@@ -60,8 +60,9 @@ def sync_wandb_dirs(grid) -> None:
     for trial in result_grid_trials(grid):
         src, dst = Path(trial.local_path) / "wandb", Path(trial.path) / "wandb"
         if src.is_dir() and src.resolve() != dst.resolve():
-            shutil.copytree(src, dst, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("latest-run"))
+            shutil.copytree(
+                src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("latest-run")
+            )
 
 
 def _trial_status(grid) -> dict[str, str]:
@@ -133,13 +134,22 @@ def collect(grid, job: TuneJob) -> tuple[list[TrialRow], bool]:
             continue
         pick = max if job.mode == "max" else min
         epochs = int(history[-1]["epoch"])
-        rows.append(TrialRow(
-            trial_id=trial_id, status=status, config=config,
-            values={k: v for k, v in flatten(sampled).items() if k in space.params},
-            history=history, best_metric=pick(h[job.metric] for h in history),
-            best_val_acc=max(h["val_acc"] for h in history), epochs=epochs,
-            stopped_early=status == "TERMINATED" and epochs < job.max_epochs,
-            latest=latest, best=best, path=result.path))
+        rows.append(
+            TrialRow(
+                trial_id=trial_id,
+                status=status,
+                config=config,
+                values={k: v for k, v in flatten(sampled).items() if k in space.params},
+                history=history,
+                best_metric=pick(h[job.metric] for h in history),
+                best_val_acc=max(h["val_acc"] for h in history),
+                epochs=epochs,
+                stopped_early=status == "TERMINATED" and epochs < job.max_epochs,
+                latest=latest,
+                best=best,
+                path=result.path,
+            )
+        )
     reverse = job.mode == "max"
     rows.sort(key=lambda r: r.best_metric, reverse=reverse)
     return rows, interrupted
@@ -150,18 +160,44 @@ def write_leaderboard(rows: list[TrialRow], job: TuneJob, path: Path) -> Path:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         extra = [f"best_{job.metric}"] if job.metric != "val_acc" else []
-        writer.writerow(["rank", "trial", *keys, "best_val_acc", "last_val_acc", *extra,
-                         "epochs", "stopped_early", "status"])
+        writer.writerow(
+            [
+                "rank",
+                "trial",
+                *keys,
+                "best_val_acc",
+                "last_val_acc",
+                *extra,
+                "epochs",
+                "stopped_early",
+                "status",
+            ]
+        )
         for i, r in enumerate(rows, 1):
-            writer.writerow([i, r.trial_id, *[json.dumps(r.values[k]) if isinstance(r.values.get(k), list)
-                                              else r.values.get(k, "") for k in keys],
-                             f"{r.best_val_acc:.4f}", f"{r.history[-1]['val_acc']:.4f}",
-                             *([f"{r.best_metric:.4f}"] if extra else []),
-                             r.epochs, r.stopped_early, r.status])
+            writer.writerow(
+                [
+                    i,
+                    r.trial_id,
+                    *[
+                        json.dumps(r.values[k])
+                        if isinstance(r.values.get(k), list)
+                        else r.values.get(k, "")
+                        for k in keys
+                    ],
+                    f"{r.best_val_acc:.4f}",
+                    f"{r.history[-1]['val_acc']:.4f}",
+                    *([f"{r.best_metric:.4f}"] if extra else []),
+                    r.epochs,
+                    r.stopped_early,
+                    r.status,
+                ]
+            )
     return path
 
 
-def leaderboard_table(rows: list[TrialRow], job: TuneJob, limit: int = 20, width: int | None = None):
+def leaderboard_table(
+    rows: list[TrialRow], job: TuneJob, limit: int = 20, width: int | None = None
+):
     """Best first; one column per sampled value that differs between trials, most telling
     first, as many as fit in `width` characters (leaderboard.csv has every value)."""
     from rich.table import Table
@@ -172,10 +208,12 @@ def leaderboard_table(rows: list[TrialRow], job: TuneJob, limit: int = 20, width
     order = list(job.space)
     keys, hidden, names = value_columns(values, order, width, fixed=62)
     stopped = sum(r.stopped_early for r in rows)
-    table = Table(title=f"Leaderboard: {len(rows)} trials by {job.metric}, "
-                        f"{stopped} stopped early by ASHA",
-                  caption=f"+{hidden} more sampled values in leaderboard.csv" if hidden else None,
-                  title_justify="left", caption_justify="left")
+    table = Table(
+        title=f"Leaderboard: {len(rows)} trials by {job.metric}, {stopped} stopped early by ASHA",
+        caption=f"+{hidden} more sampled values in leaderboard.csv" if hidden else None,
+        title_justify="left",
+        caption_justify="left",
+    )
     table.add_column("#", justify="right")
     table.add_column("trial", no_wrap=True)
     table.add_column("best val acc", justify="right", no_wrap=True)
@@ -184,18 +222,29 @@ def leaderboard_table(rows: list[TrialRow], job: TuneJob, limit: int = 20, width
     for key in keys:
         table.add_column(names[key], justify="right", no_wrap=True)
     for i, (r, v) in enumerate(zip(rows[:limit], values), 1):
-        ended = ("error" if r.status == "ERROR" else "stopped (ASHA)" if r.stopped_early
-                 else "ran to the max")
-        table.add_row(str(i), r.trial_id, f"{100 * r.best_val_acc:.1f}%",
-                      f"{r.epochs}/{job.max_epochs}", ended,
-                      *[fmt(v[k]) if k in v else "-" for k in keys])
+        ended = (
+            "error"
+            if r.status == "ERROR"
+            else "stopped (ASHA)"
+            if r.stopped_early
+            else "ran to the max"
+        )
+        table.add_row(
+            str(i),
+            r.trial_id,
+            f"{100 * r.best_val_acc:.1f}%",
+            f"{r.epochs}/{job.max_epochs}",
+            ended,
+            *[fmt(v[k]) if k in v else "-" for k in keys],
+        )
     return table
 
 
 def plot_trials(rows: list[TrialRow], job: TuneJob, path: Path) -> Path:
-    from modresnet import plots  # noqa: F401  (selects the Agg backend)
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    from modresnet import plots  # noqa: F401  (selects the Agg backend)
 
     fig, ax = plt.subplots(figsize=(9, 5))
     rung = job.grace_period
@@ -206,13 +255,23 @@ def plot_trials(rows: list[TrialRow], job: TuneJob, path: Path) -> Path:
         epochs = [h["epoch"] for h in r.history]
         accs = [100 * h["val_acc"] for h in r.history]
         best = i == 0
-        line, = ax.plot(epochs, accs, "o-", lw=2.5 if best else 1, ms=3,
-                        label=f"{r.trial_id}{' (best)' if best else ''}", zorder=3 if best else 2)
+        (line,) = ax.plot(
+            epochs,
+            accs,
+            "o-",
+            lw=2.5 if best else 1,
+            ms=3,
+            label=f"{r.trial_id}{' (best)' if best else ''}",
+            zorder=3 if best else 2,
+        )
         if r.stopped_early:
             ax.plot(epochs[-1], accs[-1], "x", color="red", ms=10, mew=2, zorder=4)
     ax.plot([], [], "x", color="red", ms=10, mew=2, label="stopped by ASHA")
-    ax.set(xlabel="epoch", ylabel="validation accuracy (%)",
-           title=f"Validation accuracy per trial (dotted: ASHA rungs, max {job.max_epochs} epochs)")
+    ax.set(
+        xlabel="epoch",
+        ylabel="validation accuracy (%)",
+        title=f"Validation accuracy per trial (dotted: ASHA rungs, max {job.max_epochs} epochs)",
+    )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(rows) > 12 else 1, loc="best")
@@ -251,11 +310,22 @@ def summarize(grid, job: TuneJob, info: Callable[[str], None] = print) -> TuneOu
     run, test = export_best(best, exp)
     outcome.test = test
     outcome.files["best_run"] = run.path
-    (exp / "summary.json").write_text(json.dumps({
-        "best_trial": best.trial_id, f"best_{job.metric}": best.best_metric,
-        "best_val_acc": best.best_val_acc, "test_acc": test["test_acc"], "test_n": test["n"],
-        "trials": len(rows), "stopped_early": sum(r.stopped_early for r in rows),
-        "epochs_trained": sum(r.epochs for r in rows), "best_run": str(run.path),
-        "best_config": best.values}, indent=2))
+    (exp / "summary.json").write_text(
+        json.dumps(
+            {
+                "best_trial": best.trial_id,
+                f"best_{job.metric}": best.best_metric,
+                "best_val_acc": best.best_val_acc,
+                "test_acc": test["test_acc"],
+                "test_n": test["n"],
+                "trials": len(rows),
+                "stopped_early": sum(r.stopped_early for r in rows),
+                "epochs_trained": sum(r.epochs for r in rows),
+                "best_run": str(run.path),
+                "best_config": best.values,
+            },
+            indent=2,
+        )
+    )
     outcome.files["summary"] = exp / "summary.json"
     return outcome

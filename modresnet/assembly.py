@@ -33,11 +33,11 @@ class Assembled:
     classes: tuple[str, ...]
     device: torch.device
 
-    def fit(self, on_epoch: EpochCallback,
-            on_batch: BatchCallback | None = None) -> TrainingState:
+    def fit(self, on_epoch: EpochCallback, on_batch: BatchCallback | None = None) -> TrainingState:
         """Train the remaining epochs (all of them, unless the state was resumed)."""
-        return engine.fit(self.state, self.train, self.val, self.config, self.device,
-                          on_epoch, on_batch)
+        return engine.fit(
+            self.state, self.train, self.val, self.config, self.device, on_epoch, on_batch
+        )
 
 
 def thread_count(config: Config, cpus: float | None) -> int | None:
@@ -49,9 +49,15 @@ def thread_count(config: Config, cpus: float | None) -> int | None:
     return None
 
 
-def assemble(config: Config, device: torch.device | None = None, *,
-             cpus: float | None = None, wrap: Callable[[nn.Module], nn.Module] | None = None,
-             data: Cifar10 | None = None, resume_from: Path | None = None) -> Assembled:
+def assemble(
+    config: Config,
+    device: torch.device | None = None,
+    *,
+    cpus: float | None = None,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    data: Cifar10 | None = None,
+    resume_from: Path | None = None,
+) -> Assembled:
     """Threads, device (None: `train.device`), data (None: loaded from `config.data`), the
     seeded model and its TrainingState, restored from `resume_from`'s training state when
     given. `wrap` puts DDP around the model (see engine.build_state)."""
@@ -67,5 +73,12 @@ def assemble(config: Config, device: torch.device | None = None, *,
     state = engine.build_state(config, model, len(data.train), wrap=wrap)
     if resume_from is not None:
         checkpoint.load_training_state(resume_from, state)
-    return Assembled(config, state, engine.to_device(data.train, device),
-                     engine.to_device(data.val, device), data.test, data.classes, device)
+    return Assembled(
+        config,
+        state,
+        engine.to_device(data.train, device),
+        engine.to_device(data.val, device),
+        data.test,
+        data.classes,
+        device,
+    )

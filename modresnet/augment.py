@@ -28,8 +28,11 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
-def const(values: Sequence[float] | Sequence[Sequence[float]], device: torch.device,
-          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def const(
+    values: Sequence[float] | Sequence[Sequence[float]],
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """A small constant on `device` without a host sync: a blocking host-to-GPU copy waits
     for every queued kernel, which per batch starves the GPU."""
     return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
@@ -41,14 +44,20 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
     return (x - m) / s
 
 
-def _uniform(n: int, low: float, high: float, g: torch.Generator,
-             device: torch.device) -> torch.Tensor:
+def _uniform(
+    n: int, low: float, high: float, g: torch.Generator, device: torch.device
+) -> torch.Tensor:
     return torch.rand(n, generator=g, device=device) * (high - low) + low
 
 
-def color_normalize(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator,
-                    mean: tuple[float, ...] = (0.0, 0.0, 0.0),
-                    std: tuple[float, ...] = (1.0, 1.0, 1.0), divisor: float = 1.0) -> torch.Tensor:
+def color_normalize(
+    x: torch.Tensor,
+    cfg: AugmentConfig,
+    g: torch.Generator,
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0),
+    std: tuple[float, ...] = (1.0, 1.0, 1.0),
+    divisor: float = 1.0,
+) -> torch.Tensor:
     """Brightness, contrast, saturation, hue, clamping to [0, 1] and normalization in one
     per-sample affine colour map, on `x / divisor` (255 takes uint8 values as floats).
 
@@ -63,9 +72,17 @@ def color_normalize(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator,
     if not (cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue):
         return ((flat / divisor - m) / sd).view_as(x)
     ones = torch.ones(n, device=dev)
-    b = _uniform(n, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness, g, dev) if cfg.brightness else ones
+    b = (
+        _uniform(n, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness, g, dev)
+        if cfg.brightness
+        else ones
+    )
     c = _uniform(n, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast, g, dev) if cfg.contrast else ones
-    s = _uniform(n, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation, g, dev) if cfg.saturation else ones
+    s = (
+        _uniform(n, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation, g, dev)
+        if cfg.saturation
+        else ones
+    )
     gray = const(_GRAY, dev)
     eye = torch.eye(3, device=dev).expand(n, 3, 3)
     sat = s.view(n, 1, 1) * eye + (1 - s).view(n, 1, 1) * gray.view(1, 1, 3).expand(n, 3, 3)
@@ -105,7 +122,9 @@ def geometry(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.T
         p = cfg.crop_padding
         shift += torch.randint(-p, p + 1, (n, 2), generator=g, device=dev).float()
     if cfg.translate:
-        shift += (torch.rand(n, 2, generator=g, device=dev) * 2 - 1) * cfg.translate * const((w, h), dev)
+        shift += (
+            (torch.rand(n, 2, generator=g, device=dev) * 2 - 1) * cfg.translate * const((w, h), dev)
+        )
         shift = shift.round()  # torchvision's RandomAffine also moves by whole pixels
     angle = torch.zeros(n, device=dev)
     if cfg.rotation:
@@ -119,7 +138,9 @@ def geometry(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.T
     # affine_grid by broadcasting: 3x faster than F.affine_grid on CPU, same grid.
     xs = (torch.arange(w, device=dev, dtype=torch.float32) * 2 + 1) / w - 1
     ys = (torch.arange(h, device=dev, dtype=torch.float32) * 2 + 1) / h - 1
-    rows = torch.addcmul(theta[:, None, None, :, 2], theta[:, None, None, :, 1], ys.view(1, h, 1, 1))
+    rows = torch.addcmul(
+        theta[:, None, None, :, 2], theta[:, None, None, :, 1], ys.view(1, h, 1, 1)
+    )
     grid = theta[:, None, None, :, 0] * xs.view(1, 1, w, 1) + rows  # one full-size pass
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
@@ -141,9 +162,13 @@ def cutout(x: torch.Tensor, size: int, g: torch.Generator, fill: float = 0.0) ->
     return torch.where(mask.unsqueeze(1), torch.full_like(x, fill), x)
 
 
-def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator,
-            mean: tuple[float, ...] = (0.0, 0.0, 0.0),
-            std: tuple[float, ...] = (1.0, 1.0, 1.0)) -> torch.Tensor:
+def augment(
+    x: torch.Tensor,
+    cfg: AugmentConfig,
+    g: torch.Generator,
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0),
+    std: tuple[float, ...] = (1.0, 1.0, 1.0),
+) -> torch.Tensor:
     """uint8 or [0, 1] float batch (N x 3 x H x W) -> augmented, normalized float batch.
 
     Geometry runs first, as torchvision's crop does before its colour jitter, so padded

@@ -68,13 +68,26 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
     return sha256_file(path)
 
 
-def save_model(directory: Path, model: nn.Module, config: Config, classes: tuple[str, ...],
-               epoch: int, metrics: dict[str, Any]) -> Path:
+def save_model(
+    directory: Path,
+    model: nn.Module,
+    config: Config,
+    classes: tuple[str, ...],
+    epoch: int,
+    metrics: dict[str, Any],
+) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     sha = _save_tensors(unwrap(model).state_dict(), directory / WEIGHTS)
-    meta = {"format": FORMAT, "version": VERSION, "sha256": sha, "epoch": epoch,
-            "classes": list(classes), "metrics": metrics, "config": config.to_dict()}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "sha256": sha,
+        "epoch": epoch,
+        "classes": list(classes),
+        "metrics": metrics,
+        "config": config.to_dict(),
+    }
     (directory / META).write_text(json.dumps(meta, indent=2))
     return directory
 
@@ -89,24 +102,31 @@ def resolve(path: str | Path) -> Path:
     if (path / WEIGHTS).exists():
         return path
     if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory; pass a run directory or a "
-                              f"checkpoint folder holding {WEIGHTS}")
-    raise CheckpointError(f"{path}: not a modresnet run or checkpoint (no {WEIGHTS} in it or "
-                          f"in {path / 'best'})")
+        raise CheckpointError(
+            f"{path}: no such file or directory; pass a run directory or a "
+            f"checkpoint folder holding {WEIGHTS}"
+        )
+    raise CheckpointError(
+        f"{path}: not a modresnet run or checkpoint (no {WEIGHTS} in it or in {path / 'best'})"
+    )
 
 
 def read_meta(directory: Path) -> dict[str, Any]:
     try:
         meta = json.loads((directory / META).read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{directory / META}: missing; this checkpoint is incomplete") from None
+        raise CheckpointError(
+            f"{directory / META}: missing; this checkpoint is incomplete"
+        ) from None
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{directory / META}: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{directory / META}: not a {FORMAT} sidecar")
     if meta.get("version") != VERSION:
-        raise CheckpointError(f"{directory / META}: format version {meta.get('version')}; "
-                              f"this modresnet reads version {VERSION}")
+        raise CheckpointError(
+            f"{directory / META}: format version {meta.get('version')}; "
+            f"this modresnet reads version {VERSION}"
+        )
     return meta
 
 
@@ -115,9 +135,11 @@ def _verified_tensors(path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: missing; this checkpoint is incomplete")
     actual = sha256_file(path)
     if actual != expected_sha:
-        raise CheckpointError(f"{path}: sha256 {actual[:12]}... does not match the "
-                              f"{expected_sha[:12]}... recorded beside it; the file was changed "
-                              f"or damaged after saving. Refusing to load it.")
+        raise CheckpointError(
+            f"{path}: sha256 {actual[:12]}... does not match the "
+            f"{expected_sha[:12]}... recorded beside it; the file was changed "
+            f"or damaged after saving. Refusing to load it."
+        )
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
@@ -136,8 +158,10 @@ def load_model(path: str | Path) -> LoadedModel:
     try:
         model.load_state_dict(tensors)
     except RuntimeError as err:
-        raise CheckpointError(f"{directory / WEIGHTS}: weights do not fit the model in its "
-                              f"config ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{directory / WEIGHTS}: weights do not fit the model in its "
+            f"config ({str(err).splitlines()[0]})"
+        ) from None
     model.eval()
     return LoadedModel(model, config, meta, directory)
 
@@ -175,13 +199,24 @@ def save_training_state(directory: Path, state: TrainingState) -> None:
     epoch, history = saved.pop("epoch"), saved.pop("history")
     payload = {key: _encode(value, key, tensors) for key, value in saved.items()}
     sha = _save_tensors(tensors, Path(directory) / STATE_TENSORS)
-    meta = {"format": FORMAT, "version": VERSION, "sha256": sha, "epoch": epoch,
-            "history": history, "state": payload}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "sha256": sha,
+        "epoch": epoch,
+        "history": history,
+        "state": payload,
+    }
     (Path(directory) / STATE_META).write_text(json.dumps(meta))
 
 
-def save_resumable(directory: Path, state: TrainingState, config: Config,
-                   classes: tuple[str, ...], record: dict[str, Any]) -> Path:
+def save_resumable(
+    directory: Path,
+    state: TrainingState,
+    config: Config,
+    classes: tuple[str, ...],
+    record: dict[str, Any],
+) -> Path:
     """The per-epoch checkpoint every training path writes: the evaluated weights plus the
     training state that resumes them (local last/, Ray Train and Tune reports alike)."""
     save_model(directory, state.eval_model(), config, classes, state.epoch, record)
@@ -199,15 +234,19 @@ def load_training_state(directory: Path, state: TrainingState) -> TrainingState:
     try:
         meta = json.loads((directory / STATE_META).read_text())
     except (FileNotFoundError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{directory / STATE_META}: unreadable training state ({err})") from None
+        raise CheckpointError(
+            f"{directory / STATE_META}: unreadable training state ({err})"
+        ) from None
     tensors = _verified_tensors(directory / STATE_TENSORS, meta["sha256"])
     payload = {k: _decode(v, tensors) for k, v in meta["state"].items()}
     try:
         state.load_state_dict({**payload, "epoch": meta["epoch"], "history": meta["history"]})
     except (KeyError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{directory}: the training state does not fit this config or "
-                              f"was written by another modresnet version "
-                              f"({str(err).splitlines()[0]}); start a new run") from None
+        raise CheckpointError(
+            f"{directory}: the training state does not fit this config or "
+            f"was written by another modresnet version "
+            f"({str(err).splitlines()[0]}); start a new run"
+        ) from None
     return state
 
 

@@ -11,8 +11,11 @@ from jobs import cluster_commands, train_command, tune_command
 from modresnet import commands
 from serve import commands as serve_commands
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Train, tune and serve ModifiedResNet CIFAR-10 classifiers.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train, tune and serve ModifiedResNet CIFAR-10 classifiers.",
+)
 app.command()(commands.summary)
 app.command()(train_command.train)
 app.command()(commands.evaluate)

@@ -20,9 +20,14 @@ console = Console()
 err_console = Console(stderr=True)
 
 # train and tune share one W&B rule (jobs.runtime.wandb_policy).
-Wandb = Annotated[bool, typer.Option(
-    "--wandb/--no-wandb", help="Log to W&B: online with WANDB_API_KEY, else offline; "
-                               "--no-wandb or WANDB_MODE=disabled turns it off.")]
+Wandb = Annotated[
+    bool,
+    typer.Option(
+        "--wandb/--no-wandb",
+        help="Log to W&B: online with WANDB_API_KEY, else offline; "
+        "--no-wandb or WANDB_MODE=disabled turns it off.",
+    ),
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,43 +64,60 @@ def describe(cfg: configs.Config) -> str:
     params = sum(p.numel() for p in build_model(cfg.model).parameters())
     train_n = cfg.data.subset or 50000 - cfg.data.val_size
     test_n = cfg.data.test_subset or 10000
-    return (f"training ModifiedResNet ({flavor} flavor, {params:,} parameters) on {train_n:,} "
-            f"CIFAR-10 training images for {cfg.train.epochs} epochs ({cfg.optim.name} lr "
-            f"{cfg.optim.lr:g}, {cfg.schedule.name} schedule, batch {cfg.train.batch_size} per "
-            f"worker); test set: {test_n:,} images")
+    return (
+        f"training ModifiedResNet ({flavor} flavor, {params:,} parameters) on {train_n:,} "
+        f"CIFAR-10 training images for {cfg.train.epochs} epochs ({cfg.optim.name} lr "
+        f"{cfg.optim.lr:g}, {cfg.schedule.name} schedule, batch {cfg.train.batch_size} per "
+        f"worker); test set: {test_n:,} images"
+    )
 
 
 def epoch_line(record: dict[str, Any], total: int) -> str:
-    return (f"epoch {record['epoch']:>3}/{total}  train {record['train_loss']:.3f} / "
-            f"{100 * record['train_acc']:5.1f}%  val {record['val_loss']:.3f} / "
-            f"{100 * record['val_acc']:5.1f}%  lr {record['lr']:.2e}  "
-            f"{record['images_per_s']:.0f} img/s  {record['epoch_s']:.1f}s")
+    return (
+        f"epoch {record['epoch']:>3}/{total}  train {record['train_loss']:.3f} / "
+        f"{100 * record['train_acc']:5.1f}%  val {record['val_loss']:.3f} / "
+        f"{100 * record['val_acc']:5.1f}%  lr {record['lr']:.2e}  "
+        f"{record['images_per_s']:.0f} img/s  {record['epoch_s']:.1f}s"
+    )
 
 
 RUN_FILES = ("metrics.jsonl", "curves.png", "confusion.png", "best/", "last/", "test.json")
 
 
-def print_run_result(test: dict[str, Any], outputs: object, local_dir: Path,
-                     extra_files: Sequence[str] = (), how: str = "") -> None:
+def print_run_result(
+    test: dict[str, Any],
+    outputs: object,
+    local_dir: Path,
+    extra_files: Sequence[str] = (),
+    how: str = "",
+) -> None:
     """The end of a training run: test accuracy, where its files are, the learning curves.
     `outputs` is where the run lives (an s3:// URI or `local_dir`); `how` ends the first line."""
-    console.print(f"[bold green]test accuracy {100 * test['test_acc']:.2f}%[/] on "
-                  f"{test['n']:,} test images (best epoch {test['epoch']}, validation "
-                  f"{100 * test['val_acc']:.2f}%){how}", soft_wrap=True)
+    console.print(
+        f"[bold green]test accuracy {100 * test['test_acc']:.2f}%[/] on "
+        f"{test['n']:,} test images (best epoch {test['epoch']}, validation "
+        f"{100 * test['val_acc']:.2f}%){how}",
+        soft_wrap=True,
+    )
     say(f"outputs: {outputs}  ({', '.join((*RUN_FILES, *extra_files))})")
     say(f"learning curves: {local_dir / 'curves.png'}")
 
 
-def print_predictions(images: Sequence[Path], results: Sequence[Sequence[dict[str, Any]]],
-                      as_json: bool) -> None:
+def print_predictions(
+    images: Sequence[Path], results: Sequence[Sequence[dict[str, Any]]], as_json: bool
+) -> None:
     """Top-k classes per image (`{"label", "probability"}` each) as JSON or as a table."""
     import json
 
     from rich.table import Table
 
     if as_json:
-        print(json.dumps([{"image": str(p), "top_k": list(r)}
-                          for p, r in zip(images, results, strict=True)], indent=2))
+        print(
+            json.dumps(
+                [{"image": str(p), "top_k": list(r)} for p, r in zip(images, results, strict=True)],
+                indent=2,
+            )
+        )
         return
     table = Table()
     table.add_column("image", overflow="fold")

@@ -41,27 +41,40 @@ class ConfigFlag:
         return Annotated[(str if allowed else hint) | None, typer.Option(help=text)]
 
 
-CONFIG_FLAGS = {flag.param: flag for flag in (
-    ConfigFlag("epochs", "train.epochs"),
-    ConfigFlag("subset", "data.subset", "Stratified number of training images"),
-    ConfigFlag("data_dir", "data.data_dir", "Folder holding cifar-10-batches-py (else "
-                                            "$MODRESNET_DATA, else ~/.cache/modresnet)"),
-    ConfigFlag("batch_size", "train.batch_size", "Per worker"),
-    ConfigFlag("lr", "optim.lr"),
-    ConfigFlag("weight_decay", "optim.weight_decay"),
-    ConfigFlag("optimizer", "optim.name"),
-    ConfigFlag("schedule", "schedule.name"),
-    ConfigFlag("flavor", "model.flavor", "Model flavor"),
-    ConfigFlag("seed", "train.seed"),
-    ConfigFlag("device", "train.device"),
-)}
+CONFIG_FLAGS = {
+    flag.param: flag
+    for flag in (
+        ConfigFlag("epochs", "train.epochs"),
+        ConfigFlag("subset", "data.subset", "Stratified number of training images"),
+        ConfigFlag(
+            "data_dir",
+            "data.data_dir",
+            "Folder holding cifar-10-batches-py (else $MODRESNET_DATA, else ~/.cache/modresnet)",
+        ),
+        ConfigFlag("batch_size", "train.batch_size", "Per worker"),
+        ConfigFlag("lr", "optim.lr"),
+        ConfigFlag("weight_decay", "optim.weight_decay"),
+        ConfigFlag("optimizer", "optim.name"),
+        ConfigFlag("schedule", "schedule.name"),
+        ConfigFlag("flavor", "model.flavor", "Model flavor"),
+        ConfigFlag("seed", "train.seed"),
+        ConfigFlag("device", "train.device"),
+    )
+}
 
-Preset = Annotated[str | None, typer.Option(
-    help=f"Recipe to start from: {', '.join(configs.PRESETS)}; default paper.")]
-ConfigFile = Annotated[Path | None, typer.Option(
-    "--config", help="YAML config; overrides the preset.")]
-Sets = Annotated[list[str] | None, typer.Option(
-    "--set", help="Any config field, as SECTION.FIELD=VALUE (YAML value); repeatable.")]
+Preset = Annotated[
+    str | None,
+    typer.Option(help=f"Recipe to start from: {', '.join(configs.PRESETS)}; default paper."),
+]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="YAML config; overrides the preset.")
+]
+Sets = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Any config field, as SECTION.FIELD=VALUE (YAML value); repeatable."
+    ),
+]
 DataDir = CONFIG_FLAGS["data_dir"].option()
 
 
@@ -72,10 +85,17 @@ def config_flags(*params: str) -> Callable[[Callable[..., None]], Callable[..., 
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         signature = inspect.signature(command, eval_str=True)
-        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-               for p in signature.parameters.values() if p.name != "overrides"]
-        added = [inspect.Parameter(f.param, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                   annotation=f.option()) for f in flags]
+        own = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in signature.parameters.values()
+            if p.name != "overrides"
+        ]
+        added = [
+            inspect.Parameter(
+                f.param, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=f.option()
+            )
+            for f in flags
+        ]
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> None:
@@ -103,7 +123,8 @@ def parse_sets(sets: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def build_config(preset: str | None, config_file: Path | None, overrides: dict[str, Any],
-                 sets: list[str] | None) -> configs.Config:
+def build_config(
+    preset: str | None, config_file: Path | None, overrides: dict[str, Any], sets: list[str] | None
+) -> configs.Config:
     """Preset, then the YAML file, then the shortcut flags, then --set."""
     return configs.resolve(preset or "paper", config_file, {**overrides, **parse_sets(sets)})

@@ -29,9 +29,13 @@ AskServer = Callable[[str, Sequence[Path], int], list[list[dict[str, Any]]]]
 Images = Annotated[list[Path], typer.Argument(help="PNG/JPEG/... files of any size and mode.")]
 Checkpoint = Annotated[Path | None, typer.Option(help="Run directory or checkpoint folder.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-Url = Annotated[str | None, typer.Option(
-    help="Ask a running `modresnet serve` at this URL instead of loading a checkpoint (API key "
-         "from $MODRESNET_API_KEY).")]
+Url = Annotated[
+    str | None,
+    typer.Option(
+        help="Ask a running `modresnet serve` at this URL instead of loading a checkpoint (API key "
+        "from $MODRESNET_API_KEY)."
+    ),
+]
 
 
 @user_errors
@@ -51,12 +55,14 @@ def summary(
     for row in s.rows:
         table.add_row(row.name, str(list(row.output_shape)), f"{row.params:,}")
     console.print(table)
-    console.print(f"Total params: {s.total_params:,}\nTrainable params: {s.trainable_params:,}\n"
-                  f"Non-trainable params: {s.total_params - s.trainable_params:,}\n"
-                  f"Input size (MB): {s.input_mb:.2f}\n"
-                  f"Forward/backward pass size (MB): {s.forward_backward_mb:.2f}\n"
-                  f"Params size (MB): {s.params_mb:.2f}\n"
-                  f"Estimated Total Size (MB): {s.total_mb:.2f}")
+    console.print(
+        f"Total params: {s.total_params:,}\nTrainable params: {s.trainable_params:,}\n"
+        f"Non-trainable params: {s.total_params - s.trainable_params:,}\n"
+        f"Input size (MB): {s.input_mb:.2f}\n"
+        f"Forward/backward pass size (MB): {s.forward_backward_mb:.2f}\n"
+        f"Params size (MB): {s.params_mb:.2f}\n"
+        f"Estimated Total Size (MB): {s.total_mb:.2f}"
+    )
 
 
 def train_in_process(cfg: configs.Config, run_path: Path, resume: bool) -> None:
@@ -65,9 +71,15 @@ def train_in_process(cfg: configs.Config, run_path: Path, resume: bool) -> None:
 
     from modresnet.local import train_local
 
-    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
-                        MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
-                        TimeElapsedColumn(), console=console, transient=True)
+    progress = Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
     task = progress.add_task("train", total=None, epoch=1, loss=float("nan"))
     last_loss_read = [0.0]
 
@@ -80,13 +92,15 @@ def train_in_process(cfg: configs.Config, run_path: Path, resume: bool) -> None:
             progress.update(task, completed=step, total=steps)
 
     def on_epoch(record: dict[str, Any]) -> None:
-        progress.console.print(epoch_line(record, cfg.train.epochs), highlight=False,
-                               soft_wrap=True)
+        progress.console.print(
+            epoch_line(record, cfg.train.epochs), highlight=False, soft_wrap=True
+        )
         progress.update(task, completed=0, epoch=record["epoch"] + 1)
 
     with progress:
-        result = train_local(cfg, run_path, resume=resume, on_batch=on_batch,
-                             on_epoch_done=on_epoch)
+        result = train_local(
+            cfg, run_path, resume=resume, on_batch=on_batch, on_epoch_done=on_epoch
+        )
     print_run_result(result.test, result.run.path, result.run.path)
 
 
@@ -98,8 +112,9 @@ def local_run(value: Path) -> Path:
     return value if fetched is None else Path(fetched)
 
 
-def _test_set_metrics(checkpoint: Path, tta: bool, data_dir: str | None,
-                      subset: int | None) -> dict[str, Any]:
+def _test_set_metrics(
+    checkpoint: Path, tta: bool, data_dir: str | None, subset: int | None
+) -> dict[str, Any]:
     """The checkpoint scored on the test set, as a finished run's test.json is."""
     import dataclasses
 
@@ -110,12 +125,18 @@ def _test_set_metrics(checkpoint: Path, tta: bool, data_dir: str | None,
     from modresnet.evaluation import evaluate_checkpoint
 
     loaded = load_model(local_run(checkpoint))
-    data_cfg = dataclasses.replace(loaded.config.data, data_dir=data_dir, test_subset=subset,
-                                   subset=None, val_subset=None)
-    scores = evaluate_checkpoint(loaded, load_cifar10(data_cfg).test, torch.device("cpu"),
-                                 tta=tta)
-    return {"checkpoint": str(loaded.path), "sha256": loaded.sha256, "n": scores.n, "tta": tta,
-            "test_acc": scores.acc, "test_loss": scores.loss}
+    data_cfg = dataclasses.replace(
+        loaded.config.data, data_dir=data_dir, test_subset=subset, subset=None, val_subset=None
+    )
+    scores = evaluate_checkpoint(loaded, load_cifar10(data_cfg).test, torch.device("cpu"), tta=tta)
+    return {
+        "checkpoint": str(loaded.path),
+        "sha256": loaded.sha256,
+        "n": scores.n,
+        "tta": tta,
+        "test_acc": scores.acc,
+        "test_loss": scores.loss,
+    }
 
 
 @user_errors
@@ -129,8 +150,9 @@ def evaluate(
     print(json.dumps(_test_set_metrics(checkpoint, tta, data_dir, subset), indent=2))
 
 
-def _predict_local(images: Sequence[Path], checkpoint: Path,
-                   top_k: int) -> list[list[dict[str, Any]]]:
+def _predict_local(
+    images: Sequence[Path], checkpoint: Path, top_k: int
+) -> list[list[dict[str, Any]]]:
     import torch
 
     from modresnet.images import ImageError, decode_image

@@ -71,11 +71,14 @@ class DataConfig:
         for name in ("subset", "val_subset", "test_subset"):
             value = getattr(self, name)
             if value is not None and value < 10:
-                raise ValueError(f"data.{name}: need at least 10 images (one per class), "
-                                 f"got {value}")
+                raise ValueError(
+                    f"data.{name}: need at least 10 images (one per class), got {value}"
+                )
         if self.subset is not None and self.subset > 50000 - self.val_size:
-            raise ValueError(f"data.subset: at most {50000 - self.val_size} training images "
-                             f"exist, got {self.subset}")
+            raise ValueError(
+                f"data.subset: at most {50000 - self.val_size} training images "
+                f"exist, got {self.subset}"
+            )
         if any(s <= 0 for s in self.std):
             raise ValueError(f"data.std: must be positive, got {list(self.std)}")
 
@@ -192,8 +195,9 @@ class Config:
         for key, value in overrides.items():
             section, _, name = key.partition(".")
             if not name or section not in merged:
-                raise ConfigError(f"{key}: unknown key; use SECTION.FIELD with a section of "
-                                  f"{list(merged)}")
+                raise ConfigError(
+                    f"{key}: unknown key; use SECTION.FIELD with a section of {list(merged)}"
+                )
             if section == "model" and name == "flavor":
                 merged["model"] = {"flavor": value, "num_classes": merged["model"]["num_classes"]}
                 continue
@@ -261,8 +265,14 @@ def paper() -> Config:
     """The paper's recipe exactly: heavy augmentation, Adam, plateau on validation loss."""
     return Config(
         augment=AugmentConfig(
-            crop_padding=4, flip=0.5, brightness=0.3, contrast=0.3, saturation=0.3,
-            hue=0.1, rotation=20.0, translate=0.1,
+            crop_padding=4,
+            flip=0.5,
+            brightness=0.3,
+            contrast=0.3,
+            saturation=0.3,
+            hue=0.1,
+            rotation=20.0,
+            translate=0.1,
         ),
         optim=OptimConfig(name="adam", lr=1e-3, weight_decay=1e-4),
         schedule=ScheduleConfig(name="plateau", plateau_factor=0.1, plateau_patience=5),
@@ -276,11 +286,17 @@ def fast() -> Config:
     on BatchNorm and biases, a warmed-up EMA with recomputed BatchNorm statistics, flip TTA."""
     return Config(
         augment=AugmentConfig(crop_padding=4, flip=0.5, cutout=8),
-        optim=OptimConfig(name="sgd", lr=0.2, weight_decay=5e-4, momentum=0.9, nesterov=True,
-                          norm_bias_decay=False),
+        optim=OptimConfig(
+            name="sgd",
+            lr=0.2,
+            weight_decay=5e-4,
+            momentum=0.9,
+            nesterov=True,
+            norm_bias_decay=False,
+        ),
         schedule=ScheduleConfig(name="onecycle", warmup_fraction=0.2, final_lr_fraction=0.0),
         train=TrainConfig(
-            epochs=30, batch_size=256, label_smoothing=0.2, ema_decay=0.999, tta=True,
+            epochs=30, batch_size=256, label_smoothing=0.2, ema_decay=0.999, tta=True
         ),
     )
 
@@ -327,8 +343,11 @@ def debug() -> Config:
 PRESETS = {"paper": paper, "fast": fast, "fast15": fast15, "demo": demo, "debug": debug}
 
 
-def resolve(preset: str = "paper", config_file: str | Path | None = None,
-            overrides: dict[str, Any] | None = None) -> Config:
+def resolve(
+    preset: str = "paper",
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
     """Preset, then YAML file, then flag overrides: the order a user expects."""
     if preset not in PRESETS:
         raise ConfigError(f"preset: must be one of {', '.join(PRESETS)}; got {preset!r}")

@@ -33,8 +33,7 @@ TRAIN_FILES = {
 }
 TEST_FILES = {"test_batch": "40351d587109b95175f43aff81a1287e"}
 META_FILE = ("batches.meta", "5ff9c542aee3614f3951f8cda6e48888")
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-           "dog", "frog", "horse", "ship", "truck")
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SUPPLY_HINT = (
     "Supply CIFAR-10 with --data-dir DIR or MODRESNET_DATA=DIR, where DIR holds "
     f"{FOLDER}/ (the unpacked official cifar-10-python.tar.gz), or run once with internet "
@@ -129,8 +128,10 @@ def _download(root: Path) -> None:
         try:
             download_and_extract_archive(ARCHIVE_URL, str(root), md5=ARCHIVE_MD5)
         except Exception as err:  # network errors come in many types
-            raise DataError(f"CIFAR-10 is not at {root / FOLDER} and downloading it failed "
-                            f"({type(err).__name__}: {err}). {SUPPLY_HINT}") from None
+            raise DataError(
+                f"CIFAR-10 is not at {root / FOLDER} and downloading it failed "
+                f"({type(err).__name__}: {err}). {SUPPLY_HINT}"
+            ) from None
 
 
 def _load_files(folder: Path, files: dict[str, str]) -> Split:
@@ -155,7 +156,7 @@ def stratified_indices(labels: torch.Tensor, counts: list[int], seed: int) -> li
         quota = [total // classes + (1 if c < total % classes else 0) for c in range(classes)]
         chosen = []
         for c in range(classes):
-            take = per_class[c][offsets[c]: offsets[c] + quota[c]]
+            take = per_class[c][offsets[c] : offsets[c] + quota[c]]
             offsets[c] += quota[c]
             chosen.append(take)
         out.append(torch.sort(torch.cat(chosen)).values)
@@ -175,7 +176,9 @@ def load_cifar10(config: DataConfig) -> Cifar10:
     pool = _load_files(folder, TRAIN_FILES)
     test = _load_files(folder, TEST_FILES)
     train_size = len(pool) - config.val_size
-    val_idx, train_idx = stratified_indices(pool.y, [config.val_size, train_size], config.split_seed)
+    val_idx, train_idx = stratified_indices(
+        pool.y, [config.val_size, train_size], config.split_seed
+    )
     train, val = pool.take(train_idx), pool.take(val_idx)
     if config.subset is not None:
         train = train.take(stratified_indices(train.y, [config.subset], config.split_seed + 1)[0])

@@ -19,8 +19,10 @@ class DeviceError(UserError, ValueError):
 
 def select_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("train.device: 'cuda' was asked for but no CUDA GPU is visible; "
-                          "use --device cpu or auto")
+        raise DeviceError(
+            "train.device: 'cuda' was asked for but no CUDA GPU is visible; "
+            "use --device cpu or auto"
+        )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -38,24 +40,31 @@ class Precision:
 FP32 = Precision("fp32", None, False)
 
 
-def select_precision(requested: str, device_type: str,
-                     capability: tuple[int, int] | None = None) -> Precision:
+def select_precision(
+    requested: str, device_type: str, capability: tuple[int, int] | None = None
+) -> Precision:
     """bf16 autocast where the GPU computes in bf16 (compute capability >= 8.0: A100, H100,
     L4...), fp16 with a GradScaler on older GPUs (T4, V100: no bf16 convolutions), fp32 on
     the CPU (no autocast there: this CPU has no native bf16 and ran slower with it)."""
     if device_type != "cuda":
         if requested in ("auto", "fp32"):
             return FP32
-        raise DeviceError(f"train.precision: {requested} runs only on a CUDA GPU; use auto or "
-                          f"fp32 on the CPU")
+        raise DeviceError(
+            f"train.precision: {requested} runs only on a CUDA GPU; use auto or fp32 on the CPU"
+        )
     bf16_ok = capability is not None and capability >= (8, 0)
     if requested == "auto":
         requested = "bf16" if bf16_ok else "fp16"
     if requested == "bf16" and not bf16_ok:
-        raise DeviceError(f"train.precision: bf16 needs compute capability 8.0 or newer; this "
-                          f"GPU has {capability}; use auto or fp16")
-    return {"fp32": FP32, "bf16": Precision("bf16", torch.bfloat16, False),
-            "fp16": Precision("fp16", torch.float16, True)}[requested]
+        raise DeviceError(
+            f"train.precision: bf16 needs compute capability 8.0 or newer; this "
+            f"GPU has {capability}; use auto or fp16"
+        )
+    return {
+        "fp32": FP32,
+        "bf16": Precision("bf16", torch.bfloat16, False),
+        "fp16": Precision("fp16", torch.float16, True),
+    }[requested]
 
 
 def device_precision(requested: str, device: torch.device) -> Precision:

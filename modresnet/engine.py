@@ -111,8 +111,12 @@ class TrainingState:
         self.history = saved["history"]
 
 
-def build_state(config: Config, model: nn.Module, train_size: int,
-                wrap: Callable[[nn.Module], nn.Module] | None = None) -> TrainingState:
+def build_state(
+    config: Config,
+    model: nn.Module,
+    train_size: int,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+) -> TrainingState:
     """Optimizer, schedule, EMA and precision for `model` (already on its device). `wrap`
     is where a data-parallel caller puts DDP, after the EMA copy is taken from the plain
     model."""
@@ -125,8 +129,15 @@ def build_state(config: Config, model: nn.Module, train_size: int,
     steps = steps_per_epoch(train_size, config.train.batch_size, world)
     scaler = torch.amp.GradScaler(device.type) if precision.scaler else None
     forward = torch.compile(wrapped) if config.train.compile else None
-    return TrainingState(wrapped, optimizer, build_scheduler(config, optimizer, steps), ema,
-                         precision, scaler, forward)
+    return TrainingState(
+        wrapped,
+        optimizer,
+        build_scheduler(config, optimizer, steps),
+        ema,
+        precision,
+        scaler,
+        forward,
+    )
 
 
 def _prepare(x: torch.Tensor, config: Config) -> torch.Tensor:
@@ -153,8 +164,13 @@ def epoch_permutation(n: int, seed: int, epoch: int, rank: int, world: int) -> t
     return perm[: per_rank * world][rank::world]
 
 
-def train_one_epoch(state: TrainingState, train: Split, config: Config, device: torch.device,
-                    on_batch: BatchCallback | None = None) -> dict[str, float]:
+def train_one_epoch(
+    state: TrainingState,
+    train: Split,
+    config: Config,
+    device: torch.device,
+    on_batch: BatchCallback | None = None,
+) -> dict[str, float]:
     rank, world = rank_and_world()
     epoch, tc = state.epoch, config.train
     model = state.model
@@ -169,7 +185,7 @@ def train_one_epoch(state: TrainingState, train: Split, config: Config, device: 
     seen = 0
     start = time.perf_counter()
     for step in range(steps):  # no host sync inside: metrics accumulate on the device
-        idx = perm[step * tc.batch_size: (step + 1) * tc.batch_size]
+        idx = perm[step * tc.batch_size : (step + 1) * tc.batch_size]
         x = augment(train.x[idx], config.augment, g, config.data.mean, config.data.std)
         if config.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -198,7 +214,8 @@ def train_one_epoch(state: TrainingState, train: Split, config: Config, device: 
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     total_loss, total_correct, total_seen = _all_reduce(
-        [float(loss_sum), float(correct), float(seen)], device)
+        [float(loss_sum), float(correct), float(seen)], device
+    )
     return {
         "train_loss": total_loss / max(total_seen, 1),
         "train_acc": total_correct / max(total_seen, 1),
@@ -208,15 +225,16 @@ def train_one_epoch(state: TrainingState, train: Split, config: Config, device: 
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor, config: Config, device: torch.device,
-                   tta: bool = False) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, config: Config, device: torch.device, tta: bool = False
+) -> torch.Tensor:
     """Logits for a uint8 batch of any length, in eval mode, optionally averaged with the
     horizontal mirror (flip test-time augmentation)."""
     model.eval()
     precision = inference_precision(config, device)
     outs = []
     for i in range(0, len(x), config.train.eval_batch_size):
-        xb = _prepare(to_float(x[i: i + config.train.eval_batch_size].to(device)), config)
+        xb = _prepare(to_float(x[i : i + config.train.eval_batch_size].to(device)), config)
         with autocast(precision, device):
             logits = model(xb).float()
             if tta:
@@ -236,14 +254,16 @@ def score(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     return loss, float((logits.argmax(1) == y).sum())
 
 
-def evaluate(model: nn.Module, split: Split, config: Config, device: torch.device,
-             tta: bool = False) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, split: Split, config: Config, device: torch.device, tta: bool = False
+) -> dict[str, float]:
     """Loss and accuracy on `split`, sharded over the data-parallel ranks if any."""
     rank, world = rank_and_world()
     n = len(split)
     lo, hi = n * rank // world, n * (rank + 1) // world
-    loss, correct = score(predict_logits(model, split.x[lo:hi], config, device, tta),
-                          split.y[lo:hi])
+    loss, correct = score(
+        predict_logits(model, split.x[lo:hi], config, device, tta), split.y[lo:hi]
+    )
     loss, correct, count = _all_reduce([loss, correct, float(hi - lo)], device)
     return {"loss": loss / max(count, 1), "acc": correct / max(count, 1), "n": int(count)}
 
@@ -252,8 +272,9 @@ def current_lr(state: TrainingState) -> float:
     return float(state.optimizer.param_groups[0]["lr"])
 
 
-def calibration_batches(train: Split, config: Config, device: torch.device,
-                        epoch: int) -> Iterator[torch.Tensor]:
+def calibration_batches(
+    train: Split, config: Config, device: torch.device, epoch: int
+) -> Iterator[torch.Tensor]:
     """train.ema_bn_images augmented training images, the same on every rank and on a
     resumed run, in training-sized batches: what the EMA's BatchNorm statistics are
     recomputed from."""
@@ -263,13 +284,19 @@ def calibration_batches(train: Split, config: Config, device: torch.device,
     idx = torch.randperm(len(train), generator=g)[:n].to(device)
     ga = torch.Generator(device=device).manual_seed(tc.seed * 7919 + epoch + 500_009)
     for i in range(0, n, tc.batch_size):
-        x = augment(train.x[idx[i: i + tc.batch_size]], config.augment, ga, config.data.mean,
-                    config.data.std)
+        x = augment(
+            train.x[idx[i : i + tc.batch_size]],
+            config.augment,
+            ga,
+            config.data.mean,
+            config.data.std,
+        )
         yield x.contiguous(memory_format=torch.channels_last) if tc.channels_last else x
 
 
-def validate(state: TrainingState, train: Split, val: Split, config: Config,
-             device: torch.device) -> Record:
+def validate(
+    state: TrainingState, train: Split, val: Split, config: Config, device: torch.device
+) -> Record:
     """Validation of the live weights and, with EMA on, of the EMA after recomputing its
     BatchNorm statistics; the better of the two becomes the evaluated model."""
     tta = config.train.tta
@@ -281,12 +308,23 @@ def validate(state: TrainingState, train: Split, val: Split, config: Config,
     ema = evaluate(state.ema.module, val, config, device, tta=tta)
     state.use_ema = ema["acc"] >= live["acc"]
     chosen = ema if state.use_ema else live
-    return {"val_loss": chosen["loss"], "val_acc": chosen["acc"], "val_acc_live": live["acc"],
-            "val_acc_ema": ema["acc"], "weights": "ema" if state.use_ema else "live"}
+    return {
+        "val_loss": chosen["loss"],
+        "val_acc": chosen["acc"],
+        "val_acc_live": live["acc"],
+        "val_acc_ema": ema["acc"],
+        "weights": "ema" if state.use_ema else "live",
+    }
 
 
-def run_epoch(state: TrainingState, train: Split, val: Split, config: Config,
-              device: torch.device, on_batch: BatchCallback | None = None) -> Record:
+def run_epoch(
+    state: TrainingState,
+    train: Split,
+    val: Split,
+    config: Config,
+    device: torch.device,
+    on_batch: BatchCallback | None = None,
+) -> Record:
     """One epoch of training plus validation; steps the plateau schedule; advances state."""
     start = time.perf_counter()
     lr = current_lr(state)
@@ -311,8 +349,15 @@ def run_epoch(state: TrainingState, train: Split, val: Split, config: Config,
 EpochCallback = Callable[[Record, TrainingState], None]
 
 
-def fit(state: TrainingState, train: Split, val: Split, config: Config, device: torch.device,
-        on_epoch: EpochCallback, on_batch: BatchCallback | None = None) -> TrainingState:
+def fit(
+    state: TrainingState,
+    train: Split,
+    val: Split,
+    config: Config,
+    device: torch.device,
+    on_epoch: EpochCallback,
+    on_batch: BatchCallback | None = None,
+) -> TrainingState:
     """Run the remaining epochs; `on_epoch(record, state)` persists or reports each one."""
     while state.epoch < config.train.epochs:
         record = run_epoch(state, train, val, config, device, on_batch)

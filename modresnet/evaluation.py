@@ -21,12 +21,18 @@ class Evaluation:
     predictions: torch.Tensor  # the top-1 class of every image, on the CPU
 
 
-def evaluate_checkpoint(loaded: LoadedModel, test: Split, device: torch.device, *,
-                        tta: bool) -> Evaluation:
+def evaluate_checkpoint(
+    loaded: LoadedModel, test: Split, device: torch.device, *, tta: bool
+) -> Evaluation:
     """Score a loaded checkpoint on `test` (moves its model to `device`); `tta` averages each
     image's logits with its mirror's."""
     logits = predict_logits(loaded.model.to(device), test.x, loaded.config, device, tta)
     loss, correct = score(logits, test.y)
     n = len(test)
-    return Evaluation(acc=correct / max(n, 1), loss=loss / max(n, 1), n=n, tta=tta,
-                      predictions=logits.argmax(1).cpu())
+    return Evaluation(
+        acc=correct / max(n, 1),
+        loss=loss / max(n, 1),
+        n=n,
+        tta=tta,
+        predictions=logits.argmax(1).cpu(),
+    )

@@ -58,23 +58,30 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
-        raise ImageError("not an image in an accepted format (PNG, JPEG, WebP, BMP, GIF); "
-                         "convert it to PNG or JPEG") from None
+        raise ImageError(
+            "not an image in an accepted format (PNG, JPEG, WebP, BMP, GIF); "
+            "convert it to PNG or JPEG"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("image declares too many pixels (a decompression bomb?); refusing "
-                         "to decode it") from None
+        raise ImageError(
+            "image declares too many pixels (a decompression bomb?); refusing to decode it"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageError(f"truncated or corrupt image ({err})") from None
     if img.width * img.height > max_pixels:
-        raise ImageError(f"image declares {img.width}x{img.height} pixels, over the "
-                         f"limit of {max_pixels:,}; refusing to decode it (downscale it first)")
+        raise ImageError(
+            f"image declares {img.width}x{img.height} pixels, over the "
+            f"limit of {max_pixels:,}; refusing to decode it (downscale it first)"
+        )
     if img.format in ("JPEG", "MPO"):
         # 0xFFDA (start of scan) cannot occur inside entropy-coded data (0xFF is stuffed as
         # 0xFF00 there), so this counts scans, or over-counts when a thumbnail holds some.
         scans = data.count(b"\xff\xda")
         if scans > MAX_JPEG_SCANS:
-            raise ImageError(f"JPEG with {scans} scans, over the limit of {MAX_JPEG_SCANS} (each "
-                             f"scan of a progressive JPEG is a full decoding pass); re-encode it")
+            raise ImageError(
+                f"JPEG with {scans} scans, over the limit of {MAX_JPEG_SCANS} (each "
+                f"scan of a progressive JPEG is a full decoding pass); re-encode it"
+            )
     return img
 
 
@@ -93,8 +100,9 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
             img.seek(0)
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("image declares too many pixels (a decompression bomb?); refusing "
-                         "to decode it") from None
+        raise ImageError(
+            "image declares too many pixels (a decompression bomb?); refusing to decode it"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageError(f"truncated or corrupt image ({err})") from None
     try:

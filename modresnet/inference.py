@@ -27,16 +27,18 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, loaded: LoadedModel, device: str | torch.device = "cpu",
-                 tta: bool = False) -> None:
+    def __init__(
+        self, loaded: LoadedModel, device: str | torch.device = "cpu", tta: bool = False
+    ) -> None:
         self.loaded = loaded
         self.device = torch.device(device)
         self.model = loaded.model.to(self.device)
         self.tta = tta
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str | torch.device = "cpu",
-                  tta: bool = False) -> Predictor:
+    def from_path(
+        cls, path: str | Path, device: str | torch.device = "cpu", tta: bool = False
+    ) -> Predictor:
         return cls(load_model(path), device=device, tta=tta)
 
     @property
@@ -50,5 +52,7 @@ class Predictor:
 
     def top_k(self, probabilities: torch.Tensor, k: int = 5) -> list[list[Prediction]]:
         values, indices = top_k(probabilities, k)
-        return [[Prediction(self.classes[i], float(p)) for p, i in zip(row_p, row_i, strict=True)]
-                for row_p, row_i in zip(values.tolist(), indices.tolist(), strict=True)]
+        return [
+            [Prediction(self.classes[i], float(p)) for p, i in zip(row_p, row_i, strict=True)]
+            for row_p, row_i in zip(values.tolist(), indices.tolist(), strict=True)
+        ]

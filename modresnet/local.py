@@ -36,40 +36,55 @@ def epoch_writer(run: RunDir, config: Config, classes: tuple[str, ...]) -> Epoch
         earlier = [m["val_acc"] for m in state.history[:-1]]
         if record["val_acc"] > max(earlier, default=-1):
             with checkpoint.atomic_dir(run.best) as tmp:
-                checkpoint.save_model(tmp, state.eval_model(), config, classes, state.epoch,
-                                      record)
+                checkpoint.save_model(tmp, state.eval_model(), config, classes, state.epoch, record)
         with checkpoint.atomic_dir(run.last) as tmp:
             checkpoint.save_resumable(tmp, state, config, classes, record)
 
     return on_epoch
 
 
-def train_local(config: Config, run_path: Path, resume: bool = False,
-                data: Cifar10 | None = None, on_batch: BatchCallback | None = None,
-                on_epoch_done: Callable[[Record], None] | None = None,
-                info: Callable[[str], None] = print) -> LocalResult:
+def train_local(
+    config: Config,
+    run_path: Path,
+    resume: bool = False,
+    data: Cifar10 | None = None,
+    on_batch: BatchCallback | None = None,
+    on_epoch_done: Callable[[Record], None] | None = None,
+    info: Callable[[str], None] = print,
+) -> LocalResult:
     run = RunDir(Path(run_path))
     if run.exists() and not resume:
-        raise RunExistsError(f"run directory {run.path} already holds a run; pass --resume to "
-                             f"continue it, or choose another --name")
+        raise RunExistsError(
+            f"run directory {run.path} already holds a run; pass --resume to "
+            f"continue it, or choose another --name"
+        )
     with run.lock():
         return _train_locked(run, config, resume, data, on_batch, on_epoch_done, info)
 
 
-def _train_locked(run: RunDir, config: Config, resume: bool, data: Cifar10 | None,
-                  on_batch: BatchCallback | None,
-                  on_epoch_done: Callable[[Record], None] | None,
-                  info: Callable[[str], None]) -> LocalResult:
+def _train_locked(
+    run: RunDir,
+    config: Config,
+    resume: bool,
+    data: Cifar10 | None,
+    on_batch: BatchCallback | None,
+    on_epoch_done: Callable[[Record], None] | None,
+    info: Callable[[str], None],
+) -> LocalResult:
     for line in run.recover():
         info(line)
     if run.exists() and not resume:  # checked again under the lock: another process may have
-        raise RunExistsError(f"run directory {run.path} already holds a run; pass --resume to "
-                             f"continue it, or choose another --name")
+        raise RunExistsError(
+            f"run directory {run.path} already holds a run; pass --resume to "
+            f"continue it, or choose another --name"
+        )
     if resume and not checkpoint.has_training_state(run.last):
-        raise RunExistsError(f"--resume: {run.last / checkpoint.STATE_META} is missing, so run "
-                             f"{run.path.name} has no training state to continue (it never "
-                             f"finished an epoch, or was not trained here); start it again "
-                             f"under a new --name")
+        raise RunExistsError(
+            f"--resume: {run.last / checkpoint.STATE_META} is missing, so run "
+            f"{run.path.name} has no training state to continue (it never "
+            f"finished an epoch, or was not trained here); start it again "
+            f"under a new --name"
+        )
     assembled = assemble(config, data=data, resume_from=run.last if resume else None)
     run.create(config)
     writer = epoch_writer(run, config, assembled.classes)

@@ -34,14 +34,16 @@ def build_optimizer(config: Config, model: nn.Module, world_size: int) -> torch.
     o, lr = config.optim, scaled_lr(config, world_size)
     groups = param_groups(config, model)
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=o.momentum,
-                               nesterov=o.nesterov, weight_decay=o.weight_decay)
+        return torch.optim.SGD(
+            groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        )
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
     return cls(groups, lr=lr, betas=o.betas, weight_decay=o.weight_decay)
 
 
-def one_cycle(total: int, warmup_fraction: float, final_fraction: float,
-              start_fraction: float = 0.04) -> Callable[[int], float]:
+def one_cycle(
+    total: int, warmup_fraction: float, final_fraction: float, start_fraction: float = 0.04
+) -> Callable[[int], float]:
     """Linear warm-up from start_fraction to 1, then linear decay to final_fraction (the
     piecewise-linear one-cycle of Page and airbench). Written out because torch's OneCycleLR
     divides by zero when warm-up spans exactly one step, as on small subsets."""
@@ -56,18 +58,22 @@ def one_cycle(total: int, warmup_fraction: float, final_fraction: float,
     return factor
 
 
-def build_scheduler(config: Config, optimizer: torch.optim.Optimizer,
-                    steps: int) -> LRScheduler | None:
+def build_scheduler(
+    config: Config, optimizer: torch.optim.Optimizer, steps: int
+) -> LRScheduler | None:
     """None for schedule.name constant; plateau steps per epoch, the others per batch."""
     s, total = config.schedule, config.train.epochs * steps
     peak = optimizer.param_groups[0]["lr"]
     if s.name == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=s.plateau_factor, patience=s.plateau_patience)
+            optimizer, mode="min", factor=s.plateau_factor, patience=s.plateau_patience
+        )
     if s.name == "onecycle":
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, one_cycle(total, s.warmup_fraction, s.final_lr_fraction))
+            optimizer, one_cycle(total, s.warmup_fraction, s.final_lr_fraction)
+        )
     if s.name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(total, 1), eta_min=peak * s.final_lr_fraction)
+            optimizer, T_max=max(total, 1), eta_min=peak * s.final_lr_fraction
+        )
     return None

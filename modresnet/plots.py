@@ -30,7 +30,9 @@ def curves(history: list[dict], path: Path) -> Path:
 
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, classes: int) -> torch.Tensor:
-    return torch.bincount(y_true * classes + y_pred, minlength=classes * classes).view(classes, classes)
+    return torch.bincount(y_true * classes + y_pred, minlength=classes * classes).view(
+        classes, classes
+    )
 
 
 def confusion(matrix: torch.Tensor, names: tuple[str, ...], path: Path, title: str) -> Path:
@@ -43,8 +45,15 @@ def confusion(matrix: torch.Tensor, names: tuple[str, ...], path: Path, title: s
     for i in range(len(names)):
         for j in range(len(names)):
             value = int(matrix[i, j])
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                    color="white" if value > top / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(value),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if value > top / 2 else "black",
+            )
     fig.colorbar(image)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -60,15 +60,19 @@ def check_private_storage(exp: Path) -> None:
         if st.S_ISLNK(info.st_mode):  # a link's own mode means nothing; its target is checked
             return None
         if info.st_mode & 0o022 and not (parent and info.st_mode & st.S_ISVTX):
-            return f"is writable by {'others' if info.st_mode & 0o002 else 'its group'} " \
-                   f"(mode {st.S_IMODE(info.st_mode):o})"
+            return (
+                f"is writable by {'others' if info.st_mode & 0o002 else 'its group'} "
+                f"(mode {st.S_IMODE(info.st_mode):o})"
+            )
         return None
 
     def refuse(path: Path, why: str) -> None:
-        raise UnsafeStorageError(f"--resume: {path} {why}; resuming unpickles Ray's state from "
-                                 f"{exp}, so whoever can write there could run code as you. "
-                                 f"Resume only a search you wrote: after checking its contents, "
-                                 f"chown -R {uid} {exp} && chmod -R go-w {exp}")
+        raise UnsafeStorageError(
+            f"--resume: {path} {why}; resuming unpickles Ray's state from "
+            f"{exp}, so whoever can write there could run code as you. "
+            f"Resume only a search you wrote: after checking its contents, "
+            f"chown -R {uid} {exp} && chmod -R go-w {exp}"
+        )
 
     exp = Path(exp)
     why = problem(exp.parent, os.stat(exp.parent), parent=True)
@@ -79,8 +83,11 @@ def check_private_storage(exp: Path) -> None:
             path = Path(root) if name is None else Path(root) / name
             info = os.lstat(path)
             why = problem(path, info)
-            if not why and st.S_ISLNK(info.st_mode) and not os.path.realpath(path).startswith(
-                    os.path.realpath(exp) + os.sep):
+            if (
+                not why
+                and st.S_ISLNK(info.st_mode)
+                and not os.path.realpath(path).startswith(os.path.realpath(exp) + os.sep)
+            ):
                 why = f"is a symlink to {os.path.realpath(path)}, outside the experiment"
             if why:
                 refuse(path, why)
@@ -128,15 +135,19 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserError(f"--storage: cannot write to {self.path.parent} "
-                            f"({err.strerror or err}); choose a writable --storage") from None
+            raise UserError(
+                f"--storage: cannot write to {self.path.parent} "
+                f"({err.strerror or err}); choose a writable --storage"
+            ) from None
         lock = FileLock(self.lock_file, timeout=0)
         try:
             lock.acquire()
         except Timeout:
-            raise RunInUseError(f"run {self.path} is being written by another modresnet process "
-                                f"right now (it holds {self.lock_file}); wait for it to finish, "
-                                f"or choose another --name") from None
+            raise RunInUseError(
+                f"run {self.path} is being written by another modresnet process "
+                f"right now (it holds {self.lock_file}); wait for it to finish, "
+                f"or choose another --name"
+            ) from None
         try:
             yield self
         finally:
@@ -145,8 +156,11 @@ class RunDir:
     def recover(self) -> list[str]:
         """Repair best/ and last/ after a crash in the middle of replacing them (see
         checkpoint.recover_dir); call with the lock held. Returns what was repaired."""
-        return [f"{self.path}: {done}" for d in (self.best, self.last)
-                if (done := checkpoint.recover_dir(d))]
+        return [
+            f"{self.path}: {done}"
+            for d in (self.best, self.last)
+            if (done := checkpoint.recover_dir(d))
+        ]
 
     def exists(self) -> bool:
         return self.metrics_file.exists() or self.last.exists()
@@ -158,23 +172,32 @@ class RunDir:
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite the whole history: a resumed run keeps every epoch exactly once."""
-        checkpoint.atomic_write_text(self.metrics_file,
-                                     "".join(json.dumps(m) + "\n" for m in history))
+        checkpoint.atomic_write_text(
+            self.metrics_file, "".join(json.dumps(m) + "\n" for m in history)
+        )
 
 
-def finalize(run: RunDir, test: Split, classes: tuple[str, ...],
-             device: torch.device) -> dict[str, Any]:
+def finalize(
+    run: RunDir, test: Split, classes: tuple[str, ...], device: torch.device
+) -> dict[str, Any]:
     """Evaluate best/ once on the test set; write test.json, curves.png and confusion.png;
     record the test accuracy in best/'s sidecar (the weights and their sha are untouched)."""
     loaded = checkpoint.load_model(run.best)
     scores = evaluate_checkpoint(loaded, test, device, tta=loaded.config.train.tta)
     acc = scores.acc
     matrix = plots.confusion_matrix(test.y, scores.predictions, len(classes))
-    result = {"test_acc": acc, "test_loss": scores.loss, "n": scores.n, "tta": scores.tta,
-              "epoch": loaded.meta["epoch"], "val_acc": loaded.meta["metrics"].get("val_acc"),
-              "sha256": loaded.sha256,
-              "per_class_acc": {c: float(matrix[i, i] / max(1, int(matrix[i].sum())))
-                                for i, c in enumerate(classes)}}
+    result = {
+        "test_acc": acc,
+        "test_loss": scores.loss,
+        "n": scores.n,
+        "tta": scores.tta,
+        "epoch": loaded.meta["epoch"],
+        "val_acc": loaded.meta["metrics"].get("val_acc"),
+        "sha256": loaded.sha256,
+        "per_class_acc": {
+            c: float(matrix[i, i] / max(1, int(matrix[i].sum()))) for i, c in enumerate(classes)
+        },
+    }
     meta = dict(loaded.meta)
     meta["metrics"] = {**meta["metrics"], "test_acc": acc, "test_n": len(test)}
     checkpoint.atomic_write_text(run.best / checkpoint.META, json.dumps(meta, indent=2))
@@ -182,6 +205,10 @@ def finalize(run: RunDir, test: Split, classes: tuple[str, ...],
     history = run.read_metrics()
     if history:
         plots.curves(history, run.path / "curves.png")
-    plots.confusion(matrix, classes, run.path / "confusion.png",
-                    f"Test confusion, accuracy {100 * acc:.2f}% (n={len(test)})")
+    plots.confusion(
+        matrix,
+        classes,
+        run.path / "confusion.png",
+        f"Test confusion, accuracy {100 * acc:.2f}% (n={len(test)})",
+    )
     return result

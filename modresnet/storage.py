@@ -59,8 +59,9 @@ class Location:
         return self.uri
 
     def join(self, *parts: str) -> Location:
-        return Location(self.scheme, "/".join([self.path, *(p.strip("/") for p in parts)]),
-                        self.query)
+        return Location(
+            self.scheme, "/".join([self.path, *(p.strip("/") for p in parts)]), self.query
+        )
 
     def filesystem(self) -> tuple[pafs.FileSystem, str]:
         """(pyarrow filesystem, path inside it); one-line StorageError when it cannot be built."""
@@ -69,7 +70,9 @@ class Location:
         try:
             fs, path = pafs.FileSystem.from_uri(self.uri)
         except Exception as err:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
-            raise StorageError(f"--storage {self.uri}: {_first_line(err)}{_hint(self.scheme)}") from None
+            raise StorageError(
+                f"--storage {self.uri}: {_first_line(err)}{_hint(self.scheme)}"
+            ) from None
         return fs, path.rstrip("/")
 
 
@@ -80,8 +83,10 @@ def _first_line(err: BaseException) -> str:
 
 def _hint(scheme: str) -> str:
     if scheme == "s3":
-        return ("; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_REGION), and "
-                "AWS_ENDPOINT_URL for an S3-compatible server")
+        return (
+            "; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_REGION), and "
+            "AWS_ENDPOINT_URL for an S3-compatible server"
+        )
     return "; set GOOGLE_APPLICATION_CREDENTIALS (or run `gcloud auth application-default login`)"
 
 
@@ -97,8 +102,10 @@ def parse(text: str | os.PathLike[str] | None) -> Location | Path | None:
     if scheme == "file":
         return Path("/" + rest.split("?")[0].lstrip("/"))
     if scheme not in REMOTE_SCHEMES:
-        raise StorageError(f"{raw}: unsupported storage scheme {scheme}://; use a local path, "
-                           f"file://, s3://bucket/prefix or gs://bucket/prefix")
+        raise StorageError(
+            f"{raw}: unsupported storage scheme {scheme}://; use a local path, "
+            f"file://, s3://bucket/prefix or gs://bucket/prefix"
+        )
     path, _, query = rest.partition("?")
     path = path.strip("/")
     if not path:
@@ -114,8 +121,9 @@ def _info(loc: Location, fs: pafs.FileSystem, path: str) -> pafs.FileInfo:
     try:
         return fs.get_file_info(path)
     except Exception as err:  # noqa: BLE001 - credentials, endpoint, permissions
-        raise StorageError(f"{loc.uri}: cannot reach the object store "
-                           f"({_first_line(err)}){_hint(loc.scheme)}") from None
+        raise StorageError(
+            f"{loc.uri}: cannot reach the object store ({_first_line(err)}){_hint(loc.scheme)}"
+        ) from None
 
 
 def exists(loc: Location) -> bool:
@@ -135,30 +143,42 @@ def check_writable(loc: Location) -> None:
             out.write(b"ok")
         fs.delete_file(probe)
     except Exception as err:  # noqa: BLE001
-        raise StorageError(f"--storage {loc.uri}: cannot write there ({_first_line(err)})"
-                           f"{_hint(loc.scheme)}") from None
+        raise StorageError(
+            f"--storage {loc.uri}: cannot write there ({_first_line(err)}){_hint(loc.scheme)}"
+        ) from None
 
 
 def publish(local_run: Path, loc: Location) -> None:
     """Upload the run directory `local_run` to `loc`, test.json last (the "finished" mark)."""
     fs, root = loc.filesystem()
     local_run = Path(local_run)
-    files = sorted(p for p in local_run.rglob("*") if p.is_file()
-                   and p.relative_to(local_run).parts[0] not in SKIP_ON_PUBLISH
-                   and not any(part.endswith(".tmp") for part in p.relative_to(local_run).parts))
+    files = sorted(
+        p
+        for p in local_run.rglob("*")
+        if p.is_file()
+        and p.relative_to(local_run).parts[0] not in SKIP_ON_PUBLISH
+        and not any(part.endswith(".tmp") for part in p.relative_to(local_run).parts)
+    )
     files.sort(key=lambda p: p.name == FINISHED)  # every run's test.json after its files
     try:
         for f in files:
-            with open(f, "rb") as src, fs.open_output_stream(
-                    f"{root}/{f.relative_to(local_run).as_posix()}") as dst:
+            with (
+                open(f, "rb") as src,
+                fs.open_output_stream(f"{root}/{f.relative_to(local_run).as_posix()}") as dst,
+            ):
                 shutil.copyfileobj(src, dst, 1 << 20)
     except Exception as err:  # noqa: BLE001
-        raise StorageError(f"uploading {local_run} to {loc.uri} failed ({_first_line(err)}); the "
-                           f"run is complete in {local_run}") from None
+        raise StorageError(
+            f"uploading {local_run} to {loc.uri} failed ({_first_line(err)}); the "
+            f"run is complete in {local_run}"
+        ) from None
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("MODRESNET_CACHE", Path.home() / ".cache" / "modresnet")) / "remote-runs"
+    return (
+        Path(os.environ.get("MODRESNET_CACHE", Path.home() / ".cache" / "modresnet"))
+        / "remote-runs"
+    )
 
 
 def fetch_run(loc: Location) -> Path:
@@ -175,8 +195,9 @@ def fetch_run(loc: Location) -> Path:
     elif _info(loc, fs, f"{root}/{WEIGHTS}").type == pafs.FileType.File:
         ckpt = ""
     else:
-        raise StorageError(f"{loc.uri}: not a modresnet run or checkpoint (no {WEIGHTS} in it "
-                           f"or in best/)")
+        raise StorageError(
+            f"{loc.uri}: not a modresnet run or checkpoint (no {WEIGHTS} in it or in best/)"
+        )
     meta_path = f"{root}/{ckpt}/{META}" if ckpt else f"{root}/{META}"
     try:
         with fs.open_input_stream(meta_path) as f:
@@ -190,13 +211,19 @@ def fetch_run(loc: Location) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent))
     try:
-        wanted = [i for i in fs.get_file_info(pafs.FileSelector(root, recursive=False))
-                  if i.type == pafs.FileType.File]
+        wanted = [
+            i
+            for i in fs.get_file_info(pafs.FileSelector(root, recursive=False))
+            if i.type == pafs.FileType.File
+        ]
         if ckpt:
-            wanted += [i for i in fs.get_file_info(pafs.FileSelector(f"{root}/{ckpt}"))
-                       if i.type == pafs.FileType.File]
+            wanted += [
+                i
+                for i in fs.get_file_info(pafs.FileSelector(f"{root}/{ckpt}"))
+                if i.type == pafs.FileType.File
+            ]
         for info in wanted:
-            rel = info.path[len(root):].lstrip("/")
+            rel = info.path[len(root) :].lstrip("/")
             dest = tmp / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             with fs.open_input_stream(info.path) as src, open(dest, "wb") as out:

@@ -58,6 +58,12 @@ def summarize(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) 
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     activations = sum(torch.Size(r.output_shape[1:]).numel() for r in rows)
-    mb = 1024 ** 2
-    return Summary(rows, total, trainable, torch.Size(input_size).numel() * BYTES / mb,
-                   2 * activations * BYTES / mb, total * BYTES / mb)
+    mb = 1024**2
+    return Summary(
+        rows,
+        total,
+        trainable,
+        torch.Size(input_size).numel() * BYTES / mb,
+        2 * activations * BYTES / mb,
+        total * BYTES / mb,
+    )

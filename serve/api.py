@@ -55,8 +55,10 @@ class PredictResponse(BaseModel):
 
 
 class PredictJson(BaseModel):
-    images: list[str] = Field(description="Base64 image bytes (PNG, JPEG, GIF...); a "
-                              "`data:image/...;base64,` prefix is allowed.")
+    images: list[str] = Field(
+        description="Base64 image bytes (PNG, JPEG, GIF...); a "
+        "`data:image/...;base64,` prefix is allowed."
+    )
     top_k: int | None = Field(default=None, ge=1, le=10)
 
 
@@ -65,10 +67,13 @@ class InferTensor(BaseModel):
     shape: list[int]
     datatype: str = Field(description="UINT8 (JSON integers 0..255) or FP32 (numbers 0..1).")
     parameters: dict[str, Any] | None = None
-    data: list[Any] | None = Field(None, description="Numbers only, flat or nested evenly, "
-                                   "row-major; strings and booleans are refused. Omitted when "
-                                   "parameters.binary_data_size puts the tensor after the JSON "
-                                   "(binary tensor data extension).")
+    data: list[Any] | None = Field(
+        None,
+        description="Numbers only, flat or nested evenly, "
+        "row-major; strings and booleans are refused. Omitted when "
+        "parameters.binary_data_size puts the tensor after the JSON "
+        "(binary tensor data extension).",
+    )
 
 
 class InferRequest(BaseModel):
@@ -107,16 +112,33 @@ def inline_schema(model: type[BaseModel]) -> dict:
         if isinstance(node, list):
             return [resolve(v) for v in node]
         return node
+
     return resolve(schema)
 
 
-PREDICT_OPENAPI = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
-    "application/json": {"schema": inline_schema(PredictJson)},
-}}}
-INFER_OPENAPI = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": inline_schema(InferRequest)}}}}
+PREDICT_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+            "application/json": {"schema": inline_schema(PredictJson)},
+        },
+    }
+}
+INFER_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": inline_schema(InferRequest)}},
+    }
+}
 
 
 async def read_body(request: Request, limit: int, timeout_s: float = 10.0) -> bytes:
@@ -126,8 +148,10 @@ async def read_body(request: Request, limit: int, timeout_s: float = 10.0) -> by
     if declared is not None:
         try:
             if int(declared) > limit:
-                raise ApiError(413, f"request body of {int(declared):,} bytes is over the limit "
-                                    f"of {limit:,} bytes")
+                raise ApiError(
+                    413,
+                    f"request body of {int(declared):,} bytes is over the limit of {limit:,} bytes",
+                )
         except ValueError:
             raise ApiError(400, "Content-Length header is not an integer") from None
     chunks, size = [], 0
@@ -139,12 +163,18 @@ async def read_body(request: Request, limit: int, timeout_s: float = 10.0) -> by
                     raise ApiError(413, f"request body is over the limit of {limit:,} bytes")
                 chunks.append(chunk)
     except TimeoutError:
-        raise ApiError(408, f"request body not received within {timeout_s:g} s ({size:,} bytes "
-                            f"arrived); send it in one go, or over a faster link") from None
+        raise ApiError(
+            408,
+            f"request body not received within {timeout_s:g} s ({size:,} bytes "
+            f"arrived); send it in one go, or over a faster link",
+        ) from None
     body = b"".join(chunks)
     if not body:
-        raise ApiError(400, "empty request body: send images as multipart field `files` or "
-                            "JSON {\"images\": [base64, ...]}")
+        raise ApiError(
+            400,
+            "empty request body: send images as multipart field `files` or "
+            'JSON {"images": [base64, ...]}',
+        )
     return body
 
 
@@ -178,17 +208,24 @@ async def _decode_all(decoder: DecodePool, items: list[tuple[str, bytes]]) -> li
         raise ApiError(err.status, err.message) from None
 
 
-async def parse_predict(request: Request, body: bytes, max_images: int, decoder: DecodePool
-                        ) -> tuple[list[torch.Tensor], list[str | None], int | None]:
+async def parse_predict(
+    request: Request, body: bytes, max_images: int, decoder: DecodePool
+) -> tuple[list[torch.Tensor], list[str | None], int | None]:
     """Images (uint8 3x32x32), their filenames, and a top_k the client asked for, if any."""
     media = _media_type(request)
     if media == "multipart/form-data":
+
         async def stream():
             yield body
 
         try:
-            form = await MultiPartParser(request.headers, stream(), max_files=max_images,
-                                         max_fields=16, max_part_size=len(body) + 1).parse()
+            form = await MultiPartParser(
+                request.headers,
+                stream(),
+                max_files=max_images,
+                max_fields=16,
+                max_part_size=len(body) + 1,
+            ).parse()
         except MultiPartException as err:
             raise ApiError(400, f"malformed multipart body ({err.message})") from None
         files = [f for f in form.getlist("files") if not isinstance(f, str)]
@@ -212,7 +249,9 @@ async def parse_predict(request: Request, body: bytes, max_images: int, decoder:
         if not req.images:
             raise ApiError(400, "images: the list is empty")
         if len(req.images) > max_images:
-            raise ApiError(413, f"{len(req.images)} images in one request; the limit is {max_images}")
+            raise ApiError(
+                413, f"{len(req.images)} images in one request; the limit is {max_images}"
+            )
         items = []
         for i, text in enumerate(req.images):
             if text.startswith("data:") and "," in text:
@@ -222,11 +261,16 @@ async def parse_predict(request: Request, body: bytes, max_images: int, decoder:
             except (binascii.Error, ValueError):
                 raise ApiError(400, f"images[{i}]: not valid base64") from None
         return await _decode_all(decoder, items), [None] * len(items), req.top_k
-    raise ApiError(415, f"unsupported Content-Type {media or '(none)'!r}: use multipart/form-data "
-                        f"(field `files`) or application/json ({{\"images\": [base64, ...]}})")
+    raise ApiError(
+        415,
+        f"unsupported Content-Type {media or '(none)'!r}: use multipart/form-data "
+        f'(field `files`) or application/json ({{"images": [base64, ...]}})',
+    )
 
 
-def parse_infer(request: Request, body: bytes, max_images: int) -> tuple[InferRequest, torch.Tensor]:
+def parse_infer(
+    request: Request, body: bytes, max_images: int
+) -> tuple[InferRequest, torch.Tensor]:
     """An Open Inference Protocol v2 request (JSON, or JSON + binary tensor data) -> uint8
     N x 3 x 32 x 32. One input, `input`: its datatype (UINT8 or FP32) and shape ([N,32,32,3]
     or [N,3,32,32]) say how to read it."""
@@ -235,37 +279,52 @@ def parse_infer(request: Request, body: bytes, max_images: int) -> tuple[InferRe
     binary = b""
     if header is not None:
         if media not in ("application/json", "application/octet-stream", ""):
-            raise ApiError(415, f"unsupported Content-Type {media!r} for a binary v2 request: "
-                                f"use application/octet-stream")
+            raise ApiError(
+                415,
+                f"unsupported Content-Type {media!r} for a binary v2 request: "
+                f"use application/octet-stream",
+            )
         try:
             body, binary = v2binary.split_body(body, header)
         except v2binary.BinaryError as err:
             raise ApiError(400, str(err)) from None
     elif media not in ("application/json", ""):
-        raise ApiError(415, f"unsupported Content-Type {media!r}: the v2 protocol takes "
-                            f"application/json (or the binary tensor extension, with an "
-                            f"Inference-Header-Content-Length header)")
+        raise ApiError(
+            415,
+            f"unsupported Content-Type {media!r}: the v2 protocol takes "
+            f"application/json (or the binary tensor extension, with an "
+            f"Inference-Header-Content-Length header)",
+        )
     try:
         req = InferRequest.model_validate(_json(body))
     except ValidationError as err:
         raise ApiError(400, _validation_message(err)) from None
     if len(req.inputs) != 1 or req.inputs[0].name != "input":
-        raise ApiError(400, f"expected exactly one input named 'input'; got "
-                            f"{[t.name for t in req.inputs]}")
+        raise ApiError(
+            400, f"expected exactly one input named 'input'; got {[t.name for t in req.inputs]}"
+        )
     for out in req.outputs or []:
         if out.get("name") != "probabilities":
-            raise ApiError(400, f"unknown output {out.get('name')!r}; this model has "
-                                f"'probabilities'")
+            raise ApiError(
+                400, f"unknown output {out.get('name')!r}; this model has 'probabilities'"
+            )
     tensor = req.inputs[0]
     shape = tensor.shape
-    if len(shape) != 4 or shape[0] < 1 or not (shape[1:] == [32, 32, 3] or shape[1:] == [3, 32, 32]):
-        raise ApiError(400, f"input shape {shape}: expected [N,32,32,3] (NHWC) or [N,3,32,32] "
-                            f"(NCHW) with N >= 1")
+    if (
+        len(shape) != 4
+        or shape[0] < 1
+        or not (shape[1:] == [32, 32, 3] or shape[1:] == [3, 32, 32])
+    ):
+        raise ApiError(
+            400,
+            f"input shape {shape}: expected [N,32,32,3] (NHWC) or [N,3,32,32] (NCHW) with N >= 1",
+        )
     if shape[0] > max_images:
         raise ApiError(413, f"{shape[0]} images in one request; the limit is {max_images}")
     if tensor.datatype not in ("UINT8", "FP32"):
-        raise ApiError(400, f"input datatype {tensor.datatype!r}: expected UINT8 (0..255) or "
-                            f"FP32 (0..1)")
+        raise ApiError(
+            400, f"input datatype {tensor.datatype!r}: expected UINT8 (0..255) or FP32 (0..1)"
+        )
     expected = int(np.prod(shape))
     try:
         size = v2binary.binary_size(tensor.parameters)
@@ -273,13 +332,16 @@ def parse_infer(request: Request, body: bytes, max_images: int) -> tuple[InferRe
             if tensor.data is not None:
                 raise v2binary.BinaryError("input has both `data` and binary_data_size: send one")
             if size != len(binary):
-                raise v2binary.BinaryError(f"binary_data_size {size} but {len(binary)} bytes "
-                                           f"follow the JSON")
-            pixels = _pixels(v2binary.tensor_from_bytes(binary, tensor.datatype, expected),
-                             tensor.datatype)
+                raise v2binary.BinaryError(
+                    f"binary_data_size {size} but {len(binary)} bytes follow the JSON"
+                )
+            pixels = _pixels(
+                v2binary.tensor_from_bytes(binary, tensor.datatype, expected), tensor.datatype
+            )
         elif binary:
-            raise v2binary.BinaryError(f"{len(binary)} bytes follow the JSON but no input has "
-                                       f"parameters.binary_data_size")
+            raise v2binary.BinaryError(
+                f"{len(binary)} bytes follow the JSON but no input has parameters.binary_data_size"
+            )
         elif tensor.data is None:
             raise ApiError(400, "input has no `data` (nor parameters.binary_data_size)")
         else:
@@ -310,7 +372,9 @@ def typed_data(data: list, datatype: str, expected: int) -> np.ndarray:
     flat, depth = data, 0
     while flat and type(flat[0]) is list:
         if not all(type(v) is list for v in flat):
-            raise ApiError(400, "input data: nested unevenly (mixes arrays and numbers at one level)")
+            raise ApiError(
+                400, "input data: nested unevenly (mixes arrays and numbers at one level)"
+            )
         flat, depth = list(itertools.chain.from_iterable(flat)), depth + 1
         if len(flat) > expected or depth > 4:
             break
@@ -319,8 +383,10 @@ def typed_data(data: list, datatype: str, expected: int) -> np.ndarray:
     allowed = {int} if datatype == "UINT8" else {int, float}
     types = set(map(type, flat))
     if not types <= allowed:
-        bad = sorted(_JSON_TYPE.get(t, t.__name__) if t is not float else "non-integer number"
-                     for t in types - allowed)
+        bad = sorted(
+            _JSON_TYPE.get(t, t.__name__) if t is not float else "non-integer number"
+            for t in types - allowed
+        )
         want = "JSON integers 0..255" if datatype == "UINT8" else "JSON numbers 0..1"
         raise ApiError(400, f"{datatype} input data must be {want}; got {', '.join(bad)}")
     lo, hi = min(flat), max(flat)
@@ -329,17 +395,19 @@ def typed_data(data: list, datatype: str, expected: int) -> np.ndarray:
             raise ApiError(400, f"UINT8 input data must be integers in 0..255; got {lo}..{hi}")
         return np.array(flat, dtype=np.uint8)
     if not (0 <= lo and hi <= 1):  # also refuses inf (1e400) and NaN
-        raise ApiError(400, f"FP32 input data must be pixel intensities in 0..1; got "
-                            f"{lo:.3g}..{hi:.3g}")
+        raise ApiError(
+            400, f"FP32 input data must be pixel intensities in 0..1; got {lo:.3g}..{hi:.3g}"
+        )
     return np.round(np.array(flat, dtype=np.float64) * 255.0).astype(np.uint8)
 
 
-def top_k_rows(probs: np.ndarray, classes: tuple[str, ...],
-               k: int) -> list[list[LabelProbability]]:
+def top_k_rows(probs: np.ndarray, classes: tuple[str, ...], k: int) -> list[list[LabelProbability]]:
     """The same ranking as `modresnet predict` (ties by class index)."""
     values, order = top_k(torch.tensor(probs), k)
-    return [[LabelProbability(label=classes[j], probability=p) for p, j in zip(row_p, row_j)]
-            for row_p, row_j in zip(values.tolist(), order.tolist())]
+    return [
+        [LabelProbability(label=classes[j], probability=p) for p, j in zip(row_p, row_j)]
+        for row_p, row_j in zip(values.tolist(), order.tolist())
+    ]
 
 
 def error_response(status: int, message: str):

@@ -45,11 +45,14 @@ def build_app(args: ServeArgs | dict[str, Any]) -> serve.Application:
     deployment = deployment.options(
         name="Classifier",
         autoscaling_config={
-            "min_replicas": args.min_replicas, "initial_replicas": args.min_replicas,
+            "min_replicas": args.min_replicas,
+            "initial_replicas": args.min_replicas,
             "max_replicas": args.max_replicas,
             "target_ongoing_requests": args.target_ongoing_requests,
-            "upscale_delay_s": args.upscale_delay_s, "downscale_delay_s": args.downscale_delay_s,
-            "look_back_period_s": args.look_back_period_s},
+            "upscale_delay_s": args.upscale_delay_s,
+            "downscale_delay_s": args.downscale_delay_s,
+            "look_back_period_s": args.look_back_period_s,
+        },
         max_ongoing_requests=args.max_ongoing_requests,
         max_queued_requests=args.max_queued_requests,
         backpressure_config={"status_code": 429, "retry_after_s": args.retry_after_s},
@@ -95,7 +98,8 @@ class Health:
         if self._checked == 0.0:
             await self._update()
         elif time.monotonic() - self._checked > self.args.cache_s and (
-                self._refresh is None or self._refresh.done()):
+            self._refresh is None or self._refresh.done()
+        ):
             self._refresh = asyncio.create_task(self._update())
         return self._ready
 
@@ -122,8 +126,8 @@ def build_health(args: HealthArgs | dict[str, Any]) -> serve.Application:
         args = HealthArgs.model_validate(args)
     deployment: Any = serve.deployment(Health)
     return deployment.options(
-        name="Health", num_replicas=1, max_ongoing_requests=1000,
-        ray_actor_options={"num_cpus": 0}).bind(args.model_dump())
+        name="Health", num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}
+    ).bind(args.model_dump())
 
 
 def start(host: str = "127.0.0.1", port: int = 8000) -> None:
@@ -135,13 +139,18 @@ def deploy(args: ServeArgs, name: str = APP_NAME, route_prefix: str = "/") -> An
     """Deploy, or roll an existing app of that name over to new args in place; with it, its
     health app `{name}-health` at `{route_prefix}/v2/health` (longest prefix wins in Serve)."""
     handle = serve.run(build_app(args), name=name, route_prefix=route_prefix, blocking=False)
-    serve.run(build_health(HealthArgs.model_validate({"app": name})), name=f"{name}-health",
-              route_prefix=route_prefix.rstrip("/") + "/v2/health", blocking=False)
+    serve.run(
+        build_health(HealthArgs.model_validate({"app": name})),
+        name=f"{name}-health",
+        route_prefix=route_prefix.rstrip("/") + "/v2/health",
+        blocking=False,
+    )
     return handle
 
 
-def wait_ready(url: str, timeout: float = 120, headers: dict | None = None,
-               sha256: str | None = None) -> dict:
+def wait_ready(
+    url: str, timeout: float = 120, headers: dict | None = None, sha256: str | None = None
+) -> dict:
     """Poll GET {url}/model until it answers (and serves `sha256`, when given)."""
     import httpx
 

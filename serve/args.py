@@ -22,7 +22,9 @@ class ServeArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: str = Field(description="Run directory or checkpoint folder (readable by replicas).")
+    checkpoint: str = Field(
+        description="Run directory or checkpoint folder (readable by replicas)."
+    )
     backend: Literal["onnx", "torch", "int8"] = "onnx"
     threads: int = Field(1, ge=1, le=64, description="Intra-op threads per replica.")
     replica_cpus: float = Field(1.0, gt=0, description="Logical CPUs each replica reserves.")
@@ -38,19 +40,27 @@ class ServeArgs(BaseModel):
     max_queued_requests: int = Field(32, ge=-1, description="-1: unbounded; else 429 when full.")
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with a 429.")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    body_timeout_s: float = Field(10, gt=0, le=600,
-                                  description="Whole body must arrive within this; else 408.")
+    body_timeout_s: float = Field(
+        10, gt=0, le=600, description="Whole body must arrive within this; else 408."
+    )
     max_images: int = Field(64, ge=1)
     max_pixels: int = Field(16_000_000, ge=1024, description="Per image (declared size).")
-    request_pixels: int = Field(32_000_000, ge=1024,
-                                description="Declared pixels summed over one request's images.")
+    request_pixels: int = Field(
+        32_000_000, ge=1024, description="Declared pixels summed over one request's images."
+    )
     decode_workers: int = Field(2, ge=1, le=64, description="Image-decoding threads per replica.")
     decode_timeout_s: float = Field(3, gt=0, le=600, description="Per image; else 413.")
     top_k: int = Field(5, ge=1, le=10)
-    api_key_env: str = Field("MODRESNET_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-                             description="Name of the env var holding the API key (not the key).")
-    api_key_required: bool = Field(False, description="Fail the deployment if a replica cannot "
-                                   "see the key (instead of serving without auth).")
+    api_key_env: str = Field(
+        "MODRESNET_API_KEY",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the env var holding the API key (not the key).",
+    )
+    api_key_required: bool = Field(
+        False,
+        description="Fail the deployment if a replica cannot "
+        "see the key (instead of serving without auth).",
+    )
     health_check_period_s: float = Field(5, gt=0)
     health_check_timeout_s: float = Field(30, gt=0)
     graceful_shutdown_timeout_s: float = Field(20, ge=0)
@@ -62,12 +72,15 @@ class ServeArgs(BaseModel):
             known = list(cls.model_fields)
             unknown = [str(k) for k in data if k not in cls.model_fields]
             if unknown:
+
                 def hint(key: str) -> str:
                     close = difflib.get_close_matches(key, known, n=1)
                     return f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
-                raise ValueError(f"unknown serve arg{'s' if len(unknown) > 1 else ''} "
-                                 f"{', '.join(map(hint, unknown))}; the args are: {', '.join(known)}")
+                raise ValueError(
+                    f"unknown serve arg{'s' if len(unknown) > 1 else ''} "
+                    f"{', '.join(map(hint, unknown))}; the args are: {', '.join(known)}"
+                )
         return data
 
     @field_validator("max_replicas")

@@ -73,9 +73,16 @@ def export_onnx(loaded: LoadedModel) -> bytes:
     batch = torch.export.Dim("batch", min=1, max=65536)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (example,), None, dynamo=True, verbose=False,
-                                    input_names=["input"], output_names=["probabilities"],
-                                    dynamic_shapes={"x": {0: batch}})
+        program = torch.onnx.export(
+            module,
+            (example,),
+            None,
+            dynamo=True,
+            verbose=False,
+            input_names=["input"],
+            output_names=["probabilities"],
+            dynamic_shapes={"x": {0: batch}},
+        )
     return program.model_proto.SerializeToString()
 
 
@@ -84,11 +91,19 @@ log = logging.getLogger(__name__)
 
 
 def onnx_cache_path(loaded: LoadedModel) -> Path:
-    key = hashlib.sha256(json.dumps({
-        "weights_sha256": loaded.sha256, "model": loaded.config.to_dict()["model"],
-        "mean": list(loaded.config.data.mean), "std": list(loaded.config.data.std),
-        "export": EXPORT_VERSION, "torch": torch.__version__.split("+")[0],
-    }, sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "weights_sha256": loaded.sha256,
+                "model": loaded.config.to_dict()["model"],
+                "mean": list(loaded.config.data.mean),
+                "std": list(loaded.config.data.std),
+                "export": EXPORT_VERSION,
+                "torch": torch.__version__.split("+")[0],
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
     return Path(loaded.path) / "onnx" / f"{key}.onnx"
 
 
@@ -107,8 +122,11 @@ def cached_onnx(loaded: LoadedModel) -> tuple[bytes, bool]:
             f.write(data)
         os.replace(tmp, path)
     except OSError as err:
-        log.warning("cannot cache the ONNX export at %s (%s); every replica start will "
-                    "export again", path, err)
+        log.warning(
+            "cannot cache the ONNX export at %s (%s); every replica start will export again",
+            path,
+            err,
+        )
     return data, False
 
 
@@ -157,7 +175,8 @@ class Int8Backend(OnnxBackend):
             raise FileNotFoundError(
                 f"--backend int8: no int8 model for this checkpoint at {path}. Make it once with "
                 f"`python -m serve.quantize {loaded.path}` (calibrates on the validation split, "
-                f"prints the accuracy drop), or serve with --backend onnx")
+                f"prints the accuracy drop), or serve with --backend onnx"
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -19,14 +19,24 @@ def auth_headers(api_key: str | None = None, env: str = "MODRESNET_API_KEY") -> 
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def predict_files(url: str, files: list[tuple[str, bytes]], top_k: int = 5,
-                  api_key: str | None = None, timeout: float = 60) -> list[dict]:
+def predict_files(
+    url: str,
+    files: list[tuple[str, bytes]],
+    top_k: int = 5,
+    api_key: str | None = None,
+    timeout: float = 60,
+) -> list[dict]:
     """POST named image bytes to {url}/predict; one `{"filename", "top_k": [...]}` per file."""
     endpoint = url.rstrip("/") + "/predict"
     parts = [("files", (name, data, "application/octet-stream")) for name, data in files]
     try:
-        r = httpx.post(endpoint, files=parts, params={"top_k": top_k},
-                       headers=auth_headers(api_key), timeout=timeout)
+        r = httpx.post(
+            endpoint,
+            files=parts,
+            params={"top_k": top_k},
+            headers=auth_headers(api_key),
+            timeout=timeout,
+        )
     except httpx.HTTPError as err:
         raise ClientError(f"{endpoint}: cannot reach the server ({err})") from None
     if r.status_code != 200:
@@ -38,8 +48,9 @@ def predict_files(url: str, files: list[tuple[str, bytes]], top_k: int = 5,
     return r.json()["predictions"]
 
 
-def predict_paths(url: str, paths: list[Path], top_k: int = 5, api_key: str | None = None
-                  ) -> list[dict]:
+def predict_paths(
+    url: str, paths: list[Path], top_k: int = 5, api_key: str | None = None
+) -> list[dict]:
     files = []
     for path in paths:
         try:

@@ -13,15 +13,27 @@ import typer
 from modresnet.cli_common import console, user_errors
 from modresnet.errors import UserError
 
-Backend = Annotated[str, typer.Option(
-    help="onnx (exported once per checkpoint; the faster on CPU here) | torch | int8 (after "
-         "python -m serve.quantize RUN)")]
-Address = Annotated[str | None, typer.Option(
-    help="Join this Ray cluster (e.g. auto) instead of starting one; a running app is updated "
-         "in place and the command returns.")]
-ApiKeyEnv = Annotated[str | None, typer.Option(
-    help="Require auth: the env var the replicas read the API key from; a replica without it "
-         "fails the deploy. Default: required if MODRESNET_API_KEY is set in this shell.")]
+Backend = Annotated[
+    str,
+    typer.Option(
+        help="onnx (exported once per checkpoint; the faster on CPU here) | torch | int8 (after "
+        "python -m serve.quantize RUN)"
+    ),
+]
+Address = Annotated[
+    str | None,
+    typer.Option(
+        help="Join this Ray cluster (e.g. auto) instead of starting one; a running app is updated "
+        "in place and the command returns."
+    ),
+]
+ApiKeyEnv = Annotated[
+    str | None,
+    typer.Option(
+        help="Require auth: the env var the replicas read the API key from; a replica without it "
+        "fails the deploy. Default: required if MODRESNET_API_KEY is set in this shell."
+    ),
+]
 
 
 def predict_url(url: str, images: Sequence[Path], top_k: int) -> list[list[dict[str, Any]]]:
@@ -33,24 +45,31 @@ def predict_url(url: str, images: Sequence[Path], top_k: int) -> list[list[dict[
 
 @user_errors
 def serve(
-    checkpoint: Annotated[Path, typer.Argument(
-        help="Run directory or checkpoint folder to serve.")],
-    host: Annotated[str, typer.Option(
-        help="Interface for the HTTP proxy (0.0.0.0: every interface).")] = "127.0.0.1",
+    checkpoint: Annotated[
+        Path, typer.Argument(help="Run directory or checkpoint folder to serve.")
+    ],
+    host: Annotated[
+        str, typer.Option(help="Interface for the HTTP proxy (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
     backend: Backend = "onnx",
     min_replicas: Annotated[int, typer.Option(help="Autoscaling lower bound.")] = 1,
     max_replicas: Annotated[int, typer.Option(help="Autoscaling upper bound.")] = 2,
-    target_ongoing_requests: Annotated[float, typer.Option(
-        help="Autoscaling target of in-flight requests per replica.")] = 8,
-    max_batch_size: Annotated[int, typer.Option(
-        help="Dynamic batching: most images per forward pass.")] = 16,
-    batch_wait_ms: Annotated[float, typer.Option(
-        help="Dynamic batching: longest wait to fill a batch.")] = 10,
-    max_ongoing_requests: Annotated[int, typer.Option(
-        help="Requests one replica works on at once.")] = 32,
-    max_queued_requests: Annotated[int, typer.Option(
-        help="Queued requests before 429 + Retry-After (-1: unbounded).")] = 32,
+    target_ongoing_requests: Annotated[
+        float, typer.Option(help="Autoscaling target of in-flight requests per replica.")
+    ] = 8,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Dynamic batching: most images per forward pass.")
+    ] = 16,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="Dynamic batching: longest wait to fill a batch.")
+    ] = 10,
+    max_ongoing_requests: Annotated[
+        int, typer.Option(help="Requests one replica works on at once.")
+    ] = 32,
+    max_queued_requests: Annotated[
+        int, typer.Option(help="Queued requests before 429 + Retry-After (-1: unbounded).")
+    ] = 32,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body; larger gets 413.")] = 10,
     replica_cpus: Annotated[float, typer.Option(help="Logical CPUs each replica reserves.")] = 1.0,
     threads: Annotated[int, typer.Option(help="Inference threads per replica.")] = 1,
@@ -71,20 +90,33 @@ def serve(
     try:
         from serve.app import ServeArgs
 
-        args = ServeArgs.model_validate({
-            "checkpoint": str(checkpoint), "backend": backend, "threads": threads,
-            "replica_cpus": replica_cpus, "min_replicas": min_replicas,
-            "max_replicas": max_replicas, "target_ongoing_requests": target_ongoing_requests,
-            "max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_ms / 1000,
-            "max_ongoing_requests": max_ongoing_requests,
-            "max_queued_requests": max_queued_requests,
-            "max_body_bytes": int(max_body_mb * 1024 * 1024),
-            "api_key_env": api_key_env or "MODRESNET_API_KEY",
-            "api_key_required": bool(api_key_env or os.environ.get("MODRESNET_API_KEY"))})
+        args = ServeArgs.model_validate(
+            {
+                "checkpoint": str(checkpoint),
+                "backend": backend,
+                "threads": threads,
+                "replica_cpus": replica_cpus,
+                "min_replicas": min_replicas,
+                "max_replicas": max_replicas,
+                "target_ongoing_requests": target_ongoing_requests,
+                "max_batch_size": max_batch_size,
+                "batch_wait_timeout_s": batch_wait_ms / 1000,
+                "max_ongoing_requests": max_ongoing_requests,
+                "max_queued_requests": max_queued_requests,
+                "max_body_bytes": int(max_body_mb * 1024 * 1024),
+                "api_key_env": api_key_env or "MODRESNET_API_KEY",
+                "api_key_required": bool(api_key_env or os.environ.get("MODRESNET_API_KEY")),
+            }
+        )
     except ValidationError as err:
         first = err.errors()[0]
         raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
     from serve.launch import serve_app
 
-    serve_app(args, host=host, port=port, address=address,
-              info=lambda line: console.print(line, highlight=False))
+    serve_app(
+        args,
+        host=host,
+        port=port,
+        address=address,
+        info=lambda line: console.print(line, highlight=False),
+    )

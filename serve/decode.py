@@ -49,8 +49,13 @@ def _decode(data: bytes, max_pixels: int, budget: int) -> tuple[torch.Tensor, in
 
 
 class DecodePool:
-    def __init__(self, workers: int = 2, timeout_s: float = 2.0, max_pixels: int = 16_000_000,
-                 request_pixels: int = 32_000_000) -> None:
+    def __init__(
+        self,
+        workers: int = 2,
+        timeout_s: float = 2.0,
+        max_pixels: int = 16_000_000,
+        request_pixels: int = 32_000_000,
+    ) -> None:
         self.workers = workers
         self.timeout_s = timeout_s
         self.max_pixels = max_pixels
@@ -71,10 +76,12 @@ class DecodePool:
             except ImageError as err:
                 raise DecodeError(400, f"{name}: {err}") from None
             except _OverBudget as err:
-                raise DecodeError(413, f"{name}: {err.args[0]:,} pixels; this request has "
-                                       f"{budget:,} of its {self.request_pixels:,}-pixel "
-                                       f"decoding budget left: send fewer or smaller images"
-                                  ) from None
+                raise DecodeError(
+                    413,
+                    f"{name}: {err.args[0]:,} pixels; this request has "
+                    f"{budget:,} of its {self.request_pixels:,}-pixel "
+                    f"decoding budget left: send fewer or smaller images",
+                ) from None
             budget -= pixels
             out.append(tensor)
         return out
@@ -90,9 +97,14 @@ class DecodePool:
             return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
         except TimeoutError:
             self.timeouts += 1
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # consume it: no "never retrieved"
-            raise DecodeError(413, f"{name}: decoding took over {self.timeout_s:g} s; send a "
-                                   f"smaller image (it is classified at 32x32 anyway)") from None
+            future.add_done_callback(
+                lambda f: f.cancelled() or f.exception()
+            )  # consume it: no "never retrieved"
+            raise DecodeError(
+                413,
+                f"{name}: decoding took over {self.timeout_s:g} s; send a "
+                f"smaller image (it is classified at 32x32 anyway)",
+            ) from None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -46,15 +46,23 @@ class DemoResult:
 def _http_labels(url: str, pngs: list[bytes], workers: int = 4) -> list[str]:
     from serve.client import predict_files
 
-    chunks = [[(f"test{i + j}.png", data) for j, data in enumerate(pngs[i:i + CHUNK])]
-              for i in range(0, len(pngs), CHUNK)]
+    chunks = [
+        [(f"test{i + j}.png", data) for j, data in enumerate(pngs[i : i + CHUNK])]
+        for i in range(0, len(pngs), CHUNK)
+    ]
     with ThreadPoolExecutor(workers) as pool:
         answers = pool.map(lambda files: predict_files(url, files, top_k=1, timeout=120), chunks)
         return [a["top_k"][0]["label"] for batch in answers for a in batch]
 
 
-def demo(run: str | Path, n: int = 8, port: int | None = None, backend: str = "onnx",
-         data_dir: str | None = None, print_fn=print) -> DemoResult:
+def demo(
+    run: str | Path,
+    n: int = 8,
+    port: int | None = None,
+    backend: str = "onnx",
+    data_dir: str | None = None,
+    print_fn=print,
+) -> DemoResult:
     """Serve `run` on 127.0.0.1, classify every test image over HTTP, compare with the local
     evaluation of the same checkpoint, print a few answers, shut down."""
     import dataclasses
@@ -71,8 +79,13 @@ def demo(run: str | Path, n: int = 8, port: int | None = None, backend: str = "o
 
     predictor = Predictor.from_path(run)  # exactly what `modresnet evaluate RUN` loads
     loaded = predictor.loaded
-    data_cfg = dataclasses.replace(loaded.config.data, data_dir=data_dir or loaded.config.data.data_dir,
-                                   subset=None, val_subset=None, test_subset=None)
+    data_cfg = dataclasses.replace(
+        loaded.config.data,
+        data_dir=data_dir or loaded.config.data.data_dir,
+        subset=None,
+        val_subset=None,
+        test_subset=None,
+    )
     cifar = load_cifar10(data_cfg)
     test, classes = cifar.test, cifar.classes
     local = predictor.probabilities(test.x).argmax(1)
@@ -87,11 +100,16 @@ def demo(run: str | Path, n: int = 8, port: int | None = None, backend: str = "o
     try:
         start("127.0.0.1", port)
         url = f"http://127.0.0.1:{port}"
-        deploy(ServeArgs.model_validate({"checkpoint": str(run), "backend": backend,
-                                         "max_replicas": 1}))
+        deploy(
+            ServeArgs.model_validate(
+                {"checkpoint": str(run), "backend": backend, "max_replicas": 1}
+            )
+        )
         wait_ready(url, timeout=300, sha256=loaded.sha256)
-        print_fn(f"serving {loaded.sha256[:12]} ({backend}) at {url}: sending all "
-                 f"{len(pngs):,} test images as PNG files, {CHUNK} per POST /predict")
+        print_fn(
+            f"serving {loaded.sha256[:12]} ({backend}) at {url}: sending all "
+            f"{len(pngs):,} test images as PNG files, {CHUNK} per POST /predict"
+        )
         labels = _http_labels(url, pngs)
     finally:
         if owns:
@@ -105,8 +123,10 @@ def demo(run: str | Path, n: int = 8, port: int | None = None, backend: str = "o
         else:
             serve.shutdown()
 
-    rows = [{"file": f"test{i}.png", "true": truth[i], "predicted": labels[i]}
-            for i in range(min(n, len(labels)))]
+    rows = [
+        {"file": f"test{i}.png", "true": truth[i], "predicted": labels[i]}
+        for i in range(min(n, len(labels)))
+    ]
     if rows:
         print_fn(f"{'image':<11} {'true':<11} {'over HTTP':<11}")
         for r in rows:
@@ -116,9 +136,11 @@ def demo(run: str | Path, n: int = 8, port: int | None = None, backend: str = "o
     http_acc = sum(a == b for a, b in zip(labels, truth, strict=False)) / total
     local_acc = sum(a == b for a, b in zip(local_labels, truth, strict=False)) / total
     agree = sum(a == b for a, b in zip(labels, local_labels, strict=False))
-    print_fn(f"over HTTP: {100 * http_acc:.2f}% of {total:,} test images correct; "
-             f"`modresnet evaluate`: {100 * local_acc:.2f}%; the two agree on "
-             f"{agree:,}/{total:,} images")
+    print_fn(
+        f"over HTTP: {100 * http_acc:.2f}% of {total:,} test images correct; "
+        f"`modresnet evaluate`: {100 * local_acc:.2f}%; the two agree on "
+        f"{agree:,}/{total:,} images"
+    )
     return DemoResult(url, loaded.sha256, backend, total, http_acc, local_acc, agree, rows)
 
 
@@ -136,8 +158,9 @@ def _cli() -> str:
     return "modresnet"
 
 
-def summary_table(run_path: str | Path, result: DemoResult,
-                  tune: str | Path | None = None) -> Table:
+def summary_table(
+    run_path: str | Path, result: DemoResult, tune: str | Path | None = None
+) -> Table:
     from rich.table import Table
 
     from modresnet import config as configs
@@ -153,38 +176,57 @@ def summary_table(run_path: str | Path, result: DemoResult,
     train_n = config.data.subset or 50000 - config.data.val_size
     cli = _cli()
 
-    table = Table(title="modresnet demo summary: a demo-sized run, not a real model",
-                  title_justify="left", show_header=False)
+    table = Table(
+        title="modresnet demo summary: a demo-sized run, not a real model",
+        title_justify="left",
+        show_header=False,
+    )
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
-    table.add_row("trained", f"ModifiedResNet, {flavor} flavor, with {how}; recipe: "
-                             f"{config.optim.name} lr {config.optim.lr:g}, "
-                             f"{config.schedule.name} schedule")
+    table.add_row(
+        "trained",
+        f"ModifiedResNet, {flavor} flavor, with {how}; recipe: "
+        f"{config.optim.name} lr {config.optim.lr:g}, "
+        f"{config.schedule.name} schedule",
+    )
     table.add_row("data", f"{train_n:,} CIFAR-10 training images, {len(history)} epochs")
-    table.add_row("test accuracy", f"{100 * test['test_acc']:.2f}% on {test['n']:,} test images "
-                                   f"(over HTTP {100 * result.http_acc:.2f}%, agreeing with "
-                                   f"`evaluate` on {result.agree:,}/{result.n:,})")
+    table.add_row(
+        "test accuracy",
+        f"{100 * test['test_acc']:.2f}% on {test['n']:,} test images "
+        f"(over HTTP {100 * result.http_acc:.2f}%, agreeing with "
+        f"`evaluate` on {result.agree:,}/{result.n:,})",
+    )
     table.add_row("learning curves", str(run.path / "curves.png"))
     if tune is not None and (Path(tune) / "summary.json").exists():
         s = json.loads((Path(tune) / "summary.json").read_text())
-        table.add_row("best search trial",
-                      f"{s['best_trial']}: validation {100 * s['best_val_acc']:.1f}%, test "
-                      f"{100 * s['test_acc']:.1f}% ({s['trials']} trials, {s['stopped_early']} "
-                      f"stopped early by ASHA); {s['best_run']}")
+        table.add_row(
+            "best search trial",
+            f"{s['best_trial']}: validation {100 * s['best_val_acc']:.1f}%, test "
+            f"{100 * s['test_acc']:.1f}% ({s['trials']} trials, {s['stopped_early']} "
+            f"stopped early by ASHA); {s['best_run']}",
+        )
     table.add_row("served", f"{result.url} ({result.backend}; stopped when the demo ended)")
-    table.add_row("a real model", f"{cli} train --preset paper --gpu --workers 1   (the paper's "
-                                  f"2.78M-parameter model, 50 epochs, on a GPU)")
-    table.add_row("a real search", f"{cli} tune --preset paper --samples 16 --max-epochs 10 "
-                                   f"--include-paper")
+    table.add_row(
+        "a real model",
+        f"{cli} train --preset paper --gpu --workers 1   (the paper's "
+        f"2.78M-parameter model, 50 epochs, on a GPU)",
+    )
+    table.add_row(
+        "a real search", f"{cli} tune --preset paper --samples 16 --max-epochs 10 --include-paper"
+    )
     table.add_row("serve it", f"{cli} serve {run.path}   (then open http://127.0.0.1:8000)")
-    table.add_row("on a cluster", "README.md, \"From laptop to cluster\": "
-                                  f"eval \"$({cli} cluster up)\", then {cli} jobs submit ...")
+    table.add_row(
+        "on a cluster",
+        'README.md, "From laptop to cluster": '
+        f'eval "$({cli} cluster up)", then {cli} jobs submit ...',
+    )
     return table
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run")
     parser.add_argument("--n", type=int, default=8, help="answers to print (all are checked)")
     parser.add_argument("--port", type=int, default=None)
@@ -198,11 +240,18 @@ def main() -> None:
 
     console = Console()
     try:
-        result = demo(args.run, args.n, args.port, args.backend,
-                      print_fn=lambda line: console.print(line, highlight=False, soft_wrap=True))
+        result = demo(
+            args.run,
+            args.n,
+            args.port,
+            args.backend,
+            print_fn=lambda line: console.print(line, highlight=False, soft_wrap=True),
+        )
         if result.agree != result.n:
-            console.print(f"[bold red]error:[/] the served model disagrees with `modresnet "
-                          f"evaluate` on {result.n - result.agree:,} test images")
+            console.print(
+                f"[bold red]error:[/] the served model disagrees with `modresnet "
+                f"evaluate` on {result.n - result.agree:,} test images"
+            )
             sys.exit(1)
         console.print(summary_table(args.run, result, args.tune))
     except UserError as err:

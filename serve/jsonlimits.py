@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-MAX_DEPTH = 32          # a v2 tensor nested [N][32][32][3] inside its request is depth 6
+MAX_DEPTH = 32  # a v2 tensor nested [N][32][32][3] inside its request is depth 6
 MAX_NUMBER_DIGITS = 40  # digits in a row: more than any int64 or float64 needs written out
 
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
@@ -84,8 +84,10 @@ def loads(body: bytes, max_depth: int = MAX_DEPTH) -> Any:
     if depth > max_depth:
         raise JsonLimitError(f"JSON nested {depth:,} levels deep; the limit is {max_depth}")
     if digits > MAX_NUMBER_DIGITS:
-        raise JsonLimitError(f"a number with {digits:,} digits in a row; numbers may have at "
-                             f"most {MAX_NUMBER_DIGITS}")
+        raise JsonLimitError(
+            f"a number with {digits:,} digits in a row; numbers may have at "
+            f"most {MAX_NUMBER_DIGITS}"
+        )
     try:
         # Hooks on every int/float would cost ~10x; parse_constant only sees NaN/Infinity.
         # Overflowing exponents (1e400) parse to inf: callers that take numbers check

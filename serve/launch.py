@@ -17,10 +17,16 @@ from serve.app import deploy, start, wait_ready
 from serve.args import APP_NAME, ServeArgs
 
 
-def serve_app(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
-              address: str | None = None, block: bool = True,
-              info: Callable[[str], None] = print, name: str = APP_NAME,
-              route_prefix: str = "/") -> str:
+def serve_app(
+    args: ServeArgs,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str | None = None,
+    block: bool = True,
+    info: Callable[[str], None] = print,
+    name: str = APP_NAME,
+    route_prefix: str = "/",
+) -> str:
     """Deploy `args`; with an existing app of the same name the replicas roll over to the new
     checkpoint with no downtime. Blocks until Ctrl-C/SIGTERM when this process owns Ray."""
     from ray import serve
@@ -33,13 +39,17 @@ def serve_app(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
         from serve.quantize import int8_paths
 
         if not int8_paths(loaded)[0].exists():
-            raise UserError(f"--backend int8: {args.checkpoint} has no int8 model yet; make it "
-                            f"once with `python -m serve.quantize {args.checkpoint}`, or use "
-                            f"--backend onnx")
+            raise UserError(
+                f"--backend int8: {args.checkpoint} has no int8 model yet; make it "
+                f"once with `python -m serve.quantize {args.checkpoint}`, or use "
+                f"--backend onnx"
+            )
     owns = connect(address) == "embedded"  # else Serve outlives this process
     start(host, port)
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}" + \
-        route_prefix.rstrip("/")
+    url = (
+        f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        + route_prefix.rstrip("/")
+    )
     try:
         rolling = name in serve.status().applications
         info(("rolling the running app over to " if rolling else "deploying ") + args.checkpoint)
@@ -48,10 +58,12 @@ def serve_app(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
         except RuntimeError as err:  # DEPLOY_FAILED: the replicas' constructor error inside
             err = RuntimeError(f"{err}\n{_failure_detail(name)}")
             if "api_key_required" in str(err):
-                raise UserError(f"deployment failed, no replica could read the API key: "
-                                f"export {args.api_key_env} on every Ray node before `ray "
-                                f"start`, then run this again. (Serve said: "
-                                f"{_last_line(err, 'api_key_required')})") from None
+                raise UserError(
+                    f"deployment failed, no replica could read the API key: "
+                    f"export {args.api_key_env} on every Ray node before `ray "
+                    f"start`, then run this again. (Serve said: "
+                    f"{_last_line(err, 'api_key_required')})"
+                ) from None
             raise UserError(f"deployment failed: {_last_line(err)}") from None
         wait_ready(url, timeout=300, headers=_headers(args), sha256=sha)
         if args.api_key_required:
@@ -78,12 +90,18 @@ def check_auth_enforced(url: str) -> None:
     """Fail unless an unauthenticated POST /predict is refused with 401."""
     import httpx
 
-    r = httpx.post(url.rstrip("/") + "/predict", content=b"{}", timeout=30,
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        url.rstrip("/") + "/predict",
+        content=b"{}",
+        timeout=30,
+        headers={"content-type": "application/json"},
+    )
     if r.status_code != 401:
-        raise UserError(f"auth was required but an unauthenticated POST {url}/predict got HTTP "
-                        f"{r.status_code}, not 401: a replica is serving without the key. Run "
-                        f"`serve shutdown` and check the key's env var on every node.")
+        raise UserError(
+            f"auth was required but an unauthenticated POST {url}/predict got HTTP "
+            f"{r.status_code}, not 401: a replica is serving without the key. Run "
+            f"`serve shutdown` and check the key's env var on every node."
+        )
 
 
 def _failure_detail(name: str) -> str:

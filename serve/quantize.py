@@ -47,16 +47,26 @@ def _session(model: bytes | str, threads: int = 2):
 def accuracy(session, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
     hits = 0
     for i in range(0, len(x), batch):
-        probs = session.run(["probabilities"], {"input": x[i:i + batch]})[0]
-        hits += int((probs.argmax(1) == y[i:i + batch]).sum())
+        probs = session.run(["probabilities"], {"input": x[i : i + batch]})[0]
+        hits += int((probs.argmax(1) == y[i : i + batch]).sum())
     return 100.0 * hits / len(x)
 
 
-def quantize(loaded: LoadedModel, calibration: int = DEFAULT_CALIBRATION,
-             max_drop: float = MAX_DROP_POINTS, data_dir: str | None = None,
-             test_images: int | None = None, info=print) -> dict:
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quant_pre_process, quantize_static)
+def quantize(
+    loaded: LoadedModel,
+    calibration: int = DEFAULT_CALIBRATION,
+    max_drop: float = MAX_DROP_POINTS,
+    data_dir: str | None = None,
+    test_images: int | None = None,
+    info=print,
+) -> dict:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     from modresnet.data import load_cifar10
     from serve.backends import cached_onnx
@@ -73,7 +83,7 @@ def quantize(loaded: LoadedModel, calibration: int = DEFAULT_CALIBRATION,
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([val_x[i:i + 100] for i in range(0, len(val_x), 100)])
+            self.batches = iter([val_x[i : i + 100] for i in range(0, len(val_x), 100)])
 
         def get_next(self):
             batch = next(self.batches, None)
@@ -85,26 +95,44 @@ def quantize(loaded: LoadedModel, calibration: int = DEFAULT_CALIBRATION,
         src, pre, out = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         src.write_bytes(fp32)
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8,
-                        nodes_to_exclude=_softmax_and_after(pre),
-                        extra_options={"ActivationSymmetric": False})
+        quantize_static(
+            str(pre),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=_softmax_and_after(pre),
+            extra_options={"ActivationSymmetric": False},
+        )
         int8 = out.read_bytes()
     quantize_s = time.perf_counter() - start
     acc32 = accuracy(_session(fp32), test_x, test_y)
     acc8 = accuracy(_session(int8), test_x, test_y)
-    report = {"calibration_images": n, "calibration_split": "val", "test_images": len(test_y),
-              "fp32_test_acc": round(acc32, 2), "int8_test_acc": round(acc8, 2),
-              "drop_points": round(acc32 - acc8, 2), "max_drop_points": max_drop,
-              "quantize_s": round(quantize_s, 1), "fp32_bytes": len(fp32), "int8_bytes": len(int8)}
-    info(f"int8: calibrated on {n} validation images in {quantize_s:.1f}s; test accuracy "
-         f"fp32 {acc32:.2f}% -> int8 {acc8:.2f}% (drop {acc32 - acc8:+.2f} points, limit "
-         f"{max_drop}); {len(fp32):,} -> {len(int8):,} bytes")
+    report = {
+        "calibration_images": n,
+        "calibration_split": "val",
+        "test_images": len(test_y),
+        "fp32_test_acc": round(acc32, 2),
+        "int8_test_acc": round(acc8, 2),
+        "drop_points": round(acc32 - acc8, 2),
+        "max_drop_points": max_drop,
+        "quantize_s": round(quantize_s, 1),
+        "fp32_bytes": len(fp32),
+        "int8_bytes": len(int8),
+    }
+    info(
+        f"int8: calibrated on {n} validation images in {quantize_s:.1f}s; test accuracy "
+        f"fp32 {acc32:.2f}% -> int8 {acc8:.2f}% (drop {acc32 - acc8:+.2f} points, limit "
+        f"{max_drop}); {len(fp32):,} -> {len(int8):,} bytes"
+    )
     if acc32 - acc8 > max_drop:
-        raise UserError(f"int8 loses {acc32 - acc8:.2f} accuracy points on the test split, over "
-                        f"the limit of {max_drop}: not written. Try --calibration with more "
-                        f"images, or serve with --backend onnx")
+        raise UserError(
+            f"int8 loses {acc32 - acc8:.2f} accuracy points on the test split, over "
+            f"the limit of {max_drop}: not written. Try --calibration with more "
+            f"images, or serve with --backend onnx"
+        )
     model_path, report_path = int8_paths(loaded)
     model_path.parent.mkdir(exist_ok=True)
     model_path.write_bytes(int8)
@@ -122,24 +150,44 @@ def _softmax_and_after(path: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve.quantize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m serve.quantize",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("checkpoint", help="run directory or checkpoint folder")
-    parser.add_argument("--calibration", type=int, default=DEFAULT_CALIBRATION,
-                        help="validation images to calibrate on")
-    parser.add_argument("--max-drop", type=float, default=MAX_DROP_POINTS,
-                        help="most test-accuracy points int8 may lose")
+    parser.add_argument(
+        "--calibration",
+        type=int,
+        default=DEFAULT_CALIBRATION,
+        help="validation images to calibrate on",
+    )
+    parser.add_argument(
+        "--max-drop",
+        type=float,
+        default=MAX_DROP_POINTS,
+        help="most test-accuracy points int8 may lose",
+    )
     parser.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py")
-    parser.add_argument("--test-images", type=int, default=None,
-                        help="measure on the first N test images (default: all 10,000)")
+    parser.add_argument(
+        "--test-images",
+        type=int,
+        default=None,
+        help="measure on the first N test images (default: all 10,000)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.calibration < 1:
             raise UserError("--calibration: must be at least 1")
         if args.test_images is not None and args.test_images < 1:
             raise UserError("--test-images: must be at least 1")
-        quantize(load_model(args.checkpoint), args.calibration, args.max_drop, args.data_dir,
-                 args.test_images)
+        quantize(
+            load_model(args.checkpoint),
+            args.calibration,
+            args.max_drop,
+            args.data_dir,
+            args.test_images,
+        )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

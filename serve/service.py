@@ -41,7 +41,8 @@ def _in_replica() -> bool:
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": schemas.ErrorBody} for code in (400, 401, 408, 413, 415, 429, 503)}
+    code: {"model": schemas.ErrorBody} for code in (400, 401, 408, 413, 415, 429, 503)
+}
 
 
 class MissingApiKey(RuntimeError):
@@ -58,7 +59,8 @@ def read_api_keys(args: ServeArgs) -> list[str] | None:
             f"api_key_required is set but the environment variable {args.api_key_env} is unset "
             f"or empty in this replica (node {socket.gethostname()}); refusing to serve without "
             f"auth. Fix: export {args.api_key_env} on every Ray node before `ray start` (replicas "
-            f"inherit the raylet's environment), then deploy again.")
+            f"inherit the raylet's environment), then deploy again."
+        )
     return keys
 
 
@@ -79,8 +81,12 @@ class Service:
         self.backend = make_backend(self.args.backend, self.loaded, self.args.threads)
         self.load_s = time.perf_counter() - start
         self.classes = self.loaded.classes
-        self.decoder = DecodePool(self.args.decode_workers, self.args.decode_timeout_s,
-                                  self.args.max_pixels, self.args.request_pixels)
+        self.decoder = DecodePool(
+            self.args.decode_workers,
+            self.args.decode_timeout_s,
+            self.args.max_pixels,
+            self.args.request_pixels,
+        )
         batcher: Any = self._infer  # serve.batch's setters are not in its type
         batcher.set_max_batch_size(self.args.max_batch_size)
         batcher.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
@@ -110,8 +116,9 @@ class Service:
 
     async def _probabilities(self, images: list[torch.Tensor]) -> np.ndarray:
         if not self._in_replica:  # in-process (tests): serve.batch needs a replica context
-            return (await asyncio.to_thread(self.backend.probabilities, torch.stack(images))
-                    ).astype(np.float32)
+            return (
+                await asyncio.to_thread(self.backend.probabilities, torch.stack(images))
+            ).astype(np.float32)
         rows = await asyncio.gather(*(self._infer(img) for img in images))
         return np.stack(rows).astype(np.float32)
 
@@ -135,10 +142,12 @@ class Service:
         self._auth(request)
         body = await schemas.read_body(request, self.args.max_body_bytes, self.args.body_timeout_s)
         images, names, body_k = await schemas.parse_predict(
-            request, body, self.args.max_images, self.decoder)
+            request, body, self.args.max_images, self.decoder
+        )
         if len(images) > self.args.max_images:
-            raise ApiError(413, f"{len(images)} images in one request; the limit is "
-                                f"{self.args.max_images}")
+            raise ApiError(
+                413, f"{len(images)} images in one request; the limit is {self.args.max_images}"
+            )
         k = top_k or body_k or self.args.top_k
         if not 1 <= k <= len(self.classes):
             raise ApiError(400, f"top_k: must be between 1 and {len(self.classes)}; got {k}")
@@ -146,9 +155,13 @@ class Service:
         self.requests += 1
         rows = schemas.top_k_rows(probs, self.classes, k)
         return schemas.PredictResponse(
-            model_sha256=self.loaded.sha256, backend=self.backend.name,
-            predictions=[schemas.ImagePrediction(index=i, filename=n, top_k=r)
-                         for i, (n, r) in enumerate(zip(names, rows, strict=False))])
+            model_sha256=self.loaded.sha256,
+            backend=self.backend.name,
+            predictions=[
+                schemas.ImagePrediction(index=i, filename=n, top_k=r)
+                for i, (n, r) in enumerate(zip(names, rows, strict=False))
+            ],
+        )
 
     def live(self) -> dict:
         return {"live": True}
@@ -158,13 +171,19 @@ class Service:
 
     def model_metadata(self, request: Request) -> dict:
         self._auth(request)
-        return {"name": schemas.MODEL_NAME, "versions": [self.loaded.sha256[:12]],
-                "platform": "onnxruntime_onnx" if self.backend.name in ("onnx", "int8") else "pytorch_torch",
-                # One input. Also accepted under the same name: datatype FP32 (0..1) and/or
-                # shape [-1, 3, 32, 32] (NCHW); the request's datatype and shape choose.
-                "inputs": [{"name": "input", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}],
-                "outputs": [{"name": "probabilities", "datatype": "FP32",
-                             "shape": [-1, len(self.classes)]}]}
+        return {
+            "name": schemas.MODEL_NAME,
+            "versions": [self.loaded.sha256[:12]],
+            "platform": "onnxruntime_onnx"
+            if self.backend.name in ("onnx", "int8")
+            else "pytorch_torch",
+            # One input. Also accepted under the same name: datatype FP32 (0..1) and/or
+            # shape [-1, 3, 32, 32] (NCHW); the request's datatype and shape choose.
+            "inputs": [{"name": "input", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}],
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(self.classes)]}
+            ],
+        }
 
     def model_ready(self) -> dict:
         return {"name": schemas.MODEL_NAME, "ready": True}
@@ -177,15 +196,28 @@ class Service:
         probs = await self._probabilities(list(x))
         self.requests += 1
         response = schemas.InferResponse(
-            model_name=schemas.MODEL_NAME, model_version=self.loaded.sha256[:12], id=req.id,
-            outputs=[schemas.InferOutput(name="probabilities", shape=list(probs.shape),
-                                         datatype="FP32", data=probs.reshape(-1).tolist())])
+            model_name=schemas.MODEL_NAME,
+            model_version=self.loaded.sha256[:12],
+            id=req.id,
+            outputs=[
+                schemas.InferOutput(
+                    name="probabilities",
+                    shape=list(probs.shape),
+                    datatype="FP32",
+                    data=probs.reshape(-1).tolist(),
+                )
+            ],
+        )
         if not v2binary.wants_binary_output(req.parameters, req.outputs):
             return response
-        body, json_size = v2binary.encode_response(response.model_dump(exclude_none=True),
-                                                   {"probabilities": probs})
-        return Response(body, media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(json_size)})
+        body, json_size = v2binary.encode_response(
+            response.model_dump(exclude_none=True), {"probabilities": probs}
+        )
+        return Response(
+            body,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(json_size)},
+        )
 
     def model_info(self, request: Request) -> dict:
         """The checkpoint this replica serves, and its batching statistics."""
@@ -193,24 +225,37 @@ class Service:
         cfg = self.loaded.config
         metrics = self.loaded.meta.get("metrics", {})
         return {
-            "sha256": self.loaded.sha256, "classes": list(self.classes),
-            "path": str(self.loaded.path), "epoch": self.loaded.meta.get("epoch"),
-            "val_acc": metrics.get("val_acc"), "test_acc": metrics.get("test_acc"),
-            "config": {"model": {k: v for k, v in cfg.to_dict()["model"].items()},
-                       "mean": list(cfg.data.mean), "std": list(cfg.data.std)},
-            "backend": self.backend.name, "load_s": round(self.load_s, 3),
-            "replica": {"pid": os.getpid(), "requests": self.requests,
-                        "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
-                        "max_batch_size": self.args.max_batch_size,
-                        "batch_wait_timeout_s": self.args.batch_wait_timeout_s},
+            "sha256": self.loaded.sha256,
+            "classes": list(self.classes),
+            "path": str(self.loaded.path),
+            "epoch": self.loaded.meta.get("epoch"),
+            "val_acc": metrics.get("val_acc"),
+            "test_acc": metrics.get("test_acc"),
+            "config": {
+                "model": {k: v for k, v in cfg.to_dict()["model"].items()},
+                "mean": list(cfg.data.mean),
+                "std": list(cfg.data.std),
+            },
+            "backend": self.backend.name,
+            "load_s": round(self.load_s, 3),
+            "replica": {
+                "pid": os.getpid(),
+                "requests": self.requests,
+                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+                "max_batch_size": self.args.max_batch_size,
+                "batch_wait_timeout_s": self.args.batch_wait_timeout_s,
+            },
         }
 
 
 def make_api(svc: Service) -> FastAPI:
     """The FastAPI app of one replica (built in the replica: FastAPI apps do not pickle)."""
-    app = FastAPI(title="modresnet", version="1",
-                  description="CIFAR-10 ModifiedResNet classifier: /predict for image files, the "
-                              "Open Inference Protocol v2 under /v2, a web page at /.")
+    app = FastAPI(
+        title="modresnet",
+        version="1",
+        description="CIFAR-10 ModifiedResNet classifier: /predict for image files, the "
+        "Open Inference Protocol v2 under /v2, a web page at /.",
+    )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError):
@@ -224,14 +269,32 @@ def make_api(svc: Service) -> FastAPI:
     async def _http_error(request: Request, err: StarletteHTTPException):
         return error_response(err.status_code, str(err.detail))
 
-    app.add_api_route("/", svc.page, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
-    app.add_api_route("/predict", svc.predict, methods=["POST"], response_model=schemas.PredictResponse, responses=ERRORS,
-                      openapi_extra=schemas.PREDICT_OPENAPI)
+    app.add_api_route(
+        "/", svc.page, methods=["GET"], response_class=HTMLResponse, include_in_schema=False
+    )
+    app.add_api_route(
+        "/predict",
+        svc.predict,
+        methods=["POST"],
+        response_model=schemas.PredictResponse,
+        responses=ERRORS,
+        openapi_extra=schemas.PREDICT_OPENAPI,
+    )
     app.add_api_route("/v2/health/live", svc.live, methods=["GET"])
     app.add_api_route("/v2/health/ready", svc.ready, methods=["GET"])
-    app.add_api_route("/v2/models/" + schemas.MODEL_NAME, svc.model_metadata, methods=["GET"], responses=ERRORS)
-    app.add_api_route("/v2/models/" + schemas.MODEL_NAME + "/ready", svc.model_ready, methods=["GET"])
-    app.add_api_route("/v2/models/" + schemas.MODEL_NAME + "/infer", svc.infer, methods=["POST"], response_model=schemas.InferResponse,
-                      responses=ERRORS, openapi_extra=schemas.INFER_OPENAPI)
+    app.add_api_route(
+        "/v2/models/" + schemas.MODEL_NAME, svc.model_metadata, methods=["GET"], responses=ERRORS
+    )
+    app.add_api_route(
+        "/v2/models/" + schemas.MODEL_NAME + "/ready", svc.model_ready, methods=["GET"]
+    )
+    app.add_api_route(
+        "/v2/models/" + schemas.MODEL_NAME + "/infer",
+        svc.infer,
+        methods=["POST"],
+        response_model=schemas.InferResponse,
+        responses=ERRORS,
+        openapi_extra=schemas.INFER_OPENAPI,
+    )
     app.add_api_route("/model", svc.model_info, methods=["GET"], responses=ERRORS)
     return app

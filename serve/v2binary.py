@@ -32,8 +32,9 @@ def split_body(body: bytes, header_value: str) -> tuple[bytes, bytes]:
         raise BinaryError(f"Inference-Header-Content-Length {value[:20]!r} is not a byte count")
     n = int(value)
     if n == 0 or n > len(body):
-        raise BinaryError(f"Inference-Header-Content-Length {n} does not fit a body of "
-                          f"{len(body)} bytes")
+        raise BinaryError(
+            f"Inference-Header-Content-Length {n} does not fit a body of {len(body)} bytes"
+        )
     return body[:n], body[n:]
 
 
@@ -51,8 +52,10 @@ def tensor_from_bytes(data: bytes, datatype: str, expected: int) -> np.ndarray:
     """Raw bytes of one input -> flat array of its datatype, `expected` values long."""
     dtype = DTYPES[datatype]
     if len(data) != expected * dtype.itemsize:
-        raise BinaryError(f"input has {len(data)} bytes of binary data; its shape and datatype "
-                          f"{datatype} need {expected * dtype.itemsize}")
+        raise BinaryError(
+            f"input has {len(data)} bytes of binary data; its shape and datatype "
+            f"{datatype} need {expected * dtype.itemsize}"
+        )
     return np.frombuffer(data, dtype=dtype)
 
 

@@ -56,8 +56,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if DATA_ROOT is None:
-        raise RuntimeError("this test needs the real CIFAR-10: set MODRESNET_DATA to the folder "
-                           "that holds cifar-10-batches-py (make test-fast runs without it)")
+        raise RuntimeError(
+            "this test needs the real CIFAR-10: set MODRESNET_DATA to the folder "
+            "that holds cifar-10-batches-py (make test-fast runs without it)"
+        )
     return DATA_ROOT
 
 

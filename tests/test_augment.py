@@ -30,14 +30,25 @@ def test_shape_dtype_and_range(batch):
 
 def test_strength_zero_is_identity(batch):
     assert torch.equal(augment(batch, OFF, gen()), batch.float() / 255)
-    assert torch.allclose(augment(batch, OFF, gen(), (0.5,) * 3, (0.25,) * 3),
-                          (batch.float() / 255 - 0.5) / 0.25)
+    assert torch.allclose(
+        augment(batch, OFF, gen(), (0.5,) * 3, (0.25,) * 3), (batch.float() / 255 - 0.5) / 0.25
+    )
 
 
-@pytest.mark.parametrize("field, value", [
-    ("crop_padding", 4), ("brightness", 0.3), ("contrast", 0.3), ("saturation", 0.3),
-    ("hue", 0.1), ("rotation", 20.0), ("translate", 0.1), ("cutout", 8), ("flip", 0.5),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("crop_padding", 4),
+        ("brightness", 0.3),
+        ("contrast", 0.3),
+        ("saturation", 0.3),
+        ("hue", 0.1),
+        ("rotation", 20.0),
+        ("translate", 0.1),
+        ("cutout", 8),
+        ("flip", 0.5),
+    ],
+)
 def test_each_family_changes_images(batch, field, value):
     out = augment(batch, dataclasses.replace(OFF, **{field: value}), gen())
     assert not torch.allclose(out, batch.float() / 255)

@@ -10,9 +10,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_recipes_smoke(tmp_path):
-    out = subprocess.run([sys.executable, "tests/benchmarks/gpu_recipes.py", "--smoke",
-                          "--runs", "fast15:1", "--out", str(tmp_path)],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "tests/benchmarks/gpu_recipes.py",
+            "--smoke",
+            "--runs",
+            "fast15:1",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["device"] == "cpu" and set(result["presets"]) == {"fast15"}

@@ -55,11 +55,14 @@ def test_run_directory_resolves_to_best(saved, tmp_path):
     assert checkpoint.load_model(run / "best" / "model.safetensors").path == run / "best"
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda p: (p / "model.json").unlink(), "missing"),
-    (lambda p: (p / "model.json").write_text("{nope"), "not valid JSON"),
-    (lambda p: (p / "model.json").write_text('{"format": "other"}'), "not a modresnet"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: (p / "model.json").unlink(), "missing"),
+        (lambda p: (p / "model.json").write_text("{nope"), "not valid JSON"),
+        (lambda p: (p / "model.json").write_text('{"format": "other"}'), "not a modresnet"),
+    ],
+)
 def test_broken_sidecars(saved, damage, message):
     path, _, _ = saved
     damage(path)
@@ -85,8 +88,15 @@ def test_training_state_keeps_its_on_disk_format(tmp_path):
     state.epoch, state.history = 3, [{"epoch": 3, "val_acc": 0.25}]
     checkpoint.save_training_state(tmp_path, state)
     meta = json.loads((tmp_path / checkpoint.STATE_META).read_text())
-    assert list(meta["state"]) == ["model", "optimizer", "scheduler", "ema", "scaler",
-                                   "use_ema", "rng"]
+    assert list(meta["state"]) == [
+        "model",
+        "optimizer",
+        "scheduler",
+        "ema",
+        "scaler",
+        "use_ema",
+        "rng",
+    ]
     assert meta["epoch"] == 3 and meta["history"] == state.history
     fresh = engine.build_state(cfg, build_model(cfg.model), 64)
     checkpoint.load_training_state(tmp_path, fresh)

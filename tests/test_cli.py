@@ -16,8 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "modresnet.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "modresnet.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -26,8 +30,18 @@ def run(*args, check=True):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
-    proc = run("train", "--local", "--preset", "debug", "--epochs", "2", "--storage", storage,
-               "--name", "cli")
+    proc = run(
+        "train",
+        "--local",
+        "--preset",
+        "debug",
+        "--epochs",
+        "2",
+        "--storage",
+        storage,
+        "--name",
+        "cli",
+    )
     return storage / "cli", proc.stdout
 
 
@@ -44,8 +58,16 @@ def test_summary_prints_the_parameter_total():
 def test_train_writes_a_complete_run(trained):
     run_dir, stdout = trained
     assert "test accuracy" in stdout and str(run_dir) in stdout.replace("\n", "")
-    for name in ("metrics.jsonl", "curves.png", "confusion.png", "test.json", "config.yaml",
-                 "best/model.safetensors", "best/model.json", "last/train_state.json"):
+    for name in (
+        "metrics.jsonl",
+        "curves.png",
+        "confusion.png",
+        "test.json",
+        "config.yaml",
+        "best/model.safetensors",
+        "best/model.json",
+        "last/train_state.json",
+    ):
         assert (run_dir / name).exists(), name
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
@@ -79,8 +101,9 @@ def test_predict_real_test_images(trained, small_cifar, tmp_path):
         path = tmp_path / f"img{i}.png"
         path.write_bytes(encode_png(small_cifar.test.x[i]))
         paths.append(path)
-    out = json.loads(run("predict", *paths, "--checkpoint", run_dir, "--json", "--top-k",
-                         "3").stdout)
+    out = json.loads(
+        run("predict", *paths, "--checkpoint", run_dir, "--json", "--top-k", "3").stdout
+    )
     assert len(out) == 3
     for item in out:
         probs = [r["probability"] for r in item["top_k"]]
@@ -90,15 +113,29 @@ def test_predict_real_test_images(trained, small_cifar, tmp_path):
     assert "img0" in table and "%" in table
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--local", "--preset", "debug", "--set", "optim.lrr=1"], "optim.lrr"),
-    (["train", "--local", "--preset", "debug", "--lr", "-1"], "optim.lr"),
-    (["train", "--local", "--preset", "nope"], "preset"),
-    (["train", "--local", "--preset", "debug", "--data-dir", "/nonexistent", "--set",
-      "data.download=false"], "MODRESNET_DATA"),
-    (["evaluate", "/nonexistent/run"], "no such file"),
-    (["predict", "/nonexistent.png", "--checkpoint", "/nonexistent"], "cannot read"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--local", "--preset", "debug", "--set", "optim.lrr=1"], "optim.lrr"),
+        (["train", "--local", "--preset", "debug", "--lr", "-1"], "optim.lr"),
+        (["train", "--local", "--preset", "nope"], "preset"),
+        (
+            [
+                "train",
+                "--local",
+                "--preset",
+                "debug",
+                "--data-dir",
+                "/nonexistent",
+                "--set",
+                "data.download=false",
+            ],
+            "MODRESNET_DATA",
+        ),
+        (["evaluate", "/nonexistent/run"], "no such file"),
+        (["predict", "/nonexistent.png", "--checkpoint", "/nonexistent"], "cannot read"),
+    ],
+)
 def test_user_errors_exit_2_without_traceback(args, message):
     proc = run(*args, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -114,10 +151,12 @@ def test_predict_refuses_a_non_image(trained, tmp_path):
 
 
 def test_help_imports_neither_torch_nor_ray():
-    code = ("import sys\nfrom typer.testing import CliRunner\nfrom modresnet.cli import app\n"
-            "for args in ([], ['train'], ['tune'], ['serve'], ['jobs', 'submit'], ['cluster']):\n"
-            "    assert CliRunner().invoke(app, [*args, '--help']).exit_code == 0, args\n"
-            "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom modresnet.cli import app\n"
+        "for args in ([], ['train'], ['tune'], ['serve'], ['jobs', 'submit'], ['cluster']):\n"
+        "    assert CliRunner().invoke(app, [*args, '--help']).exit_code == 0, args\n"
+        "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
 
@@ -129,13 +168,16 @@ def test_only_the_composition_root_imports_jobs_and_serve():
             assert not upward.search(path.read_text()), path
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--optimizer", "rmsprop"], "optim.name: must be one of adam, adamw, sgd; got 'rmsprop'"),
-    (["--schedule", "step"], "schedule.name: must be one of plateau"),
-    (["--device", "tpu"], "train.device: must be one of auto, cpu, cuda"),
-    (["--epochs", "0"], "train.epochs: must be between 1"),
-    (["--set", "optim.name=rmsprop"], "optim.name: must be one of"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--optimizer", "rmsprop"], "optim.name: must be one of adam, adamw, sgd; got 'rmsprop'"),
+        (["--schedule", "step"], "schedule.name: must be one of plateau"),
+        (["--device", "tpu"], "train.device: must be one of auto, cpu, cuda"),
+        (["--epochs", "0"], "train.epochs: must be between 1"),
+        (["--set", "optim.name=rmsprop"], "optim.name: must be one of"),
+    ],
+)
 def test_config_flags_are_checked_by_the_config(args, message):
     result = CliRunner().invoke(app, ["train", "--local", "--preset", "debug", *args])
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
@@ -144,6 +186,10 @@ def test_config_flags_are_checked_by_the_config(args, message):
 def test_config_flags_help_names_the_field_and_its_choices():
     help_text = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
     text = " ".join(help_text.split())
-    for fragment in ("optim.name: adam | adamw | sgd", "train.device: auto | cpu | cuda",
-                     "Model flavor (model.flavor): paper | debug", "optim.lr"):
+    for fragment in (
+        "optim.name: adam | adamw | sgd",
+        "train.device: auto | cpu | cuda",
+        "Model flavor (model.flavor): paper | debug",
+        "optim.lr",
+    ):
         assert fragment in text, fragment

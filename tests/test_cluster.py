@@ -25,8 +25,14 @@ CLIENT_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_A
 
 
 def cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "modresnet.cli", *args], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "modresnet.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def http(url: str, token: str | None = None) -> tuple[int, bytes]:
@@ -45,11 +51,18 @@ def wandb_history(wandb_dir: Path) -> list[dict]:
     assert runs, f"no offline W&B run in {wandb_dir}"
     out = []
     for run in runs:
-        read = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect",
-                               "--json", str(run)], capture_output=True, text=True, timeout=60)
+        read = subprocess.run(
+            [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(run)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert read.returncode == 0, read.stderr
-        out += [json.loads(line)["history"]["item"] for line in read.stdout.splitlines()
-                if '"type":"history"' in line]
+        out += [
+            json.loads(line)["history"]["item"]
+            for line in read.stdout.splitlines()
+            if '"type":"history"' in line
+        ]
     return out
 
 
@@ -71,9 +84,16 @@ def test_rayignore_keeps_the_package_small(tmp_path):
 
     ignored = _get_ignore_file(REPO, ".rayignore")
     assert ignored is not None, ".rayignore missing at the repo root"
-    for path in (".git/HEAD", ".venv/bin/python", "data/cifar-10-batches-py/data_batch_1",
-                 "runs/demo/best/model.safetensors", "checkpoints/x.pt", "wandb/run-1/files",
-                 "model.onnx", "modresnet-runs/a/metrics.jsonl"):
+    for path in (
+        ".git/HEAD",
+        ".venv/bin/python",
+        "data/cifar-10-batches-py/data_batch_1",
+        "runs/demo/best/model.safetensors",
+        "checkpoints/x.pt",
+        "wandb/run-1/files",
+        "model.onnx",
+        "modresnet-runs/a/metrics.jsonl",
+    ):
         assert ignored(REPO / path), f"{path} would be uploaded"
     for path in ("modresnet/cli.py", "jobs/submit.py", "serve/app.py", "pyproject.toml"):
         assert not ignored(REPO / path), f"{path} would be left out"
@@ -141,9 +161,19 @@ def _fake_state(home: Path, tmp: Path, **fields) -> Path:
     from jobs.cluster_state import ClusterState
 
     (home / "cluster").mkdir(parents=True, exist_ok=True)
-    state = ClusterState(home=str(home), temp_dir=str(tmp / "mrray-gone"), token_path=str(
-        home / "cluster" / "auth_token"), node_ip="127.0.0.1", gcs_port=1, dashboard_port=2,
-        client_port=3, workers=0, cpus_per_node=1, head_cpus=0, **fields)
+    state = ClusterState(
+        home=str(home),
+        temp_dir=str(tmp / "mrray-gone"),
+        token_path=str(home / "cluster" / "auth_token"),
+        node_ip="127.0.0.1",
+        gcs_port=1,
+        dashboard_port=2,
+        client_port=3,
+        workers=0,
+        cpus_per_node=1,
+        head_cpus=0,
+        **fields,
+    )
     path = home / "cluster" / "state.json"
     path.write_text(json.dumps(asdict(state)))
     return path
@@ -159,8 +189,14 @@ def test_down_leaves_alone_a_recorded_pid_now_used_by_another_process(tmp_path):
     try:
         pid, start = other.pid, read_proc(other.pid).start
         home = tmp_path / "home"
-        path = _fake_state(home, tmp_path, sessions=[pid], procs=[[pid, start - 7]],
-                           leaders=[[pid, start - 7]], boot_id=boot_id())
+        path = _fake_state(
+            home,
+            tmp_path,
+            sessions=[pid],
+            procs=[[pid, start - 7]],
+            leaders=[[pid, start - 7]],
+            boot_id=boot_id(),
+        )
         assert own_processes(ClusterState(**json.loads(path.read_text()))) == []
         env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARS}
         down = cli("cluster", "down", env={**env, "MODRESNET_HOME": str(home)})
@@ -169,12 +205,24 @@ def test_down_leaves_alone_a_recorded_pid_now_used_by_another_process(tmp_path):
         assert other.poll() is None  # still running: never signalled
 
         # the very (pid, start) recorded, but in another boot: not ours either
-        path = _fake_state(home, tmp_path, sessions=[pid], procs=[[pid, start]],
-                           leaders=[[pid, start]], boot_id="another-boot")
+        path = _fake_state(
+            home,
+            tmp_path,
+            sessions=[pid],
+            procs=[[pid, start]],
+            leaders=[[pid, start]],
+            boot_id="another-boot",
+        )
         assert own_processes(ClusterState(**json.loads(path.read_text()))) == []
         # ...while in this boot the same record is ours (the check above is what excluded it)
-        path = _fake_state(home, tmp_path, sessions=[pid], procs=[[pid, start]],
-                           leaders=[[pid, start]], boot_id=boot_id())
+        path = _fake_state(
+            home,
+            tmp_path,
+            sessions=[pid],
+            procs=[[pid, start]],
+            leaders=[[pid, start]],
+            boot_id=boot_id(),
+        )
         assert [p.pid for p in own_processes(ClusterState(**json.loads(path.read_text())))] == [pid]
     finally:
         other.kill()
@@ -213,8 +261,14 @@ def cluster(tmp_path_factory):
         state = json.loads((home / "cluster" / "state.json").read_text())
         token = Path(state["token_path"]).read_text().strip()
         print(f"cluster up in {time.monotonic() - started:.0f}s")
-        yield SimpleNamespace(home=home, env=env, exports=exports, state=state, token=token,
-                              address=exports["RAY_ADDRESS"])
+        yield SimpleNamespace(
+            home=home,
+            env=env,
+            exports=exports,
+            state=state,
+            token=token,
+            address=exports["RAY_ADDRESS"],
+        )
     finally:
         if (home / "cluster" / "state.json").exists():
             cli("cluster", "down", env=env, timeout=120)
@@ -237,7 +291,10 @@ def test_cluster_up_prints_client_exports_and_starts_three_nodes(cluster):
     assert len(alive) == 3
     head = [n for n in alive if n["is_head_node"]]
     assert len(head) == 1 and head[0]["resources_total"].get("CPU", 0) == 0
-    assert sorted(n["resources_total"].get("CPU", 0) for n in alive if not n["is_head_node"]) == [1, 1]
+    assert sorted(n["resources_total"].get("CPU", 0) for n in alive if not n["is_head_node"]) == [
+        1,
+        1,
+    ]
     status = cli("cluster", "status", env=cluster.env)
     assert status.returncode == 0 and status.stdout.startswith("running"), status.stdout
     again = cli("cluster", "up", env=cluster.env)
@@ -249,8 +306,13 @@ def test_jobs_api_needs_the_token(cluster):
     assert http(f"{cluster.address}/api/jobs/")[0] == 401
     assert http(f"{cluster.address}/api/jobs/", "not-the-token")[0] == 403
     assert http(f"{cluster.address}/api/jobs/", cluster.token)[0] == 200
-    wrong = cli("jobs", "list", "--address", cluster.address,
-                env={**cluster.env, "RAY_AUTH_TOKEN": "not-the-token"})
+    wrong = cli(
+        "jobs",
+        "list",
+        "--address",
+        cluster.address,
+        env={**cluster.env, "RAY_AUTH_TOKEN": "not-the-token"},
+    )
     assert wrong.returncode == 2 and "403" in wrong.stderr, wrong.stderr
     ok = cli("jobs", "list", "--address", cluster.address, env=cluster.env)
     assert ok.returncode == 0, ok.stderr
@@ -258,14 +320,31 @@ def test_jobs_api_needs_the_token(cluster):
 
 @pytest.mark.ray
 def test_train_job_with_wandb_succeeds_logs_every_epoch_and_spreads_over_both_workers(
-        cluster, tmp_path):
+    cluster, tmp_path
+):
     # the user's flow: eval "$(modresnet cluster up)", with W&B on (offline). This job used to
     # end FAILED after training: worker nodes shared the head's Ray temp dir, re-unpacked the
     # job's working_dir there and so deleted the driver's cwd before its last wandb.init.
     env = {**cluster.env, **cluster.exports, "WANDB_MODE": "offline"}
     t0 = time.monotonic()
-    sub = cli("jobs", "submit", "train", "--preset", "debug", "--subset", "200", "--epochs", "2",
-              "--workers", "2", "--storage", str(tmp_path), "--name", "cluster-train", env=env)
+    sub = cli(
+        "jobs",
+        "submit",
+        "train",
+        "--preset",
+        "debug",
+        "--subset",
+        "200",
+        "--epochs",
+        "2",
+        "--workers",
+        "2",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "cluster-train",
+        env=env,
+    )
     assert sub.returncode == 0, sub.stderr[-3000:]
     job_id = sub.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"raysubmit_\w+", job_id), sub.stdout
@@ -292,8 +371,11 @@ def test_train_job_with_wandb_succeeds_logs_every_epoch_and_spreads_over_both_wo
     assert cluster.token not in body.decode()  # no secret in metadata / runtime_env
     assert info["metadata"] == {"modresnet.command": "train", "modresnet.client": "cli"}
     code, body = http(f"{cluster.address}/api/v0/actors?limit=1000&detail=1", cluster.token)
-    actors = [a for a in json.loads(body)["data"]["result"]["result"]
-              if a["class_name"] == "RayTrainWorker" and a["job_id"] == info["job_id"]]
+    actors = [
+        a
+        for a in json.loads(body)["data"]["result"]["result"]
+        if a["class_name"] == "RayTrainWorker" and a["job_id"] == info["job_id"]
+    ]
     workers = {n["node_id"] for n in nodes(cluster) if not n["is_head_node"]}
     assert {a["node_id"] for a in actors} == workers
 
@@ -301,9 +383,28 @@ def test_train_job_with_wandb_succeeds_logs_every_epoch_and_spreads_over_both_wo
 @pytest.mark.ray
 def test_tune_job_with_wandb_succeeds_and_each_trial_logs_every_epoch(cluster, tmp_path):
     env = {**cluster.env, **cluster.exports, "WANDB_MODE": "offline"}
-    sub = cli("jobs", "submit", "tune", "--preset", "debug", "--subset", "256", "--samples", "2",
-              "--max-epochs", "2", "--grace-period", "2", "--concurrent", "2", "--storage", str(tmp_path), "--name",
-              "cluster-tune", env=env)
+    sub = cli(
+        "jobs",
+        "submit",
+        "tune",
+        "--preset",
+        "debug",
+        "--subset",
+        "256",
+        "--samples",
+        "2",
+        "--max-epochs",
+        "2",
+        "--grace-period",
+        "2",
+        "--concurrent",
+        "2",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "cluster-tune",
+        env=env,
+    )
     assert sub.returncode == 0, sub.stderr[-3000:]
     job_id = sub.stdout.strip().splitlines()[-1]
     follow = cli("jobs", "logs", job_id, "--follow", env=env, timeout=400)
@@ -319,8 +420,23 @@ def test_tune_job_with_wandb_succeeds_and_each_trial_logs_every_epoch(cluster, t
 
 @pytest.mark.ray
 def test_a_running_job_can_be_stopped(cluster, tmp_path):
-    sub = cli("jobs", "submit", "--address", cluster.address, "train", "--local", "--preset",
-              "debug", "--subset", "1000", "--epochs", "100", "--storage", str(tmp_path), env=cluster.env)
+    sub = cli(
+        "jobs",
+        "submit",
+        "--address",
+        cluster.address,
+        "train",
+        "--local",
+        "--preset",
+        "debug",
+        "--subset",
+        "1000",
+        "--epochs",
+        "100",
+        "--storage",
+        str(tmp_path),
+        env=cluster.env,
+    )
     assert sub.returncode == 0, sub.stderr[-3000:]
     job_id = sub.stdout.strip().splitlines()[-1]
     deadline = time.monotonic() + 120
@@ -346,15 +462,19 @@ def test_bad_addresses_and_job_ids_fail_fast_and_clearly(cluster):
     cases = [
         (("jobs", "status", "x", "--address", f"http://127.0.0.1:{free_port()}"), "cannot reach"),
         # unroutable (or, behind a sandbox's interceptor, answered by something that is not Ray)
-        (("jobs", "list", "--address", "http://10.255.255.1:8265"),
-         "cannot reach|not a Ray Jobs API"),
+        (
+            ("jobs", "list", "--address", "http://10.255.255.1:8265"),
+            "cannot reach|not a Ray Jobs API",
+        ),
         (("jobs", "list", "--address", "ray://127.0.0.1:10001"), "not a Jobs API address"),
         (("jobs", "list", "--address", "http://bad host:1"), "expected http"),
         (("jobs", "status", "no-such-job", "--address", cluster.address), "no job 'no-such-job'"),
         (("jobs", "logs", "no-such-job", "--address", cluster.address), "no job 'no-such-job'"),
         (("jobs", "stop", "no-such-job", "--address", cluster.address), "no job 'no-such-job'"),
-        (("jobs", "submit", "--address", cluster.address, "train", "--no-such-flag"),
-         "train: No such option: --no-such-flag"),
+        (
+            ("jobs", "submit", "--address", cluster.address, "train", "--no-such-flag"),
+            "train: No such option: --no-such-flag",
+        ),
         (("jobs", "submit", "--address", cluster.address, "evaluate"), "unknown command"),
     ]
     cases.append((("jobs", "list"), "no cluster address"))  # no address anywhere
@@ -387,9 +507,15 @@ def test_bad_addresses_and_job_ids_fail_fast_and_clearly(cluster):
 #   --node-ip-address 127.0.0.1 to the machine's outward IP
 #   (ray._private.services.resolve_ip_for_localhost), so they get that IP or 0.0.0.0.
 # The gRPC services and agents check the cluster token; the metrics servers are read-only.
-RAY_CANNOT_BIND_TO_LOOPBACK = ("gcs_server", "raylet", "ray::", "default_worker.py",
-                               "ray.util.client.server", "autoscaler/_private/monitor.py",
-                               "ray/dashboard/dashboard.py")
+RAY_CANNOT_BIND_TO_LOOPBACK = (
+    "gcs_server",
+    "raylet",
+    "ray::",
+    "default_worker.py",
+    "ray.util.client.server",
+    "autoscaler/_private/monitor.py",
+    "ray/dashboard/dashboard.py",
+)
 
 
 @pytest.mark.ray
@@ -402,9 +528,11 @@ def test_the_jobs_api_listens_on_loopback_only_and_other_listeners_are_known(clu
     from jobs.cluster_state import ClusterState
 
     ours = {p.pid: p.cmdline for p in own_processes(ClusterState(**cluster.state))}
-    listeners = [(c.laddr.ip, c.laddr.port, ours[c.pid])
-                 for c in psutil.net_connections("inet")
-                 if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    listeners = [
+        (c.laddr.ip, c.laddr.port, ours[c.pid])
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in ours
+    ]
     assert listeners
 
     def loopback(ip: str) -> bool:
@@ -414,6 +542,7 @@ def test_the_jobs_api_listens_on_loopback_only_and_other_listeners_are_known(clu
     assert not [port for _, port, _ in listeners if port in (44217, 44227)]  # Ray's fixed defaults
     dashboard = [ip for ip, port, _ in listeners if port == cluster.state["dashboard_port"]]
     assert dashboard and all(loopback(ip) for ip in dashboard), dashboard
+
     def what(cmd: str) -> str:
         names = [n for n in RAY_CANNOT_BIND_TO_LOOPBACK if n in cmd]
         return names[0] if names else cmd[:200]

@@ -41,17 +41,20 @@ def test_round_trip_through_yaml(tmp_path):
     assert configs.from_dict(configs.load_yaml(f)) == c
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"optim.lrr": 1}, "optim.lrr: unknown key"),
-    ({"optim.lr": -1}, "optim.lr: must be between"),
-    ({"optim.name": "rmsprop"}, "optim.name: must be one of"),
-    ({"train.epochs": "many"}, "train.epochs: expected an integer"),
-    ({"augment.hue": 0.9}, "augment.hue"),
-    ({"model.flavor": "huge"}, "model.flavor"),
-    ({"trainer.epochs": 1}, "trainer.epochs: unknown key"),
-    ({"optim.nesterov": True}, "optim.nesterov"),
-    ({"data.subset": 5}, "data.subset"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"optim.lrr": 1}, "optim.lrr: unknown key"),
+        ({"optim.lr": -1}, "optim.lr: must be between"),
+        ({"optim.name": "rmsprop"}, "optim.name: must be one of"),
+        ({"train.epochs": "many"}, "train.epochs: expected an integer"),
+        ({"augment.hue": 0.9}, "augment.hue"),
+        ({"model.flavor": "huge"}, "model.flavor"),
+        ({"trainer.epochs": 1}, "trainer.epochs: unknown key"),
+        ({"optim.nesterov": True}, "optim.nesterov"),
+        ({"data.subset": 5}, "data.subset"),
+    ],
+)
 def test_bad_values_name_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message):
         configs.resolve("paper", overrides=overrides)

@@ -18,8 +18,11 @@ def _write_layout(root, corrupt=None, truncate=None, missing=None):
     for name in names:
         if name == missing:
             continue
-        payload = {"label_names": ["a"] * 10} if name == "batches.meta" else {
-            "data": np.zeros((10, 3072), np.uint8), "labels": list(range(10))}
+        payload = (
+            {"label_names": ["a"] * 10}
+            if name == "batches.meta"
+            else {"data": np.zeros((10, 3072), np.uint8), "labels": list(range(10))}
+        )
         data = pickle.dumps(payload)
         if name == truncate:
             data = data[: len(data) // 2]

@@ -34,8 +34,10 @@ NOISE = [
     (r"\((raylet|pid=\d+|\w+ pid=\d+)\)", "a line forwarded from a Ray process"),
     (r"will be retried|core_worker\.cc|Token authentication is", "Ray's shutdown/actor/auth noise"),
     (r"\b\w*(Warning|Error): ", "a Python warning or error"),
-    (r"Trial status:|Configuration for experiment|View detailed results here",
-     "Ray Tune's own reporter"),
+    (
+        r"Trial status:|Configuration for experiment|View detailed results here",
+        "Ray Tune's own reporter",
+    ),
 ]
 
 
@@ -57,15 +59,17 @@ def test_noise_patterns_catch_the_lines_issue_13_reported():
         "(raylet) Task ServeController.graceful_shutdown failed. There are infinite retries "
         "remaining, so the task will be retried.",
         "\x1b[33m(raylet)\x1b[0m Task ServeController.graceful_shutdown failed.",
-        "INFO 2026-11-26 06:19:49,007 serve 10886 -- Started Serve in namespace \"serve\".",
+        'INFO 2026-11-26 06:19:49,007 serve 10886 -- Started Serve in namespace "serve".',
         "Trial status: 2 PENDING",
         "Traceback (most recent call last):",
     ]
     for line in seen:
         assert noise(line), line
-    clean = ["epoch   1/8  train 2.067 /  27.2%  val 1.875 /  29.2%  lr 1.60e-02  989 img/s  13.0s",
-             "trial d0dbc_00000 stopped (ASHA): epoch 1/3, best val 11.4%  (optim=sgd  lr=0.00222)",
-             "W&B off: set WANDB_API_KEY, or WANDB_MODE=offline to log locally"]
+    clean = [
+        "epoch   1/8  train 2.067 /  27.2%  val 1.875 /  29.2%  lr 1.60e-02  989 img/s  13.0s",
+        "trial d0dbc_00000 stopped (ASHA): epoch 1/3, best val 11.4%  (optim=sgd  lr=0.00222)",
+        "W&B off: set WANDB_API_KEY, or WANDB_MODE=offline to log locally",
+    ]
     assert noise("\n".join(clean)) == []
 
 
@@ -85,26 +89,38 @@ def _job() -> TuneJob:
 
 
 def _trial(trial_id, status, epoch, val, optim="sgd", lr=0.01, batch=128, momentum=0.9):
-    config = {"optim": {"name": optim, "lr": lr, "momentum": momentum, "betas": [0.9, 0.999]},
-              "train": {"batch_size": batch, "label_smoothing": 0.1},
-              "augment": {"cutout": 8}}
+    config = {
+        "optim": {"name": optim, "lr": lr, "momentum": momentum, "betas": [0.9, 0.999]},
+        "train": {"batch_size": batch, "label_smoothing": 0.1},
+        "augment": {"cutout": 8},
+    }
     result = {"epoch": epoch, "val_acc": val} if epoch else {}
     return SimpleNamespace(trial_id=trial_id, status=status, last_result=result, config=config)
 
 
 def test_applicable_drops_the_fields_the_sampled_optimizer_ignores():
-    values = {"optim.name": "adam", "optim.momentum": 0.9, "optim.nesterov": True,
-              "optim.betas": [0.9, 0.99], "optim.lr": 0.1}
+    values = {
+        "optim.name": "adam",
+        "optim.momentum": 0.9,
+        "optim.nesterov": True,
+        "optim.betas": [0.9, 0.99],
+        "optim.lr": 0.1,
+    }
     assert tune_progress.applicable(values, "sgd") == {
-        "optim.name": "adam", "optim.betas": [0.9, 0.99], "optim.lr": 0.1}
+        "optim.name": "adam",
+        "optim.betas": [0.9, 0.99],
+        "optim.lr": 0.1,
+    }
     values["optim.name"] = "sgd"
     assert "optim.betas" not in tune_progress.applicable(values, "adam")
     assert tune_progress.applicable({"optim.momentum": 0.9}, "sgd") == {"optim.momentum": 0.9}
 
 
 def test_value_columns_show_what_differs_most_telling_first_and_fit_the_width():
-    rows = [{"augment.cutout": 8, "optim.lr": 0.1, "train.batch_size": 64, "optim.name": "sgd"},
-            {"augment.cutout": 0, "optim.lr": 0.01, "train.batch_size": 64, "optim.name": "adam"}]
+    rows = [
+        {"augment.cutout": 8, "optim.lr": 0.1, "train.batch_size": 64, "optim.name": "sgd"},
+        {"augment.cutout": 0, "optim.lr": 0.01, "train.batch_size": 64, "optim.name": "adam"},
+    ]
     order = ["augment.cutout", "optim.name", "optim.lr", "train.batch_size", "schedule.name"]
     keys, hidden, names = tune_progress.value_columns(rows, order, None)
     assert keys == ["optim.name", "optim.lr", "augment.cutout"] and hidden == 0  # batch same
@@ -120,8 +136,10 @@ def test_trial_table_in_a_log_prints_one_line_per_finished_trial(tmp_path):
         callback = pickle.loads(pickle.dumps(tune_progress.ProgressCallback()))  # Tuner pickles it
         trials = [_trial("t_00000", "RUNNING", 1, 0.2), _trial("t_00001", "PENDING", 0, None)]
         callback.on_step_end(iteration=1, trials=trials)
-        trials = [_trial("t_00000", "TERMINATED", 1, 0.25),
-                  _trial("t_00001", "TERMINATED", 3, 0.4, optim="adam", lr=3e-3)]
+        trials = [
+            _trial("t_00000", "TERMINATED", 1, 0.25),
+            _trial("t_00001", "TERMINATED", 3, 0.4, optim="adam", lr=3e-3),
+        ]
         callback.on_trial_complete(iteration=2, trials=trials, trial=trials[1])
         callback.on_experiment_end(trials=trials)
         assert table.live is None
@@ -138,15 +156,18 @@ def test_trial_table_in_a_log_prints_one_line_per_finished_trial(tmp_path):
         "trial t_00000 stopped (ASHA): epoch 1/3, best val 25.0%  (optim=sgd  lr=0.01  "
         "batch_size=128)",
         "trial t_00001 done: epoch 3/3, best val 40.0%  (optim=adam  lr=0.003  batch_size=128)",
-        "trial t_00002 done: epoch 3/3, best val 45.0%  (optim=sgd  lr=0.01  batch_size=128)"]
+        "trial t_00002 done: epoch 3/3, best val 45.0%  (optim=sgd  lr=0.01  batch_size=128)",
+    ]
 
 
 def test_trial_table_on_a_terminal_is_one_table_of_trials_and_differing_values():
     console = Console(width=140, force_terminal=True, record=True)
     table = tune_progress.TrialTable(_job(), console=console)
-    trials = [_trial("t_00000", "RUNNING", 2, 0.31, lr=0.05, momentum=0.85),
-              _trial("t_00001", "TERMINATED", 1, 0.12, optim="adam", lr=3e-4),
-              _trial("t_00002", "PENDING", 0, None)]
+    trials = [
+        _trial("t_00000", "RUNNING", 2, 0.31, lr=0.05, momentum=0.85),
+        _trial("t_00001", "TERMINATED", 1, 0.12, optim="adam", lr=3e-4),
+        _trial("t_00002", "PENDING", 0, None),
+    ]
     console.print(table.render([table._state(t) for t in trials]))
     text = console.export_text()
     header = next(line for line in text.splitlines() if "trial" in line and "status" in line)
@@ -167,12 +188,21 @@ def test_trial_table_on_a_terminal_is_one_table_of_trials_and_differing_values()
 def test_make_demo_learns_serves_and_prints_no_ray_noise(tmp_path, data_dir):
     runs, home = tmp_path / "runs", tmp_path / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_", "WANDB_", "MAKE", "MFLAGS", "PYTEST_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_", "WANDB_", "MAKE", "MFLAGS", "PYTEST_"))
+    }
     env.update(MODRESNET_DATA=str(data_dir), HOME=str(home), COLUMNS="120")
-    proc = subprocess.run(["make", "--no-print-directory", "demo", f"RUNS={runs}"], cwd=REPO,
-                          env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=1100)
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "demo", f"RUNS={runs}"],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=1100,
+    )
     output = proc.stdout + proc.stderr
     (tmp_path / "demo.txt").write_text(output)
     assert proc.returncode == 0, output[-5000:]
@@ -185,13 +215,25 @@ def test_make_demo_learns_serves_and_prints_no_ray_noise(tmp_path, data_dir):
     assert "training ModifiedResNet (debug flavor" in output  # what is trained, labelled
     assert len(re.findall(r"^epoch +\d+/8 ", output, re.M)) == 8  # every epoch shown
     assert f"learning curves: {run / 'curves.png'}" in output and (run / "curves.png").exists()
-    agree = re.search(r"over HTTP: ([\d.]+)% of 10,000 test images correct; `modresnet "
-                      r"evaluate`: ([\d.]+)%; the two agree on 10,000/10,000 images", output)
+    agree = re.search(
+        r"over HTTP: ([\d.]+)% of 10,000 test images correct; `modresnet "
+        r"evaluate`: ([\d.]+)%; the two agree on 10,000/10,000 images",
+        output,
+    )
     assert agree and agree[1] == agree[2] == f"{100 * test['test_acc']:.2f}", output[-3000:]
     assert "Leaderboard: 4 trials" in output and (tune / "best-run" / "test.json").exists()
-    summary = output[output.index("modresnet demo summary: a demo-sized run"):]
-    for row in ("trained", "test accuracy", "best search trial", "served", "http://127.0.0.1:",
-                "--preset paper --gpu", "tune --preset paper", "serve ", "cluster up"):
+    summary = output[output.index("modresnet demo summary: a demo-sized run") :]
+    for row in (
+        "trained",
+        "test accuracy",
+        "best search trial",
+        "served",
+        "http://127.0.0.1:",
+        "--preset paper --gpu",
+        "tune --preset paper",
+        "serve ",
+        "cluster up",
+    ):
         assert row in summary, summary
     for folder in (run, tune):  # Ray's messages were written down, not shown
         assert "Started a local Ray instance" in (folder / "ray.log").read_text()

@@ -41,8 +41,15 @@ def test_overfits_256_real_images(small_cifar):
     numerics: 1.000 train and validation accuracy under 1 and 2 threads, with oneDNN's AVX-512
     and AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2). The plateau schedule this test used before
     ended anywhere between 0.87 and 0.95, and failed its 0.9 threshold on an AVX2 machine."""
-    cfg = configs.resolve("debug", overrides={"optim.lr": 0.01, "train.epochs": 40, "train.batch_size": 64,
-                                              "schedule.name": "onecycle"})
+    cfg = configs.resolve(
+        "debug",
+        overrides={
+            "optim.lr": 0.01,
+            "train.epochs": 40,
+            "train.batch_size": 64,
+            "schedule.name": "onecycle",
+        },
+    )
     cfg = dataclasses.replace(cfg, augment=AugmentConfig())
     train = Split(small_cifar.train.x[:256], small_cifar.train.y[:256])
     state = _state(cfg, len(train))
@@ -53,8 +60,15 @@ def test_overfits_256_real_images(small_cifar):
 
 
 def test_beats_chance_on_validation(small_cifar):
-    cfg = configs.resolve("debug", overrides={"optim.lr": 0.005, "train.epochs": 4,
-                                              "augment.crop_padding": 2, "augment.flip": 0.5})
+    cfg = configs.resolve(
+        "debug",
+        overrides={
+            "optim.lr": 0.005,
+            "train.epochs": 4,
+            "augment.crop_padding": 2,
+            "augment.flip": 0.5,
+        },
+    )
     cfg = dataclasses.replace(cfg, augment=AugmentConfig(crop_padding=2, flip=0.5))
     state = _state(cfg, len(small_cifar.train))
     engine.fit(state, small_cifar.train, small_cifar.val, cfg, CPU, on_epoch=lambda r, s: None)
@@ -62,7 +76,16 @@ def test_beats_chance_on_validation(small_cifar):
     # margin 9 points
     assert state.history[-1]["val_acc"] > 0.25
     record = state.history[-1]
-    for key in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "epoch_s"):
+    for key in (
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "images_per_s",
+        "epoch_s",
+    ):
         assert key in record
 
 
@@ -103,8 +126,15 @@ def test_full_size_model_takes_steps(small_cifar):
 
 
 def test_resume_reproduces_an_uninterrupted_run(small_cifar, tmp_path):
-    cfg = configs.resolve("fast", overrides={"model.flavor": "debug", "train.epochs": 2,
-                                             "train.batch_size": 100, "train.ema_decay": 0.9})
+    cfg = configs.resolve(
+        "fast",
+        overrides={
+            "model.flavor": "debug",
+            "train.epochs": 2,
+            "train.batch_size": 100,
+            "train.ema_decay": 0.9,
+        },
+    )
     train = Split(small_cifar.train.x[:400], small_cifar.train.y[:400])
     val = Split(small_cifar.val.x[:100], small_cifar.val.y[:100])
     straight = _state(cfg, len(train))
@@ -127,8 +157,15 @@ def test_every_optimizer_and_schedule_runs(small_cifar):
     train = Split(small_cifar.train.x[:64], small_cifar.train.y[:64])
     for opt in ("adam", "adamw", "sgd"):
         for sched in ("plateau", "onecycle", "cosine", "constant"):
-            cfg = configs.resolve("debug", overrides={"optim.name": opt, "schedule.name": sched,
-                                                      "train.batch_size": 32, "train.label_smoothing": 0.1})
+            cfg = configs.resolve(
+                "debug",
+                overrides={
+                    "optim.name": opt,
+                    "schedule.name": sched,
+                    "train.batch_size": 32,
+                    "train.label_smoothing": 0.1,
+                },
+            )
             state = _state(cfg, len(train))
             engine.fit(state, train, train, cfg, CPU, on_epoch=lambda r, s: None)
             assert state.history[0]["train_loss"] > 0
@@ -165,9 +202,16 @@ def test_fast_recipe_hands_over_a_model_no_worse_than_its_live_weights(data_dir)
     epoch (measured with 1 thread and ONEDNN_MAX_CPU_ISA=AVX2: it leads by 1-10 points in
     epochs 1-7 and trails by 1.2 in the last, where the live weights settle at lr 0; the
     broken EMA trailed by 20)."""
-    cfg = configs.resolve("fast", overrides={
-        "model.flavor": "debug", "data.data_dir": str(data_dir), "data.subset": 6000,
-        "train.batch_size": 32, "train.epochs": 8})
+    cfg = configs.resolve(
+        "fast",
+        overrides={
+            "model.flavor": "debug",
+            "data.data_dir": str(data_dir),
+            "data.subset": 6000,
+            "train.batch_size": 32,
+            "train.epochs": 8,
+        },
+    )
     data = load_cifar10(cfg.data)
     state = _state(cfg, len(data.train))
     engine.fit(state, data.train, data.val, cfg, CPU, on_epoch=lambda r, s: None)
@@ -222,8 +266,15 @@ def test_training_steps_never_wait_for_the_device(small_cifar):
     read once at the end). On the CPU the same calls are visible through a TorchFunctionMode."""
     from torch.overrides import TorchFunctionMode
 
-    syncing = {torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__float__,
-               torch.Tensor.__int__, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy}
+    syncing = {
+        torch.Tensor.item,
+        torch.Tensor.__bool__,
+        torch.Tensor.__float__,
+        torch.Tensor.__int__,
+        torch.Tensor.tolist,
+        torch.Tensor.cpu,
+        torch.Tensor.numpy,
+    }
 
     class CountReads(TorchFunctionMode):
         reads = 0

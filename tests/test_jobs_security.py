@@ -65,8 +65,14 @@ def non_loopback_ip() -> str:
 
 
 def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "modresnet.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "modresnet.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_token_goes_over_plain_http_only_to_loopback(tmp_path, monkeypatch):
@@ -103,8 +109,11 @@ def test_no_request_carrying_the_token_follows_a_redirect(redirected, tmp_path, 
     def answer(path):
         if path.startswith(redirected):
             return 307, {"Location": f"{elsewhere.url}{path}"}, b""
-        return 200, {"Content-Type": "application/json"}, json.dumps(
-            {"ray_version": "2.60.0", "version": "2.60.0"}).encode()
+        return (
+            200,
+            {"Content-Type": "application/json"},
+            json.dumps({"ray_version": "2.60.0", "version": "2.60.0"}).encode(),
+        )
 
     server = Recorder("127.0.0.1", answer)
     monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
@@ -127,8 +136,11 @@ def test_ray_failures_are_classified_by_type_not_message(tmp_path, monkeypatch):
 
     def answer(path):
         if path == "/api/version":
-            return 200, {"Content-Type": "application/json"}, json.dumps(
-                {"ray_version": "2.60.0", "version": "2.60.0"}).encode()
+            return (
+                200,
+                {"Content-Type": "application/json"},
+                json.dumps({"ray_version": "2.60.0", "version": "2.60.0"}).encode(),
+            )
         if path.startswith("/api/jobs/no-such"):
             return 404, {}, b"some wording Ray may change"
         return 403, {}, b"nope"
@@ -149,9 +161,18 @@ def test_ray_failures_are_classified_by_type_not_message(tmp_path, monkeypatch):
 def _experiment(root: Path) -> Path:
     exp = root / "search"
     (exp / "trial_0").mkdir(parents=True)
-    (exp / "modresnet-tune.json").write_text(json.dumps({
-        "name": "search", "storage": str(root), "samples": 2, "max_epochs": 1,
-        "grace_period": 1, "reduction_factor": 2}))
+    (exp / "modresnet-tune.json").write_text(
+        json.dumps(
+            {
+                "name": "search",
+                "storage": str(root),
+                "samples": 2,
+                "max_epochs": 1,
+                "grace_period": 1,
+                "reduction_factor": 2,
+            }
+        )
+    )
     (exp / "tuner.pkl").write_bytes(b"pickled state")
     (exp / "trial_0" / "params.pkl").write_bytes(b"pickled params")
     for p in (root, exp, exp / "trial_0"):

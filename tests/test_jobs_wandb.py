@@ -25,9 +25,30 @@ def test_a_failing_final_wandb_step_keeps_the_finished_run(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "WANDB_"))}
     env.update(WANDB_SILENT="true", COLUMNS="250")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modresnet.cli", "train", "--preset", "debug", "--subset", "256",
-         "--epochs", "1", "--workers", "1", "--storage", str(tmp_path), "--name", "r"],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "modresnet.cli",
+            "train",
+            "--preset",
+            "debug",
+            "--subset",
+            "256",
+            "--epochs",
+            "1",
+            "--workers",
+            "1",
+            "--storage",
+            str(tmp_path),
+            "--name",
+            "r",
+        ],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     out = []
     for line in proc.stdout:
         out.append(line)
@@ -39,8 +60,15 @@ def test_a_failing_final_wandb_step_keeps_the_finished_run(tmp_path):
     warnings = [line for line in out if "W&B could not record the test result" in line]
     assert len(warnings) == 1 and "FileNotFoundError" in warnings[0], text
     run = tmp_path / "r"
-    for name in ("config.yaml", "metrics.jsonl", "test.json", "curves.png", "confusion.png",
-                 "best/model.safetensors", "last/train_state.json"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "test.json",
+        "curves.png",
+        "confusion.png",
+        "best/model.safetensors",
+        "last/train_state.json",
+    ):
         assert (run / name).exists(), name
     assert "FileNotFoundError" in (run / "ray.log").read_text()  # the traceback went there
     assert json.loads((run / "test.json").read_text())["n"] == 200

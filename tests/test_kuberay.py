@@ -32,6 +32,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 KUBERAY = REPO / "cluster" / "kuberay"
 
+
 def crd_dir() -> Path | None:
     """Third-party schema files are not committed here; the project's shared/ folder holds
     them (rayclusters.v1.json, rayjobs.v1.json, rayservices.v1.json: each the v1
@@ -39,10 +40,14 @@ def crd_dir() -> Path | None:
     descriptions removed, with `_source` naming tag and path)."""
     import os
 
-    for candidate in (os.environ.get("MODRESNET_KUBERAY_CRDS"), REPO.parent / "shared" / "kuberay-crds"):
+    for candidate in (
+        os.environ.get("MODRESNET_KUBERAY_CRDS"),
+        REPO.parent / "shared" / "kuberay-crds",
+    ):
         if candidate and (Path(candidate) / "rayclusters.v1.json").exists():
             return Path(candidate)
     return None
+
 
 K8S_VERSIONS = [f"1.{minor}" for minor in range(30, 38)]
 CR_KINDS = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayService": "rayservices"}
@@ -68,8 +73,11 @@ def doc_named(kind: str, name: str) -> dict:
 
 
 def cluster_spec(doc: dict) -> dict | None:
-    return {"RayCluster": lambda: doc["spec"], "RayJob": lambda: doc["spec"].get("rayClusterSpec"),
-            "RayService": lambda: doc["spec"]["rayClusterConfig"]}.get(doc["kind"], lambda: None)()
+    return {
+        "RayCluster": lambda: doc["spec"],
+        "RayJob": lambda: doc["spec"].get("rayClusterSpec"),
+        "RayService": lambda: doc["spec"]["rayClusterConfig"],
+    }.get(doc["kind"], lambda: None)()
 
 
 def readme_kubernetes_section() -> str:
@@ -96,24 +104,29 @@ def strict(schema: dict) -> dict:
     for key in ("allOf", "anyOf", "oneOf"):
         if key in schema:
             schema[key] = [strict(s) for s in schema[key]]
-    if (schema.get("type") == "object" and not schema.get("x-kubernetes-preserve-unknown-fields")
-            and "additionalProperties" not in schema):
+    if (
+        schema.get("type") == "object"
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+        and "additionalProperties" not in schema
+    ):
         schema["additionalProperties"] = False
     if schema.pop("nullable", False) and "type" in schema:
         schema["type"] = [schema["type"], "null"]
     return schema
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crd(kind: str) -> dict:
     directory = crd_dir()
     if directory is None:
-        pytest.skip("KubeRay's CRD schemas are not here: put them in ../shared/kuberay-crds or "
-                    "point MODRESNET_KUBERAY_CRDS at them (see crd_dir)")
+        pytest.skip(
+            "KubeRay's CRD schemas are not here: put them in ../shared/kuberay-crds or "
+            "point MODRESNET_KUBERAY_CRDS at them (see crd_dir)"
+        )
     return json.loads((directory / f"{CR_KINDS[kind]}.v1.json").read_text())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crd_validator(kind: str):
     import jsonschema
 
@@ -124,8 +137,10 @@ def crd_validator(kind: str):
 
 
 def crd_errors(doc: dict) -> list[str]:
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in crd_validator(doc["kind"]).iter_errors(doc)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in crd_validator(doc["kind"]).iter_errors(doc)
+    ]
 
 
 def test_the_pinned_crds_are_kuberays_v1_schemas():
@@ -135,14 +150,20 @@ def test_the_pinned_crds_are_kuberays_v1_schemas():
         assert pinned["_source"]["tag"] == "v1.5.1"
         assert pinned["_source"]["path"].endswith(f"ray.io_{plural}.yaml")
         spec = pinned["openAPIV3Schema"]["properties"]["spec"]["properties"]
-        assert {"RayCluster": "headGroupSpec", "RayJob": "rayClusterSpec",
-                "RayService": "rayClusterConfig"}[kind] in spec
+        assert {
+            "RayCluster": "headGroupSpec",
+            "RayJob": "rayClusterSpec",
+            "RayService": "rayClusterConfig",
+        }[kind] in spec
     # the README names the KubeRay version the schemas come from
     assert "KubeRay ≥ 1.5.1" in readme_kubernetes_section()
 
 
-@pytest.mark.parametrize("name,doc", [(n, d) for n, d in manifests() if d["kind"] in CR_KINDS],
-                         ids=lambda x: x if isinstance(x, str) else x["metadata"]["name"])
+@pytest.mark.parametrize(
+    "name,doc",
+    [(n, d) for n, d in manifests() if d["kind"] in CR_KINDS],
+    ids=lambda x: x if isinstance(x, str) else x["metadata"]["name"],
+)
 def test_custom_resources_match_kuberays_crd(name, doc):
     assert doc["apiVersion"] == "ray.io/v1"
     assert crd_errors(doc) == []
@@ -161,18 +182,33 @@ def test_the_crd_check_rejects_what_the_api_server_rejects():
     assert broken(ray_cluster, lambda d: d["spec"].update(submitterPodTemplate={}))
     assert broken(ray_cluster, lambda d: d["spec"]["authOptions"].update(mode="tokens"))
     assert broken(ray_cluster, lambda d: d["spec"]["workerGroupSpecs"][0].update(replicas="2"))
-    assert broken(ray_cluster, lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]
-                  ["containers"][0].update(volumeMount=[]))
-    assert broken(ray_cluster, lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]
-                  ["containers"][0]["resources"]["limits"].update(cpu="two"))
+    assert broken(
+        ray_cluster,
+        lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].update(
+            volumeMount=[]
+        ),
+    )
+    assert broken(
+        ray_cluster,
+        lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"][
+            "limits"
+        ].update(cpu="two"),
+    )
     assert broken(job, lambda d: d["spec"].update(ttlSecondsAfterFinished="600"))
     assert broken(job, lambda d: d["spec"].update(shutdownAfterJobFinish=True))
-    assert broken(job, lambda d: d["spec"].update(submitterPodTemplate={"spec": {"containers": [
-        {"name": "x", "image": "y", "label": "z"}]}}))
+    assert broken(
+        job,
+        lambda d: d["spec"].update(
+            submitterPodTemplate={
+                "spec": {"containers": [{"name": "x", "image": "y", "label": "z"}]}
+            }
+        ),
+    )
 
 
 def test_no_field_relies_on_a_cel_rule_this_check_does_not_evaluate():
     """The CRDs' x-kubernetes-validations (CEL) guard managedBy and deletionStrategy only."""
+
     def cel_paths(schema, path=()):
         if "x-kubernetes-validations" in schema:
             yield path
@@ -199,7 +235,7 @@ def test_no_field_relies_on_a_cel_rule_this_check_does_not_evaluate():
 # 2. Kubernetes schemas: core kinds and every pod template, strict (unknown fields rejected)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def k8s_validator(version: str, schema_file: str):
     import importlib.resources
 
@@ -209,7 +245,11 @@ def k8s_validator(version: str, schema_file: str):
 
     full = max((v for v in all_versions() if v.startswith(version + ".")), default=None)
     assert full, f"kubernetes-validate has no schemas for {version}"
-    base = importlib.resources.files("kubernetes_validate") / "kubernetes-json-schema" / f"v{full}-local-strict"
+    base = (
+        importlib.resources.files("kubernetes_validate")
+        / "kubernetes-json-schema"
+        / f"v{full}-local-strict"
+    )
     schema = json.loads((base / schema_file).read_text())
     defs = referencing.Resource.from_contents(json.loads((base / "_definitions.json").read_text()))
     registry = referencing.Resource.from_contents(schema) @ (defs @ referencing.Registry())
@@ -237,7 +277,10 @@ def test_core_kinds_and_pod_templates_match_the_kubernetes_schemas(version):
             assert [e.message for e in meta.iter_errors(doc["metadata"])] == [], name
             for group, template in pod_templates(doc):
                 errors = k8s_validator(version, "podtemplatespec-v1.json").iter_errors(template)
-                assert [f"{list(e.absolute_path)}: {e.message}" for e in errors] == [], (name, group)
+                assert [f"{list(e.absolute_path)}: {e.message}" for e in errors] == [], (
+                    name,
+                    group,
+                )
         else:
             kubernetes_validate.validate(doc, version, strict=True)
 
@@ -266,11 +309,17 @@ def is_dns1123_subdomain(value: str) -> bool:
 
 def is_label_key(key: str) -> bool:
     prefix, _, name = key.rpartition("/")
-    return (not prefix or is_dns1123_subdomain(prefix)) and len(name) <= 63 and bool(LABEL_NAME.match(name))
+    return (
+        (not prefix or is_dns1123_subdomain(prefix))
+        and len(name) <= 63
+        and bool(LABEL_NAME.match(name))
+    )
 
 
 def is_label_value(value) -> bool:
-    return isinstance(value, str) and (value == "" or (len(value) <= 63 and bool(LABEL_NAME.match(value))))
+    return isinstance(value, str) and (
+        value == "" or (len(value) <= 63 and bool(LABEL_NAME.match(value)))
+    )
 
 
 def test_names_and_labels_follow_the_api_servers_rules():
@@ -278,7 +327,9 @@ def test_names_and_labels_follow_the_api_servers_rules():
         meta_name = doc["metadata"]["name"]
         assert is_dns1123_subdomain(meta_name), (name, meta_name)
         if doc["kind"] in CR_KINDS:  # KubeRay's ValidateRay*Metadata
-            assert DNS1035_LABEL.match(meta_name) and len(meta_name) <= MAX_NAME[doc["kind"]], meta_name
+            assert DNS1035_LABEL.match(meta_name) and len(meta_name) <= MAX_NAME[doc["kind"]], (
+                meta_name
+            )
         labels = [doc["metadata"].get("labels") or {}]
         labels += [t.get("metadata", {}).get("labels") or {} for _, t in pod_templates(doc)]
         for policy in [doc] if doc["kind"] == "NetworkPolicy" else []:
@@ -313,7 +364,9 @@ def test_every_placeholder_is_named_in_the_readme_and_storage_class_is_said_to_b
     storage_class = pvc["spec"]["storageClassName"]
     assert not is_dns1123_subdomain(storage_class)  # so the API server rejects it as written
     at = section.index("<rwx-storage-class>")
-    assert "reject" in section[max(0, at - 300):at + 300], "say that the API server rejects it as written"
+    assert "reject" in section[max(0, at - 300) : at + 300], (
+        "say that the API server rejects it as written"
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -332,19 +385,29 @@ class Pod:
 
 
 def template_ports(template: dict) -> dict:
-    return {p["name"]: p["containerPort"] for c in template["spec"]["containers"]
-            for p in c.get("ports", []) if "name" in p}
+    return {
+        p["name"]: p["containerPort"]
+        for c in template["spec"]["containers"]
+        for p in c.get("ports", [])
+        if "name" in p
+    }
 
 
 def ray_pods(cluster_name: str, spec: dict, namespace: str, serve: bool = False) -> list[Pod]:
     """Pods of one RayCluster, labelled as common/pod.go labelPod and BuildPod do: the
     template's labels, then KubeRay's own (ray.io/cluster, node-type, group cannot be
     overridden); RayService pods also get ray.io/serve."""
+
     def labels(node_type, group, template):
-        out = {"ray.io/is-ray-node": "yes", "ray.io/cluster": cluster_name,
-               "ray.io/node-type": node_type, "ray.io/group": group,
-               "ray.io/identifier": f"{cluster_name}-{node_type}"[:63],
-               "app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator"}
+        out = {
+            "ray.io/is-ray-node": "yes",
+            "ray.io/cluster": cluster_name,
+            "ray.io/node-type": node_type,
+            "ray.io/group": group,
+            "ray.io/identifier": f"{cluster_name}-{node_type}"[:63],
+            "app.kubernetes.io/name": "kuberay",
+            "app.kubernetes.io/created-by": "kuberay-operator",
+        }
         for k, v in (template.get("metadata", {}).get("labels") or {}).items():
             if k not in ("ray.io/node-type", "ray.io/group", "ray.io/cluster"):
                 out[k] = v
@@ -353,16 +416,30 @@ def ray_pods(cluster_name: str, spec: dict, namespace: str, serve: bool = False)
         return out
 
     head = spec["headGroupSpec"]["template"]
-    pods = [Pod(f"{cluster_name}-head", namespace, labels("head", "headgroup", head), template_ports(head))]
+    pods = [
+        Pod(
+            f"{cluster_name}-head",
+            namespace,
+            labels("head", "headgroup", head),
+            template_ports(head),
+        )
+    ]
     for g in spec.get("workerGroupSpecs", []):
-        pods.append(Pod(f"{cluster_name}-{g['groupName']}-worker", namespace,
-                        labels("worker", g["groupName"], g["template"]), template_ports(g["template"])))
+        pods.append(
+            Pod(
+                f"{cluster_name}-{g['groupName']}-worker",
+                namespace,
+                labels("worker", g["groupName"], g["template"]),
+                template_ports(g["template"]),
+            )
+        )
     return pods
 
 
 @dataclass
 class RayApp:
     """One manifest's Ray cluster: its pods, its head, and its RayJob submitter if any."""
+
     doc: dict
     cluster: str
     pods: list[Pod]
@@ -385,7 +462,9 @@ def ray_apps(namespace: str) -> dict[str, RayApp]:
     for doc in docs_of("RayService"):  # utils.GenerateRayClusterName: <name>-<5 random>
         name = doc["metadata"]["name"]
         cluster = f"{name}-x7k2q"
-        apps[name] = RayApp(doc, cluster, ray_pods(cluster, doc["spec"]["rayClusterConfig"], namespace, serve=True))
+        apps[name] = RayApp(
+            doc, cluster, ray_pods(cluster, doc["spec"]["rayClusterConfig"], namespace, serve=True)
+        )
     for doc in docs_of("RayJob"):
         name, spec = doc["metadata"]["name"], doc["spec"]
         if spec.get("rayClusterSpec"):
@@ -401,8 +480,14 @@ def ray_apps(namespace: str) -> dict[str, RayApp]:
             template = spec.get("submitterPodTemplate") or {}
             uid = "6f1c3c1e-0000-4000-8000-000000000000"
             labels = dict(template.get("metadata", {}).get("labels") or {})
-            labels.update({"batch.kubernetes.io/job-name": name, "job-name": name,
-                           "batch.kubernetes.io/controller-uid": uid, "controller-uid": uid})
+            labels.update(
+                {
+                    "batch.kubernetes.io/job-name": name,
+                    "job-name": name,
+                    "batch.kubernetes.io/controller-uid": uid,
+                    "controller-uid": uid,
+                }
+            )
             submitter = Pod(f"{name}-submitter", namespace, labels)
         apps[name] = RayApp(doc, cluster, pods, submitter)
     return apps
@@ -412,11 +497,23 @@ def operator_pods(namespace: str) -> list[Pod]:
     """The KubeRay operator pod as each install labels it (v1.5.1): the Helm chart's deployment
     template and values, and ray-operator/config (kustomize)."""
     return [
-        Pod("kuberay-operator-helm", namespace, {
-            "app.kubernetes.io/name": "kuberay-operator", "app.kubernetes.io/instance": "kuberay-operator",
-            "app.kubernetes.io/component": "kuberay-operator"}),
-        Pod("kuberay-operator-kustomize", namespace, {
-            "app.kubernetes.io/name": "kuberay", "app.kubernetes.io/component": "kuberay-operator"}),
+        Pod(
+            "kuberay-operator-helm",
+            namespace,
+            {
+                "app.kubernetes.io/name": "kuberay-operator",
+                "app.kubernetes.io/instance": "kuberay-operator",
+                "app.kubernetes.io/component": "kuberay-operator",
+            },
+        ),
+        Pod(
+            "kuberay-operator-kustomize",
+            namespace,
+            {
+                "app.kubernetes.io/name": "kuberay",
+                "app.kubernetes.io/component": "kuberay-operator",
+            },
+        ),
     ]
 
 
@@ -473,18 +570,28 @@ def policy_types(policy: dict) -> list[str]:
 
 
 def ingress_policies(policies: list[dict], dst: Pod) -> list[dict]:
-    return [p for p in policies if p["metadata"]["namespace"] == dst.namespace
-            and "Ingress" in policy_types(p) and selector_matches(p["spec"]["podSelector"], dst.labels)]
+    return [
+        p
+        for p in policies
+        if p["metadata"]["namespace"] == dst.namespace
+        and "Ingress" in policy_types(p)
+        and selector_matches(p["spec"]["podSelector"], dst.labels)
+    ]
 
 
 def allowed(policies: list[dict], src: Pod, dst: Pod, port: int, protocol: str = "TCP") -> bool:
     selecting = ingress_policies(policies, dst)
     if not selecting:
         return True  # not isolated
-    return any(peer_ok and port_matches(rule.get("ports"), dst, port, protocol)
-               for p in selecting for rule in p["spec"].get("ingress") or []
-               for peer_ok in [not rule.get("from") or any(
-                   peer_matches(peer, p["metadata"]["namespace"], src) for peer in rule["from"])])
+    return any(
+        peer_ok and port_matches(rule.get("ports"), dst, port, protocol)
+        for p in selecting
+        for rule in p["spec"].get("ingress") or []
+        for peer_ok in [
+            not rule.get("from")
+            or any(peer_matches(peer, p["metadata"]["namespace"], src) for peer in rule["from"])
+        ]
+    )
 
 
 def applied_policies(namespace: str, text: str | None = None) -> list[dict]:
@@ -500,22 +607,52 @@ def applied_policies(namespace: str, text: str | None = None) -> list[dict]:
 
 
 def test_selector_evaluation_itself():
-    sel = {"matchLabels": {"a": "1"}, "matchExpressions": [
-        {"key": "b", "operator": "In", "values": ["x", "y"]},
-        {"key": "c", "operator": "NotIn", "values": ["z"]},
-        {"key": "d", "operator": "Exists"}, {"key": "e", "operator": "DoesNotExist"}]}
+    sel = {
+        "matchLabels": {"a": "1"},
+        "matchExpressions": [
+            {"key": "b", "operator": "In", "values": ["x", "y"]},
+            {"key": "c", "operator": "NotIn", "values": ["z"]},
+            {"key": "d", "operator": "Exists"},
+            {"key": "e", "operator": "DoesNotExist"},
+        ],
+    }
     assert selector_matches(sel, {"a": "1", "b": "x", "d": ""})
     assert selector_matches(sel, {"a": "1", "b": "y", "c": "w", "d": "q"})
-    for bad in ({"b": "x", "d": ""}, {"a": "1", "b": "q", "d": ""}, {"a": "1", "b": "x", "c": "z", "d": ""},
-                {"a": "1", "b": "x"}, {"a": "1", "b": "x", "d": "", "e": ""}):
+    for bad in (
+        {"b": "x", "d": ""},
+        {"a": "1", "b": "q", "d": ""},
+        {"a": "1", "b": "x", "c": "z", "d": ""},
+        {"a": "1", "b": "x"},
+        {"a": "1", "b": "x", "d": "", "e": ""},
+    ):
         assert not selector_matches(sel, bad), bad
     assert selector_matches({}, {"anything": "x"})
     dst = Pod("d", "ns", {"role": "db"}, {"serve": 8000})
-    pol = [{"metadata": {"name": "p", "namespace": "ns"}, "spec": {
-        "podSelector": {"matchLabels": {"role": "db"}}, "policyTypes": ["Ingress"], "ingress": [
-            {"from": [{"podSelector": {"matchLabels": {"role": "app"}}}], "ports": [{"port": "serve"}]},
-            {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
-                       "podSelector": {"matchLabels": {"role": "admin"}}}]}]}}]
+    pol = [
+        {
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {
+                "podSelector": {"matchLabels": {"role": "db"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [{"podSelector": {"matchLabels": {"role": "app"}}}],
+                        "ports": [{"port": "serve"}],
+                    },
+                    {
+                        "from": [
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": {"kubernetes.io/metadata.name": "ops"}
+                                },
+                                "podSelector": {"matchLabels": {"role": "admin"}},
+                            }
+                        ]
+                    },
+                ],
+            },
+        }
+    ]
     assert allowed(pol, Pod("a", "ns", {"role": "app"}), dst, 8000)
     assert not allowed(pol, Pod("a", "ns", {"role": "app"}), dst, 8001)
     assert not allowed(pol, Pod("a", "other", {"role": "app"}), dst, 8000)
@@ -525,23 +662,44 @@ def test_selector_evaluation_itself():
     assert allowed(pol, Pod("x", "ns", {}), Pod("free", "ns", {"role": "web"}), 80)
 
 
-RAY_PORTS = [6379, 8265, 10001, 52365, 8000, 12345]  # GCS, dashboard, client, agent, serve, a worker
+RAY_PORTS = [
+    6379,
+    8265,
+    10001,
+    52365,
+    8000,
+    12345,
+]  # GCS, dashboard, client, agent, serve, a worker
 
 
-@pytest.fixture(params=[("ml", "default"), ("default", "default")], ids=["app-ns-ml", "app-ns-default"])
+@pytest.fixture(
+    params=[("ml", "default"), ("default", "default")], ids=["app-ns-ml", "app-ns-default"]
+)
 def world(request):
     app_ns, operator_ns = request.param
     apps = ray_apps(app_ns)
-    return dict(ns=app_ns, apps=apps, policies=applied_policies(app_ns),
-                operators=operator_pods(operator_ns),
-                ingress=Pod("ingress-nginx-controller", "ingress-nginx",
-                            {"app.kubernetes.io/name": "ingress-nginx", "app.kubernetes.io/component": "controller"}))
+    return dict(
+        ns=app_ns,
+        apps=apps,
+        policies=applied_policies(app_ns),
+        operators=operator_pods(operator_ns),
+        ingress=Pod(
+            "ingress-nginx-controller",
+            "ingress-nginx",
+            {
+                "app.kubernetes.io/name": "ingress-nginx",
+                "app.kubernetes.io/component": "controller",
+            },
+        ),
+    )
 
 
 def test_every_ray_pod_is_isolated_by_the_policy(world):
     for app in world["apps"].values():
         for pod in app.pods:
-            assert ingress_policies(world["policies"], pod), f"{pod} ({app.doc['kind']}) is open to all"
+            assert ingress_policies(world["policies"], pod), (
+                f"{pod} ({app.doc['kind']}) is open to all"
+            )
 
 
 def test_ray_pods_of_one_cluster_reach_each_other_on_every_port(world):
@@ -556,8 +714,9 @@ def test_each_rayjob_submitter_reaches_its_head_dashboard(world):
     jobs = [a for a in world["apps"].values() if a.doc["kind"] == "RayJob"]
     assert jobs and all(a.submitter for a in jobs)
     for app in jobs:
-        assert allowed(world["policies"], app.submitter, app.head, 8265), \
+        assert allowed(world["policies"], app.submitter, app.head, 8265), (
             f"{app.submitter} cannot `ray job submit` to {app.head}:8265"
+        )
 
 
 def test_the_operator_reaches_every_head(world):
@@ -583,9 +742,19 @@ def test_nothing_else_reaches_ray(world):
     strangers = [
         Pod("web", ns, {"app": "web"}),
         # another team's KubeRay cluster in the same namespace
-        *ray_pods("other", {"headGroupSpec": {"template": {"spec": {"containers": [{"name": "ray-head"}]}}},
-                            "workerGroupSpecs": [{"groupName": "cpu", "template": {"spec": {"containers": [
-                                {"name": "ray-worker"}]}}}]}, ns),
+        *ray_pods(
+            "other",
+            {
+                "headGroupSpec": {"template": {"spec": {"containers": [{"name": "ray-head"}]}}},
+                "workerGroupSpecs": [
+                    {
+                        "groupName": "cpu",
+                        "template": {"spec": {"containers": [{"name": "ray-worker"}]}},
+                    }
+                ],
+            },
+            ns,
+        ),
         # pods that look like the operator, outside its namespace
         *operator_pods("tenant-b"),
         # a Job pod of some other RayJob
@@ -622,8 +791,14 @@ def documented_operator_namespace_command() -> str:
 def test_the_operator_namespace_is_the_documented_parameter(operator_ns):
     """The README's command for an operator outside `default` (a Helm install elsewhere)."""
     command = documented_operator_namespace_command()
-    out = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True,
-                         env={"OPERATOR_NS": operator_ns, "PATH": "/usr/bin:/bin"}, check=True).stdout
+    out = subprocess.run(
+        ["bash", "-c", command],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"OPERATOR_NS": operator_ns, "PATH": "/usr/bin:/bin"},
+        check=True,
+    ).stdout
     policies = applied_policies("ml", out)
     apps = ray_apps("ml")
     for op in operator_pods(operator_ns):
@@ -653,8 +828,13 @@ def produced(kind: str) -> list[tuple[str, str]]:
             cluster = name if k == "RayCluster" else f"{name}-{RANDOM5}"
             head = spec["headGroupSpec"]
             if kind == "Service":
-                out.append((((head.get("headService") or {}).get("metadata") or {}).get("name")
-                            or f"{cluster}-head-svc", f"{k}/{name}"))
+                out.append(
+                    (
+                        ((head.get("headService") or {}).get("metadata") or {}).get("name")
+                        or f"{cluster}-head-svc",
+                        f"{k}/{name}",
+                    )
+                )
                 if head.get("enableIngress"):
                     out.append((f"{cluster}-head-ingress", f"{k}/{name}"))
             if kind == "Secret" and (spec.get("authOptions") or {}).get("mode") == "token":
@@ -666,15 +846,17 @@ def produced(kind: str) -> list[tuple[str, str]]:
         if kind == k:
             out.append((name, f"{k}/{name}"))
     if kind == "Secret":  # Secrets the README has the user create
-        out += [(m, "README") for m in re.findall(r"kubectl create secret generic (\S+)",
-                                                  readme_kubernetes_section())]
+        out += [
+            (m, "README")
+            for m in re.findall(r"kubectl create secret generic (\S+)", readme_kubernetes_section())
+        ]
     return out
 
 
 def clashes(names: list[tuple[str, str]]) -> list[tuple]:
     out = []
     for i, (a, pa) in enumerate(names):
-        for b, pb in names[i + 1:]:
+        for b, pb in names[i + 1 :]:
             if a == b or fnmatch.fnmatchcase(a, b) or fnmatch.fnmatchcase(b, a):
                 out.append((a, pa, b, pb))
     return out
@@ -689,8 +871,12 @@ def test_no_two_objects_produce_the_same_name(kind):
 
 def test_the_clash_check_can_fail():
     assert clashes([("a-head-svc", "RayCluster/a"), ("a-head-svc", "RayService/a")])
-    assert clashes([("job-bcd2f-head-svc", "RayCluster/job-bcd2f"), (f"job-{RANDOM5}-head-svc", "RayJob/job")])
-    assert not clashes([("job-train-head-svc", "RayJob/job-train"), (f"job-{RANDOM5}-head-svc", "RayService/job")])
+    assert clashes(
+        [("job-bcd2f-head-svc", "RayCluster/job-bcd2f"), (f"job-{RANDOM5}-head-svc", "RayJob/job")]
+    )
+    assert not clashes(
+        [("job-train-head-svc", "RayJob/job-train"), (f"job-{RANDOM5}-head-svc", "RayService/job")]
+    )
     assert not clashes([("a-head-svc", "RayCluster/a"), ("a-serve-svc", "RayService/a")])
 
 
@@ -705,12 +891,20 @@ def test_the_readmes_commands_name_the_right_objects():
         if port == "8265":  # the Jobs API of the long-lived RayCluster, for `modresnet jobs`
             assert producer.startswith("RayCluster/"), (svc, producer)
         if port == "8000":
-            assert producer.startswith("RayService/") and svc.endswith("-serve-svc"), (svc, producer)
-    token_secrets = re.findall(r"kubectl get secret (\S+) -o jsonpath='\{\.data\.auth_token\}'", section)
+            assert producer.startswith("RayService/") and svc.endswith("-serve-svc"), (
+                svc,
+                producer,
+            )
+    token_secrets = re.findall(
+        r"kubectl get secret (\S+) -o jsonpath='\{\.data\.auth_token\}'", section
+    )
     assert token_secrets
     for secret in token_secrets:
-        assert secret in {d["metadata"]["name"] for d in docs_of("RayCluster")
-                          if d["spec"].get("authOptions", {}).get("mode") == "token"}, secret
+        assert secret in {
+            d["metadata"]["name"]
+            for d in docs_of("RayCluster")
+            if d["spec"].get("authOptions", {}).get("mode") == "token"
+        }, secret
     for path in re.findall(r"cluster/kuberay/([\w.-]+\.yaml)", section):
         assert (KUBERAY / path).exists(), path
 
@@ -718,8 +912,9 @@ def test_the_readmes_commands_name_the_right_objects():
 def test_rayjob_comments_point_at_a_real_cluster():
     for path in KUBERAY.glob("rayjob-*.yaml"):
         for name in re.findall(r"ray\.io/cluster: ([\w-]+)", path.read_text()):
-            assert docs_of("RayCluster") and name in {d["metadata"]["name"] for d in docs_of("RayCluster")}, \
-                (path.name, name)
+            assert docs_of("RayCluster") and name in {
+                d["metadata"]["name"] for d in docs_of("RayCluster")
+            }, (path.name, name)
 
 
 # ------------------------------------------------------------------------------------------
@@ -749,11 +944,16 @@ def test_the_rayservice_serves_a_run_a_rayjob_writes():
     app = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
     runs = {entrypoint_run_dir(d): d["metadata"]["name"] for d in docs_of("RayJob")}
     checkpoint = app["args"]["checkpoint"].rstrip("/")
-    producer = next((job for run, job in runs.items() if checkpoint == run or checkpoint.startswith(run + "/")), None)
+    producer = next(
+        (job for run, job in runs.items() if checkpoint == run or checkpoint.startswith(run + "/")),
+        None,
+    )
     assert producer, f"{checkpoint} is written by none of {runs}"
     # a manifest that says it feeds rayservice.yaml must be the one that does
     for path in KUBERAY.glob("rayjob-*.yaml"):
-        comments = " ".join(line for line in path.read_text().splitlines() if line.lstrip().startswith("#"))
+        comments = " ".join(
+            line for line in path.read_text().splitlines() if line.lstrip().startswith("#")
+        )
         if re.search(r"for rayservice\.yaml|rayservice\.yaml serves", comments):
             assert yaml.safe_load(path.read_text())["metadata"]["name"] == producer, path.name
 
@@ -762,10 +962,15 @@ def test_the_rayservice_serves_a_run_a_rayjob_writes():
 # 7. the project's own conventions: Ray version, token auth, 0-CPU head, no secret in args
 
 
-@pytest.mark.parametrize("name,kind", [("raycluster.yaml", "RayCluster"),
-                                       ("rayjob-train.yaml", "RayJob"),
-                                       ("rayjob-tune.yaml", "RayJob"),
-                                       ("rayservice.yaml", "RayService")])
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        ("raycluster.yaml", "RayCluster"),
+        ("rayjob-train.yaml", "RayJob"),
+        ("rayjob-tune.yaml", "RayJob"),
+        ("rayservice.yaml", "RayService"),
+    ],
+)
 def test_kuberay_manifests(name, kind):
     doc = yaml.safe_load((KUBERAY / name).read_text())
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == kind
@@ -791,7 +996,10 @@ def test_kuberay_manifests(name, kind):
     if kind == "RayJob":
         command = "train" if "train" in name else "tune"
         submitter = doc["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
-        assert submitter["image"] == cluster_spec(doc)["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+        assert (
+            submitter["image"]
+            == cluster_spec(doc)["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+        )
         assert doc["spec"]["entrypoint"].startswith(f"python -m modresnet.cli {command} ")
         assert doc["spec"]["shutdownAfterJobFinishes"] is True
         env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])["env_vars"]

@@ -23,11 +23,14 @@ def test_configurable_widths_blocks_and_classes():
     assert len(model.layers[1]) == 3
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"widths": ()}, "model.widths"),
-    ({"blocks": (2, 2)}, "model.blocks"),
-    ({"num_classes": 1}, "model.num_classes"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"widths": ()}, "model.widths"),
+        ({"blocks": (2, 2)}, "model.blocks"),
+        ({"num_classes": 1}, "model.num_classes"),
+    ],
+)
 def test_bad_architecture_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         ModelConfig(**kwargs)

@@ -26,19 +26,37 @@ pytestmark = pytest.mark.ray
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "modresnet.cli"]
-TINY = ["--preset", "debug", "--subset", "300", "--set", "data.val_subset=100",
-        "--set", "data.test_subset=100", "--no-wandb"]
+TINY = [
+    "--preset",
+    "debug",
+    "--subset",
+    "300",
+    "--set",
+    "data.val_subset=100",
+    "--set",
+    "data.test_subset=100",
+    "--no-wandb",
+]
 
 
 def tiny_config(data_dir, epochs: int = 2, **extra) -> configs.Config:
-    overrides = {"data.data_dir": str(data_dir), "data.subset": 300, "data.val_subset": 100,
-                 "data.test_subset": 100, "train.epochs": epochs, **extra}
+    overrides = {
+        "data.data_dir": str(data_dir),
+        "data.subset": 300,
+        "data.val_subset": 100,
+        "data.test_subset": 100,
+        "train.epochs": epochs,
+        **extra,
+    }
     return configs.resolve("debug", overrides=overrides)
 
 
 def env(**extra) -> dict:
-    out = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_MODE",
-                                                             "WANDB_API_KEY")}
+    out = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "WANDB_MODE", "WANDB_API_KEY")
+    }
     out.update(extra)
     return out
 
@@ -48,7 +66,9 @@ def env(**extra) -> dict:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return ""
 
@@ -92,8 +112,10 @@ def kill_ray_session_of(driver_pid: int) -> None:
     tag = f"_{driver_pid}"
     for pid in _all_pids():
         cmd = _cmdline(pid)
-        if "session_" in cmd and any(part.startswith("session_") and part.endswith(tag)
-                                     for part in cmd.replace("/", " ").replace("=", " ").split()):
+        if "session_" in cmd and any(
+            part.startswith("session_") and part.endswith(tag)
+            for part in cmd.replace("/", " ").replace("=", " ").split()
+        ):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -111,15 +133,27 @@ def epochs_of(run: Path) -> list[int]:
 
 
 def assert_run_dir(run: Path, epochs: int) -> None:
-    for name in ("config.yaml", "metrics.jsonl", "test.json", "curves.png", "confusion.png",
-                 "best/model.safetensors", "best/model.json", "last/model.safetensors",
-                 "last/train_state.json", "ray/checkpoint_manager_snapshot.json"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "test.json",
+        "curves.png",
+        "confusion.png",
+        "best/model.safetensors",
+        "best/model.json",
+        "last/model.safetensors",
+        "last/train_state.json",
+        "ray/checkpoint_manager_snapshot.json",
+    ):
         assert (run / name).exists(), name
     assert epochs_of(run) == list(range(1, epochs + 1))
     from modresnet.checkpoint import load_model
 
     loaded = load_model(run)  # evaluate/predict/serve read a Ray run like a local one
-    assert loaded.meta["metrics"]["test_acc"] == json.loads((run / "test.json").read_text())["test_acc"]
+    assert (
+        loaded.meta["metrics"]["test_acc"]
+        == json.loads((run / "test.json").read_text())["test_acc"]
+    )
 
 
 # ------------------------------------------------------------------ (g) fast user errors
@@ -127,9 +161,14 @@ def assert_run_dir(run: Path, epochs: int) -> None:
 
 def test_unreachable_address_fails_fast(tmp_path):
     start = time.perf_counter()
-    proc = subprocess.run([*CLI, "train", *TINY, "--storage", str(tmp_path),
-                           "--address", f"127.0.0.1:{free_port()}"],
-                          capture_output=True, text=True, env=env(), cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [*CLI, "train", *TINY, "--storage", str(tmp_path), "--address", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "no Ray cluster reachable" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -139,8 +178,14 @@ def test_unreachable_address_fails_fast(tmp_path):
 def test_unwritable_storage_fails_fast(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    proc = subprocess.run([*CLI, "train", *TINY, "--storage", str(blocker / "runs")],
-                          capture_output=True, text=True, env=env(), cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [*CLI, "train", *TINY, "--storage", str(blocker / "runs")],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "--storage: cannot write" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -169,12 +214,34 @@ def _freeze_bn(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _ddp_config(data_dir, batch: int) -> configs.Config:
-    aug_off = {f"augment.{k}": 0 for k in ("crop_padding", "flip", "brightness", "contrast",
-                                          "saturation", "hue", "rotation", "translate", "cutout")}
-    return configs.resolve("debug", overrides={
-        "data.data_dir": str(data_dir), "train.batch_size": batch, "train.lr_scaling": "none",
-        "optim.name": "sgd", "optim.lr": 0.05, "optim.weight_decay": 0.0,
-        "schedule.name": "constant", "train.channels_last": False, **aug_off})
+    aug_off = {
+        f"augment.{k}": 0
+        for k in (
+            "crop_padding",
+            "flip",
+            "brightness",
+            "contrast",
+            "saturation",
+            "hue",
+            "rotation",
+            "translate",
+            "cutout",
+        )
+    }
+    return configs.resolve(
+        "debug",
+        overrides={
+            "data.data_dir": str(data_dir),
+            "train.batch_size": batch,
+            "train.lr_scaling": "none",
+            "optim.name": "sgd",
+            "optim.lr": 0.05,
+            "optim.weight_decay": 0.0,
+            "schedule.name": "constant",
+            "train.channels_last": False,
+            **aug_off,
+        },
+    )
 
 
 def _train_one_epoch(rank: int, world: int, port: int, data_dir: str, batch: int, x, y, out):
@@ -186,8 +253,9 @@ def _train_one_epoch(rank: int, world: int, port: int, data_dir: str, batch: int
 
     torch.set_num_threads(1)
     if world > 1:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=world)
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+        )
     config = _ddp_config(data_dir, batch)
     torch.manual_seed(0)
     model = _freeze_bn(build_model(config.model))
@@ -195,8 +263,16 @@ def _train_one_epoch(rank: int, world: int, port: int, data_dir: str, batch: int
     state = engine.build_state(config, model, len(y), wrap=wrap)
     metrics = engine.train_one_epoch(state, Split(x, y), config, torch.device("cpu"))
     if rank == 0:
-        torch.save({"weights": {k: v.clone() for k, v in engine.unwrap(state.model).state_dict().items()},
-                    "loss": metrics["train_loss"], "images": metrics["train_images"]}, out)
+        torch.save(
+            {
+                "weights": {
+                    k: v.clone() for k, v in engine.unwrap(state.model).state_dict().items()
+                },
+                "loss": metrics["train_loss"],
+                "images": metrics["train_images"],
+            },
+            out,
+        )
     if world > 1:
         dist.destroy_process_group()
 
@@ -231,6 +307,7 @@ def test_ddp_two_workers_match_one_worker_at_double_batch(tmp_path, small_cifar,
     first = next(k for k in a["weights"] if "conv" in k)
     torch.manual_seed(0)
     from modresnet.model import build_model
+
     init = build_model(_ddp_config(data_dir, batch).model).state_dict()[first]
     assert not torch.allclose(init, a["weights"][first])  # training did move the weights
 
@@ -240,13 +317,34 @@ def test_ddp_two_workers_match_one_worker_at_double_batch(tmp_path, small_cifar,
 
 def test_driver_killed_then_same_command_resumes_with_same_wandb_run(tmp_path):
     epochs = 4
-    cmd = [*CLI, "train", *[a for a in TINY if a != "--no-wandb"], "--subset", "600",
-           "--epochs", str(epochs), "--workers", "2", "--storage", str(tmp_path),
-           "--name", "resume-me", "--max-failures", "0"]
+    cmd = [
+        *CLI,
+        "train",
+        *[a for a in TINY if a != "--no-wandb"],
+        "--subset",
+        "600",
+        "--epochs",
+        str(epochs),
+        "--workers",
+        "2",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "resume-me",
+        "--max-failures",
+        "0",
+    ]
     wandb_env = env(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_PROJECT="modresnet-tests")
     run = tmp_path / "resume-me"
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=wandb_env, cwd=REPO, start_new_session=True)
+    first = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=wandb_env,
+        cwd=REPO,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 240
         snapshot_file = run / "ray" / "checkpoint_manager_snapshot.json"
@@ -265,8 +363,9 @@ def test_driver_killed_then_same_command_resumes_with_same_wandb_run(tmp_path):
     snapshot = json.loads((run / "ray" / "checkpoint_manager_snapshot.json").read_text())
     assert snapshot  # Ray recorded at least one checkpoint before the driver died
 
-    second = subprocess.run(cmd, capture_output=True, text=True, env=wandb_env, cwd=REPO,
-                            timeout=300)
+    second = subprocess.run(
+        cmd, capture_output=True, text=True, env=wandb_env, cwd=REPO, timeout=300
+    )
     assert second.returncode == 0, (first_out[-2000:], second.stdout[-3000:], second.stderr[-3000:])
     lines = [ln for ln in second.stdout.splitlines() if ln.startswith("epoch ")]
     resumed_from = int(lines[0].split()[1].split("/")[0])
@@ -294,8 +393,13 @@ def ray_local():
     import ray
 
     ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             object_store_memory=200 * 1024**2, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 1024**2,
+        log_to_driver=False,
+    )
     try:
         yield ray
     finally:
@@ -306,8 +410,13 @@ def test_two_workers_complete_run_directory(ray_local, tmp_path, data_dir):
     from jobs.train import RayOptions, train_ray
 
     seen = []
-    result = train_ray(tiny_config(data_dir, epochs=2), tmp_path / "two", RayOptions(workers=2, wandb=False),
-                       on_epoch_done=seen.append, info=lambda _: None)
+    result = train_ray(
+        tiny_config(data_dir, epochs=2),
+        tmp_path / "two",
+        RayOptions(workers=2, wandb=False),
+        on_epoch_done=seen.append,
+        info=lambda _: None,
+    )
     assert [r["epoch"] for r in seen] == [1, 2]  # the driver got one line per epoch
     assert [r["epoch"] for r in result.history] == [1, 2]
     assert_run_dir(tmp_path / "two", 2)
@@ -327,9 +436,13 @@ def test_killed_worker_is_replaced_and_every_epoch_recorded_once(ray_local, tmp_
             os.kill(victims[-1], signal.SIGKILL)
             killed.append(record["epoch"])
 
-    result = train_ray(tiny_config(data_dir, epochs=epochs, **{"data.subset": 600}),
-                       tmp_path / "kill", RayOptions(workers=2, max_failures=3, wandb=False),
-                       on_epoch_done=on_epoch, info=lambda _: None)
+    result = train_ray(
+        tiny_config(data_dir, epochs=epochs, **{"data.subset": 600}),
+        tmp_path / "kill",
+        RayOptions(workers=2, max_failures=3, wandb=False),
+        on_epoch_done=on_epoch,
+        info=lambda _: None,
+    )
     assert killed and killed[0] < epochs
     assert [r["epoch"] for r in result.history] == list(range(1, epochs + 1))
     assert_run_dir(tmp_path / "kill", epochs)
@@ -370,9 +483,13 @@ def test_workers_spread_over_two_nodes(tmp_path, data_dir):
                 for i, node in enumerate(nodes):
                     placement[i] = len(train_workers_under(raylet_pids(node)[0]))
 
-        train_ray(tiny_config(data_dir, epochs=1), tmp_path / "spread",
-                  RayOptions(workers=2, wandb=False),
-                  on_epoch_done=on_epoch, info=lambda _: None)
+        train_ray(
+            tiny_config(data_dir, epochs=1),
+            tmp_path / "spread",
+            RayOptions(workers=2, wandb=False),
+            on_epoch_done=on_epoch,
+            info=lambda _: None,
+        )
         assert placement == {0: 1, 1: 1}  # one worker on each 1-CPU node
         assert_run_dir(tmp_path / "spread", 1)
     finally:

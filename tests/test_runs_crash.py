@@ -47,26 +47,51 @@ CRASHING_TRAINER = textwrap.dedent("""
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "250"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "modresnet.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "modresnet.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-@pytest.mark.parametrize("crash_at, left", [
-    ("between-renames", {"last.old", "last.tmp"}),  # last/ missing: the case that lost runs
-    ("before-renames", {"last", "last.tmp"}),
-])
+@pytest.mark.parametrize(
+    "crash_at, left",
+    [
+        ("between-renames", {"last.old", "last.tmp"}),  # last/ missing: the case that lost runs
+        ("before-renames", {"last", "last.tmp"}),
+    ],
+)
 def test_a_run_killed_while_replacing_last_resumes_from_the_last_complete_epoch(
-        tmp_path: Path, crash_at: str, left: set[str], data_dir: Path) -> None:
+    tmp_path: Path, crash_at: str, left: set[str], data_dir: Path
+) -> None:
     """Needs CIFAR-10 (`data_dir`): the child and the resumed CLI read it."""
     run = tmp_path / "r"
-    child = subprocess.run([sys.executable, "-c", CRASHING_TRAINER, str(run), crash_at],
-                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    child = subprocess.run(
+        [sys.executable, "-c", CRASHING_TRAINER, str(run), crash_at],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     assert {p.name for p in run.iterdir() if p.name.startswith("last")} == left
     assert [m["epoch"] for m in map(json.loads, (run / "metrics.jsonl").open())] == [1, 2]
 
-    resumed = cli("train", "--local", *FLAGS, "--epochs", "3", "--storage", str(tmp_path),
-                  "--name", "r", "--resume")
+    resumed = cli(
+        "train",
+        "--local",
+        *FLAGS,
+        "--epochs",
+        "3",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "r",
+        "--resume",
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     if crash_at == "between-renames":
         assert "restored last/ from last.old/" in resumed.stdout
@@ -83,8 +108,20 @@ def test_one_process_per_run_and_resume_needs_training_state(tmp_path):
 
     held = RunDir(tmp_path / "busy")
     with held.lock():  # this test process is "training" busy right now
-        runs = [cli("train", *local, *FLAGS, "--epochs", "1", "--storage", str(tmp_path),
-                    "--name", "busy") for local in (["--local"], [])]
+        runs = [
+            cli(
+                "train",
+                *local,
+                *FLAGS,
+                "--epochs",
+                "1",
+                "--storage",
+                str(tmp_path),
+                "--name",
+                "busy",
+            )
+            for local in (["--local"], [])
+        ]
     for r in runs:  # in-process and Ray paths alike refuse before doing anything
         assert r.returncode == 2, r.stdout + r.stderr
         assert "being written by another modresnet process" in r.stderr
@@ -95,8 +132,18 @@ def test_one_process_per_run_and_resume_needs_training_state(tmp_path):
     no_state = tmp_path / "no-state"
     no_state.mkdir()
     (no_state / "metrics.jsonl").write_text('{"epoch": 1, "val_acc": 0.1}\n')
-    r = cli("train", "--local", *FLAGS, "--epochs", "2", "--storage", str(tmp_path), "--name",
-            "no-state", "--resume")
+    r = cli(
+        "train",
+        "--local",
+        *FLAGS,
+        "--epochs",
+        "2",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "no-state",
+        "--resume",
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     assert "last/train_state.json is missing" in r.stderr and "Traceback" not in r.stderr
     assert not (no_state / "last").exists()

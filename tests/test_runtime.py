@@ -15,15 +15,18 @@ from jobs import ray_private, runtime
 from modresnet.errors import UserError
 
 
-@pytest.mark.parametrize(("requested", "env", "mode"), [
-    (None, {}, "offline"),  # the default: on, offline without a key
-    (True, {}, "offline"),
-    (None, {"WANDB_API_KEY": "k"}, "online"),
-    (None, {"WANDB_API_KEY": "k", "WANDB_MODE": "offline"}, "offline"),
-    (None, {"WANDB_MODE": "dryrun"}, "offline"),
-    (False, {"WANDB_API_KEY": "k"}, "disabled"),  # --no-wandb
-    (True, {"WANDB_API_KEY": "k", "WANDB_MODE": "disabled"}, "disabled"),
-])
+@pytest.mark.parametrize(
+    ("requested", "env", "mode"),
+    [
+        (None, {}, "offline"),  # the default: on, offline without a key
+        (True, {}, "offline"),
+        (None, {"WANDB_API_KEY": "k"}, "online"),
+        (None, {"WANDB_API_KEY": "k", "WANDB_MODE": "offline"}, "offline"),
+        (None, {"WANDB_MODE": "dryrun"}, "offline"),
+        (False, {"WANDB_API_KEY": "k"}, "disabled"),  # --no-wandb
+        (True, {"WANDB_API_KEY": "k", "WANDB_MODE": "disabled"}, "disabled"),
+    ],
+)
 def test_one_wandb_rule(monkeypatch, requested, env, mode):
     for name in ("WANDB_API_KEY", "WANDB_MODE"):
         monkeypatch.delenv(name, raising=False)
@@ -87,10 +90,13 @@ def test_private_ray_apis_refuse_another_ray_version():
 def test_every_private_helper_checks_the_version_first(monkeypatch):
     # a stand-in for another Ray: no helper may reach a private name before the check
     monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(__version__="3.0.0"))
-    calls = [ray_private.reload_auth_config, ray_private.flushing_wandb_callback,
-             lambda: ray_private.restored_run_config(object()),
-             lambda: ray_private.result_grid_trials(object()),
-             lambda: ray_private.jobs_client("http://127.0.0.1:1", None, RuntimeError)]
+    calls = [
+        ray_private.reload_auth_config,
+        ray_private.flushing_wandb_callback,
+        lambda: ray_private.restored_run_config(object()),
+        lambda: ray_private.result_grid_trials(object()),
+        lambda: ray_private.jobs_client("http://127.0.0.1:1", None, RuntimeError),
+    ]
     for call in calls:
         with pytest.raises(ray_private.UnsupportedRayError, match="Ray 3.0.0 is installed"):
             call()

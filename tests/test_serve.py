@@ -71,7 +71,9 @@ class Load:
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(concurrency)]
+        self._threads = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(concurrency)
+        ]
 
     def _run(self) -> None:
         with httpx.Client(timeout=60) as client:
@@ -106,16 +108,29 @@ class Load:
 def runs(tmp_path_factory, data_dir):
     """A real (tiny) training run, and a second checkpoint with other weights to roll over to."""
     root = tmp_path_factory.mktemp("serve-runs")
-    cfg = configs.resolve("debug", overrides={"data.data_dir": str(data_dir), "data.subset": 200,
-                                              "data.val_subset": 50, "data.test_subset": 50})
+    cfg = configs.resolve(
+        "debug",
+        overrides={
+            "data.data_dir": str(data_dir),
+            "data.subset": 200,
+            "data.val_subset": 50,
+            "data.test_subset": 50,
+        },
+    )
     train_local(cfg, root / "run0")
     loaded = load_model(root / "run0")
     torch.manual_seed(1)
     with torch.no_grad():
         for p in loaded.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    save_model(root / "run1", loaded.model, loaded.config, loaded.classes, loaded.meta["epoch"] + 1,
-               dict(loaded.meta["metrics"]))
+    save_model(
+        root / "run1",
+        loaded.model,
+        loaded.config,
+        loaded.classes,
+        loaded.meta["epoch"] + 1,
+        dict(loaded.meta["metrics"]),
+    )
     return [root / "run0", root / "run1"]
 
 
@@ -130,22 +145,48 @@ def server(runs):
     os.environ[KEY_ENV] = KEY  # before ray.init: replicas inherit the raylet's environment
     owns = not ray.is_initialized()
     if owns:
-        ray.init(address="local", num_cpus=2, include_dashboard=False,
-                 object_store_memory=200 * 1024**2, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=200 * 1024**2,
+            log_to_driver=False,
+        )
     port = _free_port()
     try:
         start("127.0.0.1", port)
         url = f"http://127.0.0.1:{port}"
-        main = ServeArgs(checkpoint=str(runs[0]), backend="onnx", replica_cpus=0.25,
-                         min_replicas=1, max_replicas=3, target_ongoing_requests=2,
-                         upscale_delay_s=1, downscale_delay_s=3, look_back_period_s=2,
-                         max_batch_size=16, batch_wait_timeout_s=0.02, max_ongoing_requests=8,
-                         max_queued_requests=-1, max_body_bytes=1024 * 1024, max_images=32,
-                         body_timeout_s=BODY_TIMEOUT_S,
-                         health_check_period_s=1, graceful_shutdown_timeout_s=10)
-        secure = ServeArgs(checkpoint=str(runs[0]), backend="torch", replica_cpus=0.25,
-                           min_replicas=1, max_replicas=1, max_ongoing_requests=1,
-                           max_queued_requests=1, api_key_env=KEY_ENV, api_key_required=True)
+        main = ServeArgs(
+            checkpoint=str(runs[0]),
+            backend="onnx",
+            replica_cpus=0.25,
+            min_replicas=1,
+            max_replicas=3,
+            target_ongoing_requests=2,
+            upscale_delay_s=1,
+            downscale_delay_s=3,
+            look_back_period_s=2,
+            max_batch_size=16,
+            batch_wait_timeout_s=0.02,
+            max_ongoing_requests=8,
+            max_queued_requests=-1,
+            max_body_bytes=1024 * 1024,
+            max_images=32,
+            body_timeout_s=BODY_TIMEOUT_S,
+            health_check_period_s=1,
+            graceful_shutdown_timeout_s=10,
+        )
+        secure = ServeArgs(
+            checkpoint=str(runs[0]),
+            backend="torch",
+            replica_cpus=0.25,
+            min_replicas=1,
+            max_replicas=1,
+            max_ongoing_requests=1,
+            max_queued_requests=1,
+            api_key_env=KEY_ENV,
+            api_key_required=True,
+        )
         deploy(main)
         deploy(secure, name="secure", route_prefix="/secure")
         auth = {"Authorization": f"Bearer {KEY}"}
@@ -166,31 +207,44 @@ def predictor(runs):
 
 # --- predictions over both protocols equal the in-process Predictor ---------------------------
 
+
 def test_predict_multipart_and_json_match_predictor(server, images, predictor):
     x, y, pngs, classes = images
     expected = predictor.probabilities(torch.stack([decode_image(p) for p in pngs]))
     want = predictor.top_k(expected, 5)
-    r = httpx.post(server["url"] + "/predict",
-                   files=[("files", (f"img{i}.png", p, "image/png")) for i, p in enumerate(pngs)])
+    r = httpx.post(
+        server["url"] + "/predict",
+        files=[("files", (f"img{i}.png", p, "image/png")) for i, p in enumerate(pngs)],
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["backend"] == "onnx" and body["model_sha256"] == predictor.loaded.sha256
     assert [p["filename"] for p in body["predictions"]] == [f"img{i}.png" for i in range(len(pngs))]
     for got, exp in zip(body["predictions"], want, strict=False):
         assert [g["label"] for g in got["top_k"]] == [e.label for e in exp]
-        np.testing.assert_allclose([g["probability"] for g in got["top_k"]],
-                                   [e.probability for e in exp], atol=1e-5)
-    r = httpx.post(server["url"] + "/predict", json={
-        "images": [base64.b64encode(p).decode() for p in pngs[:3]], "top_k": 2})
+        np.testing.assert_allclose(
+            [g["probability"] for g in got["top_k"]], [e.probability for e in exp], atol=1e-5
+        )
+    r = httpx.post(
+        server["url"] + "/predict",
+        json={"images": [base64.b64encode(p).decode() for p in pngs[:3]], "top_k": 2},
+    )
     assert r.status_code == 200, r.text
-    assert [[g["label"] for g in p["top_k"]] for p in r.json()["predictions"]] == \
-        [[e.label for e in row[:2]] for row in want[:3]]
+    assert [[g["label"] for g in p["top_k"]] for p in r.json()["predictions"]] == [
+        [e.label for e in row[:2]] for row in want[:3]
+    ]
     # the torch backend (the `secure` app) gives the same answers
-    r = httpx.post(server["url"] + "/secure/predict", headers=server["auth"],
-                   files=[("files", ("a.png", pngs[0], "image/png"))])
+    r = httpx.post(
+        server["url"] + "/secure/predict",
+        headers=server["auth"],
+        files=[("files", ("a.png", pngs[0], "image/png"))],
+    )
     assert r.status_code == 200 and r.json()["backend"] == "torch"
-    np.testing.assert_allclose([g["probability"] for g in r.json()["predictions"][0]["top_k"]],
-                               [e.probability for e in want[0]], atol=1e-6)
+    np.testing.assert_allclose(
+        [g["probability"] for g in r.json()["predictions"][0]["top_k"]],
+        [e.probability for e in want[0]],
+        atol=1e-6,
+    )
 
 
 def test_v2_protocol(server, images, predictor):
@@ -203,10 +257,16 @@ def test_v2_protocol(server, images, predictor):
     expected = predictor.probabilities(x).numpy()
     nhwc = x.permute(0, 2, 3, 1).numpy()
     for datatype, shape, data in (
-            ("UINT8", [len(x), 32, 32, 3], nhwc.reshape(-1).tolist()),
-            ("FP32", [len(x), 3, 32, 32], (x.numpy() / 255.0).reshape(-1).tolist())):
-        r = httpx.post(url + "/v2/models/modresnet/infer", json={"id": "req-1", "inputs": [
-            {"name": "input", "shape": shape, "datatype": datatype, "data": data}]})
+        ("UINT8", [len(x), 32, 32, 3], nhwc.reshape(-1).tolist()),
+        ("FP32", [len(x), 3, 32, 32], (x.numpy() / 255.0).reshape(-1).tolist()),
+    ):
+        r = httpx.post(
+            url + "/v2/models/modresnet/infer",
+            json={
+                "id": "req-1",
+                "inputs": [{"name": "input", "shape": shape, "datatype": datatype, "data": data}],
+            },
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["model_name"] == "modresnet" and body["id"] == "req-1"
@@ -239,12 +299,17 @@ def test_cli_predict_url(server, images, predictor, tmp_path):
     for i, png in enumerate(images[2][:3]):
         paths.append(tmp_path / f"{i}.png")
         paths[-1].write_bytes(png)
-    want = predictor.top_k(predictor.probabilities(torch.stack([decode_image(p) for p in images[2][:3]])), 2)
-    result = CliRunner().invoke(app, ["predict", *map(str, paths), "--url", server["url"],
-                                      "--top-k", "2", "--json"])
+    want = predictor.top_k(
+        predictor.probabilities(torch.stack([decode_image(p) for p in images[2][:3]])), 2
+    )
+    result = CliRunner().invoke(
+        app, ["predict", *map(str, paths), "--url", server["url"], "--top-k", "2", "--json"]
+    )
     assert result.exit_code == 0, result.output
     got = jsonlib.loads(result.stdout)
-    assert [[r["label"] for r in g["top_k"]] for g in got] == [[w.label for w in row] for row in want]
+    assert [[r["label"] for r in g["top_k"]] for g in got] == [
+        [w.label for w in row] for row in want
+    ]
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     result = CliRunner().invoke(app, ["predict", str(bad), "--url", server["url"]])
@@ -254,6 +319,7 @@ def test_cli_predict_url(server, images, predictor, tmp_path):
 
 
 # --- every class of bad input is a 4xx with a JSON reason -----------------------------------
+
 
 def _png(img: Image.Image, **kw) -> bytes:
     buf = io.BytesIO()
@@ -267,28 +333,55 @@ def _bomb() -> bytes:
     import zlib
 
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
     ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("case", ["text", "truncated_png", "corrupt_jpeg", "bomb", "empty_file"])
 def test_bad_image_bytes_are_400(server, images, case):
     png = images[2][0]
     jpeg = _png(Image.new("RGB", (64, 64), (200, 10, 10)), format="JPEG")
-    data = {"text": b"hello, not an image", "truncated_png": png[: len(png) // 2],
-            "corrupt_jpeg": jpeg[:200] + b"\xff" * 50 + jpeg[250:300], "bomb": _bomb(),
-            "empty_file": b""}[case]
+    data = {
+        "text": b"hello, not an image",
+        "truncated_png": png[: len(png) // 2],
+        "corrupt_jpeg": jpeg[:200] + b"\xff" * 50 + jpeg[250:300],
+        "bomb": _bomb(),
+        "empty_file": b"",
+    }[case]
     r = httpx.post(server["url"] + "/predict", files=[("files", ("x.png", data, "image/png"))])
     assert r.status_code == 400, (case, r.status_code, r.text)
     assert r.json()["error"] and r.json()["status"] == 400
 
 
-@pytest.mark.parametrize("case,status", [
-    ("empty_body", 400), ("oversize", 413), ("content_type", 415), ("bad_json", 400),
-    ("bad_base64", 400), ("json_no_images", 400), ("multipart_no_files", 400),
-    ("v2_shape", 400), ("v2_dtype", 400), ("v2_length", 400), ("v2_name", 400),
-    ("v2_range", 400), ("v2_bad_json", 400), ("v2_content_type", 415), ("top_k", 400)])
+@pytest.mark.parametrize(
+    "case,status",
+    [
+        ("empty_body", 400),
+        ("oversize", 413),
+        ("content_type", 415),
+        ("bad_json", 400),
+        ("bad_base64", 400),
+        ("json_no_images", 400),
+        ("multipart_no_files", 400),
+        ("v2_shape", 400),
+        ("v2_dtype", 400),
+        ("v2_length", 400),
+        ("v2_name", 400),
+        ("v2_range", 400),
+        ("v2_bad_json", 400),
+        ("v2_content_type", 415),
+        ("top_k", 400),
+    ],
+)
 def test_bad_requests_are_4xx_json(server, case, status):
     url = server["url"]
     v2 = url + "/v2/models/modresnet/infer"
@@ -296,27 +389,38 @@ def test_bad_requests_are_4xx_json(server, case, status):
     def tensor(**kw):
         t = {"name": "input", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072}
         return {"inputs": [{**t, **kw}]}
+
     requests = {
-        "empty_body": lambda: httpx.post(url + "/predict", content=b"",
-                                         headers={"content-type": "application/json"}),
-        "oversize": lambda: httpx.post(url + "/predict", content=b"\0" * (2 * 1024 * 1024),
-                                       headers={"content-type": "application/json"}),
-        "content_type": lambda: httpx.post(url + "/predict", content=b"abc",
-                                           headers={"content-type": "text/plain"}),
-        "bad_json": lambda: httpx.post(url + "/predict", content=b"{not json",
-                                       headers={"content-type": "application/json"}),
+        "empty_body": lambda: httpx.post(
+            url + "/predict", content=b"", headers={"content-type": "application/json"}
+        ),
+        "oversize": lambda: httpx.post(
+            url + "/predict",
+            content=b"\0" * (2 * 1024 * 1024),
+            headers={"content-type": "application/json"},
+        ),
+        "content_type": lambda: httpx.post(
+            url + "/predict", content=b"abc", headers={"content-type": "text/plain"}
+        ),
+        "bad_json": lambda: httpx.post(
+            url + "/predict", content=b"{not json", headers={"content-type": "application/json"}
+        ),
         "bad_base64": lambda: httpx.post(url + "/predict", json={"images": ["***"]}),
         "json_no_images": lambda: httpx.post(url + "/predict", json={"pictures": []}),
-        "multipart_no_files": lambda: httpx.post(url + "/predict", data={"other": "x"},
-                                                 files=[("nope", ("a", b"x"))]),
+        "multipart_no_files": lambda: httpx.post(
+            url + "/predict", data={"other": "x"}, files=[("nope", ("a", b"x"))]
+        ),
         "v2_shape": lambda: httpx.post(v2, json=tensor(shape=[1, 28, 28, 1], data=[0] * 784)),
         "v2_dtype": lambda: httpx.post(v2, json=tensor(datatype="INT64")),
         "v2_length": lambda: httpx.post(v2, json=tensor(data=[0] * 100)),
         "v2_name": lambda: httpx.post(v2, json=tensor(name="pixels")),
         "v2_range": lambda: httpx.post(v2, json=tensor(data=[300] * 3072)),
-        "v2_bad_json": lambda: httpx.post(v2, content=b"[1,2",
-                                          headers={"content-type": "application/json"}),
-        "v2_content_type": lambda: httpx.post(v2, content=b"x", headers={"content-type": "image/png"}),
+        "v2_bad_json": lambda: httpx.post(
+            v2, content=b"[1,2", headers={"content-type": "application/json"}
+        ),
+        "v2_content_type": lambda: httpx.post(
+            v2, content=b"x", headers={"content-type": "image/png"}
+        ),
         "top_k": lambda: httpx.post(url + "/predict?top_k=99", files=[("files", ("a", b"x"))]),
     }
     r = requests[case]()
@@ -331,19 +435,25 @@ def test_unusual_image_modes_accepted(server):
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
     sixteen = Image.fromarray(np.arange(48 * 48, dtype=np.uint16).reshape(48, 48) * 28)
     assert sixteen.mode == "I;16"
-    cases = {"animated.gif": gif.getvalue(), "16bit.png": _png(sixteen),
-             "gray.png": _png(rgb.convert("L")), "palette.png": _png(rgb.convert("P")),
-             "rgba.png": _png(rgb.convert("RGBA")),
-             "cmyk.jpg": _png(rgb.convert("CMYK"), format="JPEG"),
-             "big.jpg": _png(rgb.resize((800, 600)), format="JPEG")}
-    r = httpx.post(server["url"] + "/predict",
-                   files=[("files", (name, data, "application/octet-stream"))
-                          for name, data in cases.items()])
+    cases = {
+        "animated.gif": gif.getvalue(),
+        "16bit.png": _png(sixteen),
+        "gray.png": _png(rgb.convert("L")),
+        "palette.png": _png(rgb.convert("P")),
+        "rgba.png": _png(rgb.convert("RGBA")),
+        "cmyk.jpg": _png(rgb.convert("CMYK"), format="JPEG"),
+        "big.jpg": _png(rgb.resize((800, 600)), format="JPEG"),
+    }
+    r = httpx.post(
+        server["url"] + "/predict",
+        files=[("files", (name, data, "application/octet-stream")) for name, data in cases.items()],
+    )
     assert r.status_code == 200, r.text
     assert [p["filename"] for p in r.json()["predictions"]] == list(cases)
 
 
 # --- API key, backpressure --------------------------------------------------------------------
+
 
 def test_api_key(server, images):
     base = server["url"] + "/secure"
@@ -367,13 +477,24 @@ def test_auth_fails_closed(server, runs):
     check_auth_enforced(server["url"] + "/secure")
     with pytest.raises(UserError, match="not 401"):
         check_auth_enforced(server["url"])  # the main app has no key: the check catches it
-    args = ServeArgs(checkpoint=str(runs[0]), backend="torch", replica_cpus=0.25,
-                     api_key_env="MODRESNET_TEST_ABSENT_KEY", api_key_required=True)
+    args = ServeArgs(
+        checkpoint=str(runs[0]),
+        backend="torch",
+        replica_cpus=0.25,
+        api_key_env="MODRESNET_TEST_ABSENT_KEY",
+        api_key_required=True,
+    )
     start_t = time.monotonic()
     try:
         with pytest.raises(UserError, match="export MODRESNET_TEST_ABSENT_KEY on every Ray node"):
-            serve_app(args, port=server["port"], block=False, name="nokey",
-                      route_prefix="/nokey", info=lambda _: None)
+            serve_app(
+                args,
+                port=server["port"],
+                block=False,
+                name="nokey",
+                route_prefix="/nokey",
+                info=lambda _: None,
+            )
         print(f"failed deploy reported after {time.monotonic() - start_t:.1f}s")
         assert httpx.post(server["url"] + "/nokey/predict", content=b"{}").status_code in (404, 503)
     finally:
@@ -408,8 +529,9 @@ def test_burst_sheds_with_429_and_retry_after_fast(server, images):
                 t = time.perf_counter()
                 r = client.post(url, files=files, headers=server["auth"])
                 with lock:
-                    results.append((r.status_code, time.perf_counter() - t,
-                                    r.headers.get("retry-after")))
+                    results.append(
+                        (r.status_code, time.perf_counter() - t, r.headers.get("retry-after"))
+                    )
 
     threads = [threading.Thread(target=one) for _ in range(30)]
     for t in threads:
@@ -419,8 +541,10 @@ def test_burst_sheds_with_429_and_retry_after_fast(server, images):
     shed = [r for r in results if r[0] == 429]
     codes = Counter(r[0] for r in results)
     slowest_429 = max((r[1] for r in shed), default=0)
-    print(f"burst of 30 x 3: {dict(codes)}; slowest 429 in {slowest_429 * 1000:.0f} ms; "
-          f"median 429 in {sorted(r[1] for r in shed)[len(shed) // 2] * 1000 if shed else 0:.0f} ms")
+    print(
+        f"burst of 30 x 3: {dict(codes)}; slowest 429 in {slowest_429 * 1000:.0f} ms; "
+        f"median 429 in {sorted(r[1] for r in shed)[len(shed) // 2] * 1000 if shed else 0:.0f} ms"
+    )
     assert set(codes) <= {200, 429} and codes[200] >= 1 and len(shed) >= 45, codes
     assert all(r[2] == "1" for r in shed)
     median = sorted(r[1] for r in shed)[len(shed) // 2]
@@ -435,8 +559,10 @@ def test_slow_clients_do_not_starve_probes_or_others(server, images):
     socks = []
     for _ in range(40):
         s = socket.create_connection((host, port), timeout=30)
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 1000\r\n\r\n")
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n"
+        )
         socks.append(s)
     probes, normal = [], {}
     files = [("files", ("a.png", images[2][0], "image/png"))]
@@ -473,8 +599,10 @@ def test_slow_clients_do_not_starve_probes_or_others(server, images):
     finally:
         for s in socks:
             s.close()
-    print(f"slow clients: {dict(answers)}; {len(probes)} probes, slowest "
-          f"{max(probes) * 1000:.0f} ms; normal request {normal}")
+    print(
+        f"slow clients: {dict(answers)}; {len(probes)} probes, slowest "
+        f"{max(probes) * 1000:.0f} ms; normal request {normal}"
+    )
     assert max(probes) < 1.0
     assert normal.get("status") == 200, normal
     assert answers.get("HTTP/1.1 408", 0) == 40, answers
@@ -484,6 +612,7 @@ def test_slow_clients_do_not_starve_probes_or_others(server, images):
 
 
 # --- batching, autoscaling, replica failure, rolling update -----------------------------------
+
 
 def test_dynamic_batching_and_autoscaling(server, images):
     url = server["url"]
@@ -498,8 +627,10 @@ def test_dynamic_batching_and_autoscaling(server, images):
         for _ in range(10):
             info = httpx.get(url + "/model", timeout=30).json()
             batch_sizes.update({int(k): v for k, v in info["replica"]["batch_sizes"].items()})
-    print(f"scaled to {scaled_up} replicas in {time.monotonic() - start_t:.1f}s; "
-          f"batch sizes {dict(sorted(batch_sizes.items()))}; {dict(load.codes)}")
+    print(
+        f"scaled to {scaled_up} replicas in {time.monotonic() - start_t:.1f}s; "
+        f"batch sizes {dict(sorted(batch_sizes.items()))}; {dict(load.codes)}"
+    )
     assert load.failures == 0, load.errors[:3]
     assert scaled_up >= 2
     assert max(batch_sizes) > 1, batch_sizes
@@ -542,13 +673,39 @@ def test_rolling_update_without_failures(server, runs, images):
     assert httpx.get(url + "/model").json()["sha256"] != new_sha
     files = [("files", ("a.png", images[2][0], "image/png"))]
     address = ray.get_runtime_context().gcs_address
-    cmd = [sys.executable, "-m", "modresnet.cli", "serve", str(runs[1]), "--address", address,
-           "--port", str(server["port"]), "--replica-cpus", "0.25", "--max-replicas", "3",
-           "--target-ongoing-requests", "2", "--max-ongoing-requests", "8",
-           "--max-queued-requests", "-1", "--max-body-mb", "1", "--max-batch-size", "16"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "modresnet.cli",
+        "serve",
+        str(runs[1]),
+        "--address",
+        address,
+        "--port",
+        str(server["port"]),
+        "--replica-cpus",
+        "0.25",
+        "--max-replicas",
+        "3",
+        "--target-ongoing-requests",
+        "2",
+        "--max-ongoing-requests",
+        "8",
+        "--max-queued-requests",
+        "-1",
+        "--max-body-mb",
+        "1",
+        "--max-batch-size",
+        "16",
+    ]
     with Load(url + "/predict", files, 4) as load:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                              cwd=Path(__file__).resolve().parents[1])
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "rolling" in proc.stdout
         time.sleep(1)
@@ -561,13 +718,18 @@ def test_rolling_update_without_failures(server, runs, images):
 
 # --- the web page in headless Chromium --------------------------------------------------------
 
+
 def _chromium() -> str | None:
     """A Chromium for Playwright: $MODRESNET_CHROMIUM, else Debian's or another on PATH."""
     import shutil
 
-    for candidate in (os.environ.get("MODRESNET_CHROMIUM"), "/usr/bin/chromium",
-                      shutil.which("chromium"), shutil.which("chromium-browser"),
-                      shutil.which("google-chrome")):
+    for candidate in (
+        os.environ.get("MODRESNET_CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+        shutil.which("google-chrome"),
+    ):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -576,8 +738,10 @@ def _chromium() -> str | None:
 def test_web_page_in_chromium(server, images, predictor, tmp_path):
     chromium = _chromium()
     if chromium is None:
-        message = ("no Chromium here (/usr/bin/chromium, chromium on PATH or $MODRESNET_CHROMIUM): "
-                   "`make browser` installs Debian's")
+        message = (
+            "no Chromium here (/usr/bin/chromium, chromium on PATH or $MODRESNET_CHROMIUM): "
+            "`make browser` installs Debian's"
+        )
         if os.environ.get("MODRESNET_REQUIRE_BROWSER"):  # .ci/run installs one: never skip there
             pytest.fail(message)
         pytest.skip(message)
@@ -587,9 +751,18 @@ def test_web_page_in_chromium(server, images, predictor, tmp_path):
     png.write_bytes(images[2][0])
     want = predictor.top_k(predictor.probabilities(decode_image(images[2][0])[None]), 5)[0]
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         try:
             page = browser.new_page()
             page.goto(server["url"] + "/secure")

@@ -63,8 +63,14 @@ def client(app):
 def _v2(data: bytes | str, datatype: str = "UINT8") -> bytes:
     """A v2 request whose last data value is `data`, written verbatim into the JSON."""
     data = data.encode() if isinstance(data, str) else data
-    return (b'{"inputs":[{"name":"input","shape":[1,32,32,3],"datatype":"' + datatype.encode()
-            + b'","data":[' + b"0," * 3071 + data + b"]}]}")
+    return (
+        b'{"inputs":[{"name":"input","shape":[1,32,32,3],"datatype":"'
+        + datatype.encode()
+        + b'","data":['
+        + b"0," * 3071
+        + data
+        + b"]}]}"
+    )
 
 
 JSON = {"content-type": "application/json"}
@@ -73,34 +79,42 @@ PNG = encode_png(torch.zeros(3, 32, 32, dtype=torch.uint8))
 
 # --- item 1: no 5xx for any client input --------------------------------------------------------
 
-@pytest.mark.parametrize("path,body,fragment", [
-    ("/predict", b"[" * 100_000 + b"]" * 100_000, "nested 100,000 levels"),
-    (INFER, b"[" * 100_000 + b"]" * 100_000, "nested 100,000 levels"),
-    (INFER, b'{"inputs": ' + b"[" * 40 + b"]" * 40 + b"}", "nested"),
-    ("/predict", b'{"images": [], "top_k": ' + b"9" * 5000 + b"}", "5,000 digits"),
-    (INFER, _v2(b"1" + b"0" * 400), "401 digits"),        # 1e400 written out
-    (INFER, _v2(b"9" * 5000), "5,000 digits"),
-    (INFER, _v2(b"1e400", "FP32"), "0..1"),               # parses to inf
-    (INFER, _v2(b"NaN", "FP32"), "NaN is not JSON"),
-    (INFER, _v2(b'"7"'), "got string"),
-    (INFER, _v2(b"true"), "got boolean"),
-    (INFER, _v2(b"null"), "got null"),
-    (INFER, _v2(b"7.5"), "non-integer"),                  # UINT8 takes integers only
-    (INFER, _v2(b"[1]"), "got array"),
-    (INFER, _v2(b'"0.5"', "FP32"), "got string"),
-    (INFER, _v2(b"256"), "0..255"),
-])
+
+@pytest.mark.parametrize(
+    "path,body,fragment",
+    [
+        ("/predict", b"[" * 100_000 + b"]" * 100_000, "nested 100,000 levels"),
+        (INFER, b"[" * 100_000 + b"]" * 100_000, "nested 100,000 levels"),
+        (INFER, b'{"inputs": ' + b"[" * 40 + b"]" * 40 + b"}", "nested"),
+        ("/predict", b'{"images": [], "top_k": ' + b"9" * 5000 + b"}", "5,000 digits"),
+        (INFER, _v2(b"1" + b"0" * 400), "401 digits"),  # 1e400 written out
+        (INFER, _v2(b"9" * 5000), "5,000 digits"),
+        (INFER, _v2(b"1e400", "FP32"), "0..1"),  # parses to inf
+        (INFER, _v2(b"NaN", "FP32"), "NaN is not JSON"),
+        (INFER, _v2(b'"7"'), "got string"),
+        (INFER, _v2(b"true"), "got boolean"),
+        (INFER, _v2(b"null"), "got null"),
+        (INFER, _v2(b"7.5"), "non-integer"),  # UINT8 takes integers only
+        (INFER, _v2(b"[1]"), "got array"),
+        (INFER, _v2(b'"0.5"', "FP32"), "got string"),
+        (INFER, _v2(b"256"), "0..255"),
+    ],
+)
 def test_hostile_json_is_400_with_a_reason(client, path, body, fragment):
     r = client.post(path, content=body, headers=JSON)
     assert r.status_code == 400, (r.status_code, r.text[:300])
     assert fragment in r.json()["error"], r.json()
 
 
-@pytest.mark.parametrize("body", [
-    b'"' + b'\\"' * 1_000_000,          # one unterminated string of escaped quotes (2 MB)
-    b"[" + b'"\\' * 660_000 + b"]",       # quotes and backslashes interleaved
-    b'"' * 2_000_001,                     # two million empty strings
-], ids=["escaped-quotes", "interleaved", "quotes"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'"' + b'\\"' * 1_000_000,  # one unterminated string of escaped quotes (2 MB)
+        b"[" + b'"\\' * 660_000 + b"]",  # quotes and backslashes interleaved
+        b'"' * 2_000_001,  # two million empty strings
+    ],
+    ids=["escaped-quotes", "interleaved", "quotes"],
+)
 def test_json_limits_are_linear_time(client, body):
     """The depth/number pre-scan must not be the DoS: a quadratic string scanner took a
     minute on 80 KB of escaped quotes."""
@@ -145,16 +159,25 @@ def test_fuzz_openapi_no_5xx_and_responses_match_schema(app, mode):
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/predict", INFER, "/model"}
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance,
-              response_schema_conformance]
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
     calls = Counter()
     for op in operations:
         if mode is GenerationMode.NEGATIVE and op.method.upper() != "POST":
             continue  # a GET without parameters has no way to violate the schema
 
         @given(case=op.as_strategy(generation_mode=mode))
-        @settings(max_examples=30, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=30,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def fuzz(case):
             response = case.call_and_validate(checks=checks)
             calls[(op.path, response.status_code)] += 1  # noqa: B023 - runs in this pass
@@ -165,6 +188,7 @@ def test_fuzz_openapi_no_5xx_and_responses_match_schema(app, mode):
 
 
 # --- item 2: formats, scans, pixels, decoding off the event loop -------------------------------
+
 
 def _img_bytes(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
@@ -183,12 +207,15 @@ def _many_scans_jpeg(scans: int) -> bytes:
     return data[:second] + data[first:second] * scans + data[second:]
 
 
-@pytest.mark.parametrize("name,data,status,fragment", [
-    ("tiff", _img_bytes(RGB, "TIFF"), 400, "accepted format"),
-    ("eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", 400, "accepted format"),
-    ("ico", _img_bytes(RGB, "ICO"), 400, "accepted format"),
-    ("scans", _many_scans_jpeg(300), 400, "scans"),
-])
+@pytest.mark.parametrize(
+    "name,data,status,fragment",
+    [
+        ("tiff", _img_bytes(RGB, "TIFF"), 400, "accepted format"),
+        ("eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", 400, "accepted format"),
+        ("ico", _img_bytes(RGB, "ICO"), 400, "accepted format"),
+        ("scans", _many_scans_jpeg(300), 400, "scans"),
+    ],
+)
 def test_only_allowed_formats_and_bounded_jpegs(client, name, data, status, fragment):
     r = client.post("/predict", files=[("files", (name, data, "application/octet-stream"))])
     assert r.status_code == status, (name, r.text)
@@ -198,19 +225,27 @@ def test_only_allowed_formats_and_bounded_jpegs(client, name, data, status, frag
 def test_allowed_formats_decode(client):
     files = [(f, _img_bytes(RGB, f)) for f in ("PNG", "JPEG", "WEBP", "BMP", "GIF")]
     files.append(("progressive", _img_bytes(RGB, "JPEG", progressive=True)))
-    r = client.post("/predict", files=[("files", (n, d, "application/octet-stream")) for n, d in files])
+    r = client.post(
+        "/predict", files=[("files", (n, d, "application/octet-stream")) for n, d in files]
+    )
     assert r.status_code == 200, r.text
     assert len(r.json()["predictions"]) == len(files)
 
 
 def _png_16bit(side: int) -> bytes:
     """A grey 16-bit PNG of side x side that compresses to almost nothing (a few hundred KB)."""
+
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
     row = b"\0" + b"\x12\x34" * side
     idat = zlib.compress(row * side, 9)
     header = struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 def test_pixel_budget_per_request(checkpoint):
@@ -230,14 +265,18 @@ def test_heavy_decode_does_not_block_probes_and_is_time_bounded(checkpoint):
     purpose) decodes on the pool while readiness answers in < 1 s throughout; with a 0.5 s
     decode bound the client gets 413 instead of waiting."""
     heavy = _png_16bit(6300)
-    svc = _service(checkpoint, max_pixels=40_000_000, request_pixels=40_000_000, decode_timeout_s=0.5)
+    svc = _service(
+        checkpoint, max_pixels=40_000_000, request_pixels=40_000_000, decode_timeout_s=0.5
+    )
     app = make_api(svc)
 
     async def run():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app",
-                                     timeout=60) as c:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://app", timeout=60
+        ) as c:
             upload = asyncio.create_task(
-                c.post("/predict", files=[("files", ("heavy.png", heavy, "image/png"))]))
+                c.post("/predict", files=[("files", ("heavy.png", heavy, "image/png"))])
+            )
             probes = []
             while not upload.done():
                 t = time.perf_counter()
@@ -250,8 +289,10 @@ def test_heavy_decode_does_not_block_probes_and_is_time_bounded(checkpoint):
     start = time.perf_counter()
     response, probes = asyncio.run(run())
     took = time.perf_counter() - start
-    print(f"heavy decode: HTTP {response.status_code} after {took:.2f}s; {len(probes)} probes, "
-          f"slowest {max(probes) * 1000:.0f} ms")
+    print(
+        f"heavy decode: HTTP {response.status_code} after {took:.2f}s; {len(probes)} probes, "
+        f"slowest {max(probes) * 1000:.0f} ms"
+    )
     assert response.status_code == 413 and "took over 0.5 s" in response.json()["error"]
     assert took < 2.0
     assert len(probes) >= 3 and max(probes) < 1.0
@@ -259,6 +300,7 @@ def test_heavy_decode_does_not_block_probes_and_is_time_bounded(checkpoint):
 
 
 # --- item 4: auth fails closed; several keys for rotation ------------------------------------
+
 
 def test_auth_required_without_key_refuses_to_start(checkpoint, monkeypatch):
     from serve.service import MissingApiKey

@@ -26,7 +26,9 @@ def loaded(tmp_path, data_dir):
 
 def test_export_once_per_checkpoint_then_cached(loaded, tmp_path):
     path = onnx_cache_path(loaded)
-    assert path.parent == loaded.path / "onnx" and loaded.sha256 not in path.name  # key != weights sha
+    assert (
+        path.parent == loaded.path / "onnx" and loaded.sha256 not in path.name
+    )  # key != weights sha
     assert not path.exists()
     first = OnnxBackend(loaded)
     assert not first.cached and path.exists()
@@ -34,7 +36,9 @@ def test_export_once_per_checkpoint_then_cached(loaded, tmp_path):
     print(f"export+load {first.export_s:.2f}s, cached load {second.export_s:.3f}s")
     assert second.cached and second.export_s < first.export_s / 3
     x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
-    np.testing.assert_allclose(second.probabilities(x), TorchBackend(loaded).probabilities(x), atol=1e-5)
+    np.testing.assert_allclose(
+        second.probabilities(x), TorchBackend(loaded).probabilities(x), atol=1e-5
+    )
     # a damaged cache file is replaced, not served
     path.write_bytes(b"not onnx")
     again = OnnxBackend(loaded)
@@ -54,8 +58,15 @@ def test_int8_backend_from_quantize_cli(tmp_path, data_dir, capsys):
     from serve.backends import Int8Backend, make_backend
     from serve.quantize import int8_paths, main
 
-    cfg = configs.resolve("debug", overrides={"data.data_dir": str(data_dir), "data.subset": 1000,
-                                              "data.val_subset": 200, "data.test_subset": 200})
+    cfg = configs.resolve(
+        "debug",
+        overrides={
+            "data.data_dir": str(data_dir),
+            "data.subset": 1000,
+            "data.val_subset": 200,
+            "data.test_subset": 200,
+        },
+    )
     train_local(cfg, tmp_path / "run")
     loaded = load_model(tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="python -m serve.quantize"):
@@ -63,10 +74,25 @@ def test_int8_backend_from_quantize_cli(tmp_path, data_dir, capsys):
     from typer.testing import CliRunner
 
     from modresnet.cli import app
+
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "run"), "--backend", "int8"])
     assert result.exit_code == 2 and "python -m serve.quantize" in result.output, result.output
-    assert main([str(tmp_path / "run"), "--calibration", "300", "--max-drop", "100",
-                 "--data-dir", str(data_dir), "--test-images", "2000"]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path / "run"),
+                "--calibration",
+                "300",
+                "--max-drop",
+                "100",
+                "--data-dir",
+                str(data_dir),
+                "--test-images",
+                "2000",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "test accuracy fp32" in out and "int8" in out, out
     model_path, report_path = int8_paths(loaded)
@@ -86,6 +112,20 @@ def test_int8_backend_from_quantize_cli(tmp_path, data_dir, capsys):
     # a drop over the limit refuses to write the model, exit 2 with the reason
     report_path.unlink()
     model_path.unlink()
-    assert main([str(tmp_path / "run"), "--calibration", "1", "--max-drop", "-1",
-                 "--data-dir", str(data_dir), "--test-images", "200"]) == 2
+    assert (
+        main(
+            [
+                str(tmp_path / "run"),
+                "--calibration",
+                "1",
+                "--max-drop",
+                "-1",
+                "--data-dir",
+                str(data_dir),
+                "--test-images",
+                "200",
+            ]
+        )
+        == 2
+    )
     assert "over the limit" in capsys.readouterr().err and not model_path.exists()

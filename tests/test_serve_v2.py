@@ -36,8 +36,9 @@ def served(tmp_path_factory, data_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(make_api(svc), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(make_api(svc), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -50,8 +51,9 @@ def served(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope="module")
 def batch():
-    return torch.randint(0, 256, (4, 3, 32, 32), generator=torch.Generator().manual_seed(3),
-                         dtype=torch.uint8)
+    return torch.randint(
+        0, 256, (4, 3, 32, 32), generator=torch.Generator().manual_seed(3), dtype=torch.uint8
+    )
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
@@ -80,31 +82,40 @@ def test_tritonclient_infer(served, batch, binary, datatype, layout):
         # tritonclient's very defaults: binary input, no outputs named (binary_data_output)
         plain = httpclient.InferInput("input", list(x.shape), datatype)
         plain.set_data_from_numpy(x)
-        np.testing.assert_allclose(client.infer("modresnet", [plain]).as_numpy("probabilities"),
-                                   expected, atol=1e-6)
+        np.testing.assert_allclose(
+            client.infer("modresnet", [plain]).as_numpy("probabilities"), expected, atol=1e-6
+        )
     finally:
         client.close()
 
 
-@pytest.mark.parametrize("case,fragment", [
-    ("short", "need 3072"),
-    ("size_mismatch", "bytes follow the JSON"),
-    ("header_too_big", "does not fit"),
-    ("header_not_number", "not a byte count"),
-    ("fp32_nan", "finite"),
-    ("both", "both"),
-])
+@pytest.mark.parametrize(
+    "case,fragment",
+    [
+        ("short", "need 3072"),
+        ("size_mismatch", "bytes follow the JSON"),
+        ("header_too_big", "does not fit"),
+        ("header_not_number", "not a byte count"),
+        ("fp32_nan", "finite"),
+        ("both", "both"),
+    ],
+)
 def test_binary_framing_errors_are_400(served, case, fragment):
     import httpx
 
     _, url = served
 
     def request(size, data, datatype="UINT8", with_data=False):
-        tensor = {"name": "input", "shape": [1, 32, 32, 3], "datatype": datatype,
-                  "parameters": {"binary_data_size": size}}
+        tensor = {
+            "name": "input",
+            "shape": [1, 32, 32, 3],
+            "datatype": datatype,
+            "parameters": {"binary_data_size": size},
+        }
         if with_data:
             tensor["data"] = [0] * 3072
         import json
+
         head = json.dumps({"inputs": [tensor]}).encode()
         return head, data
 
@@ -118,8 +129,13 @@ def test_binary_framing_errors_are_400(served, case, fragment):
     }
     head, data = cases[case]
     length = {"header_too_big": "999999", "header_not_number": "12abc"}.get(case, str(len(head)))
-    r = httpx.post(f"http://{url}/v2/models/modresnet/infer", content=head + data,
-                   headers={"Inference-Header-Content-Length": length,
-                            "Content-Type": "application/octet-stream"})
+    r = httpx.post(
+        f"http://{url}/v2/models/modresnet/infer",
+        content=head + data,
+        headers={
+            "Inference-Header-Content-Length": length,
+            "Content-Type": "application/octet-stream",
+        },
+    )
     assert r.status_code == 400, r.text
     assert fragment in r.json()["error"], r.json()

@@ -34,8 +34,9 @@ def s3(tmp_path_factory):
     (module-wide, so Ray workers started by subprocesses inherit it)."""
     port = _free_port()
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    proc = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(MOTO), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -45,9 +46,13 @@ def s3(tmp_path_factory):
         except OSError:
             assert proc.poll() is None and time.monotonic() < deadline, "moto server did not start"
             time.sleep(0.2)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
-           "MODRESNET_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "MODRESNET_CACHE": str(tmp_path_factory.mktemp("cache")),
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import boto3
@@ -73,15 +78,19 @@ def _objects(prefix: str) -> dict[str, bytes]:
     for i in infos:
         if i.type == pafs.FileType.File:
             with fs.open_input_stream(i.path) as f:
-                out[i.path[len(root) + 1:]] = f.read()
+                out[i.path[len(root) + 1 :]] = f.read()
     return out
 
 
 def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_MODE",
-                                                           "WANDB_API_KEY")}
-    return subprocess.run([*CLI, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "WANDB_MODE", "WANDB_API_KEY")
+    }
+    return subprocess.run(
+        [*CLI, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -93,8 +102,10 @@ def test_parse_schemes_and_path_mangled_forms():
     # typer hands a Path option over; pathlib folds '//' to '/': still the same location
     assert storage.parse(Path("s3://bkt/a/b")) == loc
     assert storage.parse("gs://bkt/x").uri == "gs://bkt/x"
-    assert storage.parse("s3://bkt/p?region=eu-west-1").join("run").uri == \
-        "s3://bkt/p/run?region=eu-west-1"
+    assert (
+        storage.parse("s3://bkt/p?region=eu-west-1").join("run").uri
+        == "s3://bkt/p/run?region=eu-west-1"
+    )
     assert storage.parse("file:///tmp/runs") == Path("/tmp/runs")
     assert storage.parse("runs/x") == Path("runs/x")
     with pytest.raises(storage.StorageError, match="unsupported storage scheme ftp://"):
@@ -149,8 +160,9 @@ def test_publish_then_fetch_roundtrip(s3, tmp_path, debug_config):
     local = storage.fetch_run(loc)
     assert (local / "best" / "model.safetensors").read_bytes() == objs["best/model.safetensors"]
     loaded = checkpoint.load_model(local)  # sha256-checked
-    assert torch.equal(next(iter(loaded.model.state_dict().values())),
-                       next(iter(model.state_dict().values())))
+    assert torch.equal(
+        next(iter(loaded.model.state_dict().values())), next(iter(model.state_dict().values()))
+    )
     assert storage.fetch_run(loc) == local  # cached
     # new weights under the same URI: a new cache entry, never the stale one
     torch.nn.init.zeros_(next(model.parameters()))
@@ -169,19 +181,45 @@ def test_train_on_ray_to_s3_then_evaluate_and_predict_from_it(s3, tmp_path, data
     command again says the run is finished (nothing trained twice), and evaluate / predict
     read the run straight from the bucket."""
     uri = f"s3://{BUCKET}/runs"
-    args = ["train", "--preset", "debug", "--subset", "256", "--epochs", "1", "--workers", "2",
-            "--set", "data.val_subset=100", "--set", "data.test_subset=100", "--no-wandb",
-            "--storage", uri, "--name", "s3run"]
+    args = [
+        "train",
+        "--preset",
+        "debug",
+        "--subset",
+        "256",
+        "--epochs",
+        "1",
+        "--workers",
+        "2",
+        "--set",
+        "data.val_subset=100",
+        "--set",
+        "data.test_subset=100",
+        "--no-wandb",
+        "--storage",
+        uri,
+        "--name",
+        "s3run",
+    ]
     first = _cli(*args)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "published the run directory to s3://modresnet-test/runs/s3run" in first.stdout
     objs = _objects("runs/s3run")
-    for name in ("config.yaml", "metrics.jsonl", "test.json", "best/model.safetensors",
-                 "last/model.safetensors", "curves.png", "ray/checkpoint_manager_snapshot.json"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "test.json",
+        "best/model.safetensors",
+        "last/model.safetensors",
+        "curves.png",
+        "ray/checkpoint_manager_snapshot.json",
+    ):
         assert name in objs, sorted(objs)
     assert any(k.startswith("ray/checkpoint_") and k.endswith("model.safetensors") for k in objs)
     test = json.loads(objs["test.json"])
-    assert [json.loads(line)["epoch"] for line in objs["metrics.jsonl"].decode().splitlines()] == [1]
+    assert [json.loads(line)["epoch"] for line in objs["metrics.jsonl"].decode().splitlines()] == [
+        1
+    ]
 
     again = _cli(*args)
     assert again.returncode == 2 and "already holds a run" in again.stderr
@@ -207,19 +245,50 @@ def test_tune_to_s3_exports_a_best_run_that_evaluates_from_the_bucket(s3, tmp_pa
     are in the bucket, the leaderboard / summary / best-run are published beside them, and
     evaluate reads the exported best-run from the bucket."""
     space = tmp_path / "space.yaml"
-    space.write_text("optim.name: adam\noptim.lr: {choice: [1.0e-3, 3.0e-3]}\n"
-                     "schedule.name: constant\n")
+    space.write_text(
+        "optim.name: adam\noptim.lr: {choice: [1.0e-3, 3.0e-3]}\nschedule.name: constant\n"
+    )
     uri = f"s3://{BUCKET}/tunes"
-    proc = _cli("tune", "--preset", "debug", "--subset", "256", "--set", "data.val_subset=100",
-                "--set", "data.test_subset=100", "--max-epochs", "1", "--samples", "2",
-                "--concurrent", "2", "--cpus-per-trial", "1", "--no-wandb", "--space", str(space),
-                "--storage", uri, "--name", "s3tune")
+    proc = _cli(
+        "tune",
+        "--preset",
+        "debug",
+        "--subset",
+        "256",
+        "--set",
+        "data.val_subset=100",
+        "--set",
+        "data.test_subset=100",
+        "--max-epochs",
+        "1",
+        "--samples",
+        "2",
+        "--concurrent",
+        "2",
+        "--cpus-per-trial",
+        "1",
+        "--no-wandb",
+        "--space",
+        str(space),
+        "--storage",
+        uri,
+        "--name",
+        "s3tune",
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     objs = _objects("tunes/s3tune")
-    for name in ("modresnet-tune.json", "leaderboard.csv", "summary.json", "best_config.yaml",
-                 "best-run/test.json", "best-run/best/model.safetensors"):
+    for name in (
+        "modresnet-tune.json",
+        "leaderboard.csv",
+        "summary.json",
+        "best_config.yaml",
+        "best-run/test.json",
+        "best-run/best/model.safetensors",
+    ):
         assert name in objs, sorted(objs)
-    trial_ckpts = [k for k in objs if k.startswith("run_trial_") and k.endswith("model.safetensors")]
+    trial_ckpts = [
+        k for k in objs if k.startswith("run_trial_") and k.endswith("model.safetensors")
+    ]
     assert len(trial_ckpts) >= 2, sorted(objs)  # Tune's own checkpoints went to the bucket
     test = json.loads(objs["best-run/test.json"])
     ev = _cli("evaluate", f"{uri}/s3tune/best-run", "--subset", "100")
@@ -238,13 +307,39 @@ def test_driver_killed_then_same_command_resumes_from_the_bucket(s3):
     from test_ray_train import kill_ray_session_of
 
     epochs = 3
-    cmd = [*CLI, "train", "--preset", "debug", "--subset", "600", "--epochs", str(epochs),
-           "--workers", "2", "--set", "data.val_subset=100", "--set", "data.test_subset=100",
-           "--no-wandb", "--max-failures", "0", "--storage", f"s3://{BUCKET}/resume",
-           "--name", "again"]
+    cmd = [
+        *CLI,
+        "train",
+        "--preset",
+        "debug",
+        "--subset",
+        "600",
+        "--epochs",
+        str(epochs),
+        "--workers",
+        "2",
+        "--set",
+        "data.val_subset=100",
+        "--set",
+        "data.test_subset=100",
+        "--no-wandb",
+        "--max-failures",
+        "0",
+        "--storage",
+        f"s3://{BUCKET}/resume",
+        "--name",
+        "again",
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_MODE")}
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=env, cwd=REPO, start_new_session=True)
+    first = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+    )
     snapshot = storage.parse(f"s3://{BUCKET}/resume/again/ray/checkpoint_manager_snapshot.json")
     try:
         deadline = time.time() + 240
@@ -266,8 +361,9 @@ def test_driver_killed_then_same_command_resumes_from_the_bucket(s3):
     lines = [ln for ln in second.stdout.splitlines() if ln.startswith("epoch ")]
     assert int(lines[0].split()[1].split("/")[0]) > 1, second.stdout  # not from scratch
     objs = _objects("resume/again")
-    assert [json.loads(x)["epoch"] for x in objs["metrics.jsonl"].decode().splitlines()] == \
-        list(range(1, epochs + 1))
+    assert [json.loads(x)["epoch"] for x in objs["metrics.jsonl"].decode().splitlines()] == list(
+        range(1, epochs + 1)
+    )
     assert "test.json" in objs
 
 
@@ -281,17 +377,37 @@ def test_serve_a_run_from_the_bucket(s3, tmp_path, debug_config):
     from modresnet.model import build_model
 
     run = tmp_path / "run"
-    checkpoint.save_model(run / "best", build_model(debug_config.model), debug_config,
-                          ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                           "horse", "ship", "truck"), 1, {"val_acc": 0.1})
+    checkpoint.save_model(
+        run / "best",
+        build_model(debug_config.model),
+        debug_config,
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        1,
+        {"val_acc": 0.1},
+    )
     sha = json.loads((run / "best" / "model.json").read_text())["sha256"]
     storage.publish(run, storage.parse(f"s3://{BUCKET}/served/run"))
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MODRESNET_API_KEY")}
-    proc = subprocess.Popen([*CLI, "serve", f"s3://{BUCKET}/served/run", "--port", str(port),
-                             "--backend", "torch", "--max-replicas", "1"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "serve",
+            f"s3://{BUCKET}/served/run",
+            "--port",
+            str(port),
+            "--backend",
+            "torch",
+            "--max-replicas",
+            "1",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline, model = time.time() + 240, None
         while time.time() < deadline and model is None:

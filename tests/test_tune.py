@@ -30,16 +30,39 @@ optim.lr: {choice: [1.0e-5, 2.0e-5, 1.0e-3, 3.0e-3]}
 schedule.name: constant
 augment.flip: {choice: [0.0, 0.5]}
 """
-COMMON = ["--preset", "debug", "--subset", "600", "--set", "data.val_subset=300",
-          "--set", "data.test_subset=200", "--set", "train.batch_size=32",
-          "--max-epochs", "3", "--grace-period", "1", "--reduction-factor", "2",
-          "--concurrent", "2", "--cpus-per-trial", "1"]
+COMMON = [
+    "--preset",
+    "debug",
+    "--subset",
+    "600",
+    "--set",
+    "data.val_subset=300",
+    "--set",
+    "data.test_subset=200",
+    "--set",
+    "train.batch_size=32",
+    "--max-epochs",
+    "3",
+    "--grace-period",
+    "1",
+    "--reduction-factor",
+    "2",
+    "--concurrent",
+    "2",
+    "--cpus-per-trial",
+    "1",
+]
 
 
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true", RAY_AUTH_MODE="disabled",
-               RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env.update(
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -89,8 +112,20 @@ BAD_SPACES = [
 def test_invalid_space_exits_2_naming_the_field(tmp_path, text, fragment):
     space = tmp_path / "space.yaml"
     space.write_text(text)
-    result = CliRunner().invoke(app, ["tune", "--preset", "debug", "--space", str(space),
-                                      "--storage", str(tmp_path / "runs"), "--samples", "2"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            "--preset",
+            "debug",
+            "--space",
+            str(space),
+            "--storage",
+            str(tmp_path / "runs"),
+            "--samples",
+            "2",
+        ],
+    )
     assert result.exit_code == 2, result.output
     output = " ".join(result.output.split())
     assert "error:" in output and fragment in output, output
@@ -103,17 +138,26 @@ def test_default_space_is_valid_and_holds_the_paper_point():
 
     base = configs.resolve("debug")
     space = spaces.load_space(spaces.DEFAULT_SPACE, base)
-    for family in ("augment.cutout", "augment.rotation", "optim.name", "optim.lr",
-                   "optim.betas", "optim.nesterov", "train.batch_size", "schedule.name",
-                   "train.label_smoothing"):
+    for family in (
+        "augment.cutout",
+        "augment.rotation",
+        "optim.name",
+        "optim.lr",
+        "optim.betas",
+        "optim.nesterov",
+        "train.batch_size",
+        "schedule.name",
+        "train.label_smoothing",
+    ):
         assert family in space.tuned_keys()
     point = space.point(configs.paper())
     paper = spaces.trial_config(base, point)
     assert paper.optim.name == "adam" and paper.optim.lr == 1e-3
     assert paper.schedule.name == "plateau" and paper.augment.rotation == 20.0
     # sgd-only fields never reach adam, betas never reach sgd
-    sgd = spaces.overrides_for({"optim": {"name": "sgd", "nesterov": True,
-                                          "betas": [0.9, 0.99]}}, base)
+    sgd = spaces.overrides_for(
+        {"optim": {"name": "sgd", "nesterov": True, "betas": [0.9, 0.99]}}, base
+    )
     assert "optim.betas" not in sgd and sgd["optim.nesterov"] is True
     adam = spaces.overrides_for({"optim": {"name": "adam", "nesterov": True}}, base)
     assert "optim.nesterov" not in adam
@@ -144,22 +188,40 @@ def test_saved_search_round_trips_in_the_format_earlier_versions_wrote(tmp_path)
     exp = _saved_search(tmp_path)
     saved = json.loads((exp / JOB_FILE).read_text())
     assert set(saved) == {  # the keys modresnet-tune.json always had
-        "name", "storage", "base", "space", "space_source", "samples", "max_epochs",
-        "grace_period", "reduction_factor", "concurrent", "metric", "mode",
-        "workers_per_trial", "cpus_per_trial", "gpus_per_trial", "include_paper",
-        "search_seed", "train_storage"}
+        "name",
+        "storage",
+        "base",
+        "space",
+        "space_source",
+        "samples",
+        "max_epochs",
+        "grace_period",
+        "reduction_factor",
+        "concurrent",
+        "metric",
+        "mode",
+        "workers_per_trial",
+        "cpus_per_trial",
+        "gpus_per_trial",
+        "include_paper",
+        "search_seed",
+        "train_storage",
+    }
     job = read_job(exp)
     assert job.to_dict() == saved and job.base.train.epochs == 3 and job.mode == "max"
 
 
-@pytest.mark.parametrize("edit, fragment", [
-    ({"samples": 0}, "samples: must be at least 1"),
-    ({"metric": "accuracy"}, "metric: must be one of val_acc"),
-    ({"base": {"optim": {"lr": -1}}}, "base: optim.lr"),
-    ({"space": {"optim.lrr": 1}}, "space: "),
-    ({"grace_period": "one"}, "grace_period: expected an integer"),
-    ({"samplez": 3}, "samplez: unknown field"),
-])
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        ({"samples": 0}, "samples: must be at least 1"),
+        ({"metric": "accuracy"}, "metric: must be one of val_acc"),
+        ({"base": {"optim": {"lr": -1}}}, "base: optim.lr"),
+        ({"space": {"optim.lrr": 1}}, "space: "),
+        ({"grace_period": "one"}, "grace_period: expected an integer"),
+        ({"samplez": 3}, "samplez: unknown field"),
+    ],
+)
 def test_resume_refuses_a_hand_edited_search_file_naming_the_field(tmp_path, edit, fragment):
     from jobs.tune_job import JOB_FILE
 
@@ -172,21 +234,27 @@ def test_resume_refuses_a_hand_edited_search_file_naming_the_field(tmp_path, edi
     assert "Traceback" not in output
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--samples", "4"], "--samples 4 conflicts with the saved search s (samples 6)"),
-    (["--max-epochs", "5"], "--max-epochs 5 conflicts"),
-    (["--metric", "val_loss"], "--metric val_loss conflicts"),
-    (["--include-paper"], "--include-paper True conflicts"),
-    (["--cpus-per-trial", "2"], "--cpus-per-trial 2.0 conflicts"),
-    (["--name", "other"], "--name other conflicts with --resume s"),
-    (["--preset", "paper"], "the saved search s has"),
-    (["--preset", "debug", "--subset", "600", "--set", "train.batch_size=32"],
-     "train.batch_size 32, the saved search s has 64"),
-])
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--samples", "4"], "--samples 4 conflicts with the saved search s (samples 6)"),
+        (["--max-epochs", "5"], "--max-epochs 5 conflicts"),
+        (["--metric", "val_loss"], "--metric val_loss conflicts"),
+        (["--include-paper"], "--include-paper True conflicts"),
+        (["--cpus-per-trial", "2"], "--cpus-per-trial 2.0 conflicts"),
+        (["--name", "other"], "--name other conflicts with --resume s"),
+        (["--preset", "paper"], "the saved search s has"),
+        (
+            ["--preset", "debug", "--subset", "600", "--set", "train.batch_size=32"],
+            "train.batch_size 32, the saved search s has 64",
+        ),
+    ],
+)
 def test_resume_refuses_search_flags_that_contradict_the_saved_search(tmp_path, flags, fragment):
     exp = _saved_search(tmp_path)
-    result = CliRunner().invoke(app, ["tune", "--resume", "s", "--storage", str(exp.parent),
-                                      *flags])
+    result = CliRunner().invoke(
+        app, ["tune", "--resume", "s", "--storage", str(exp.parent), *flags]
+    )
     output = " ".join(result.output.split())
     assert result.exit_code == 2 and fragment in output, output
     assert "Traceback" not in output
@@ -211,9 +279,24 @@ def search(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tune")
     (root / "space.yaml").write_text(SPACE)
     proc = subprocess.run(
-        _tune_cmd(*COMMON, "--space", str(root / "space.yaml"), "--samples", "6",
-                  "--include-paper", "--storage", str(root / "runs"), "--name", "asha"),
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
+        _tune_cmd(
+            *COMMON,
+            "--space",
+            str(root / "space.yaml"),
+            "--samples",
+            "6",
+            "--include-paper",
+            "--storage",
+            str(root / "runs"),
+            "--name",
+            "asha",
+        ),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     (root / "log.txt").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "Traceback" not in proc.stdout
@@ -257,8 +340,15 @@ def test_exported_best_model_evaluates_and_predicts(search, tmp_path, small_cifa
     from PIL import Image
 
     run = search / "best-run"
-    for name in ("config.yaml", "metrics.jsonl", "best/model.safetensors", "last/train_state.json",
-                 "test.json", "curves.png", "confusion.png"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "best/model.safetensors",
+        "last/train_state.json",
+        "test.json",
+        "curves.png",
+        "confusion.png",
+    ):
         assert (run / name).exists(), name
     test = json.loads((run / "test.json").read_text())
     meta = json.loads((run / "best" / "model.json").read_text())
@@ -283,13 +373,35 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     # One trial at a time and no early stops, so the kill lands after trial 0 finished and
     # while trial 1 is between epochs: one finished, one half-done, one not started.
     pairs = list(zip(COMMON[::2], COMMON[1::2], strict=True))
-    args = [x for flag, value in pairs if flag not in ("--grace-period", "--concurrent")
-            for x in (flag, value)]
+    args = [
+        x
+        for flag, value in pairs
+        if flag not in ("--grace-period", "--concurrent")
+        for x in (flag, value)
+    ]
     proc = subprocess.Popen(
-        _tune_cmd(*args, "--grace-period", "3", "--concurrent", "1", "--space",
-                  str(tmp_path / "space.yaml"), "--samples", "3", "--storage", str(storage),
-                  "--name", name, "--no-wandb"),
-        cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        _tune_cmd(
+            *args,
+            "--grace-period",
+            "3",
+            "--concurrent",
+            "1",
+            "--space",
+            str(tmp_path / "space.yaml"),
+            "--samples",
+            "3",
+            "--storage",
+            str(storage),
+            "--name",
+            name,
+            "--no-wandb",
+        ),
+        cwd=REPO,
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     finished: dict[str, int] = {}
     partial: set[str] = set()
     try:
@@ -316,7 +428,12 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
 
     resumed = subprocess.run(
         _tune_cmd("--resume", name, "--storage", str(storage), "--no-wandb"),
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
     (tmp_path / "second.txt").write_text(resumed.stdout + resumed.stderr)
     rows = _leaderboard(exp)
@@ -327,8 +444,10 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     for trial_id in partial:  # unfinished trials went on from their checkpoint, not epoch 1
         epochs = [r["epoch"] for r in _results(trials[trial_id])]
         assert epochs.count(1) == 1, (trial_id, epochs)
-    epochs = [json.loads(line)["epoch"] for line in
-              (exp / "best-run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [
+        json.loads(line)["epoch"]
+        for line in (exp / "best-run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert epochs == list(range(1, len(epochs) + 1))
     assert (exp / "best-run" / "test.json").exists()
 
@@ -339,12 +458,39 @@ def test_data_parallel_trials_run_one_after_another(tmp_path):
     CPUs back from the first (its placement group is freed), not wait forever."""
     (tmp_path / "space.yaml").write_text(SPACE)
     proc = subprocess.run(
-        _tune_cmd("--preset", "debug", "--subset", "200", "--set", "data.val_subset=100",
-                  "--set", "data.test_subset=100", "--max-epochs", "1", "--samples", "2",
-                  "--concurrent", "1", "--workers-per-trial", "2", "--cpus-per-trial", "2",
-                  "--space", str(tmp_path / "space.yaml"), "--no-wandb",
-                  "--storage", str(tmp_path / "runs"), "--name", "ddp"),
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        _tune_cmd(
+            "--preset",
+            "debug",
+            "--subset",
+            "200",
+            "--set",
+            "data.val_subset=100",
+            "--set",
+            "data.test_subset=100",
+            "--max-epochs",
+            "1",
+            "--samples",
+            "2",
+            "--concurrent",
+            "1",
+            "--workers-per-trial",
+            "2",
+            "--cpus-per-trial",
+            "2",
+            "--space",
+            str(tmp_path / "space.yaml"),
+            "--no-wandb",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--name",
+            "ddp",
+        ),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     rows = _leaderboard(tmp_path / "runs" / "ddp")
     assert len(rows) == 2 and all(r["epochs"] == "1" for r in rows), rows

@@ -22,15 +22,17 @@ from modresnet.data import load_cifar10
 
 
 def paper_pipeline() -> transforms.Compose:
-    return transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1),
-        transforms.RandomRotation(20),
-        transforms.RandomAffine(degrees=0, translate=(0.1, 0.1)),
-        transforms.ToTensor(),
-        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    ])
+    return transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1),
+            transforms.RandomRotation(20),
+            transforms.RandomAffine(degrees=0, translate=(0.1, 0.1)),
+            transforms.ToTensor(),
+            transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        ]
+    )
 
 
 def main() -> None:
@@ -54,15 +56,26 @@ def main() -> None:
     for _ in range(args.passes):
         start = time.perf_counter()
         for i in range(0, len(x), args.batch):
-            augment(x[i: i + args.batch], cfg, g, mean, std)
+            augment(x[i : i + args.batch], cfg, g, mean, std)
         passes.append(len(x) / (time.perf_counter() - start))
     ours = statistics.median(passes)
     print(f"{'pipeline':<34}{'images/s':>12}")
     print(f"{'paper (torchvision PIL, per image)':<34}{baseline:>12,.0f}")
     print(f"{'modresnet (batched, on device)':<34}{ours:>12,.0f}")
-    print(json.dumps({"benchmark": "augment", "images": len(x), "threads": 1, "batch": args.batch, "passes": args.passes,
-                      "baseline_images_per_s": round(baseline, 1),
-                      "modresnet_images_per_s": round(ours, 1), "ratio": round(ours / baseline, 2)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "augment",
+                "images": len(x),
+                "threads": 1,
+                "batch": args.batch,
+                "passes": args.passes,
+                "baseline_images_per_s": round(baseline, 1),
+                "modresnet_images_per_s": round(ours, 1),
+                "ratio": round(ours / baseline, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -25,9 +25,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_RUNS = "fast:0,1,2;fast15:0,1,2;paper:0"
-SMOKE_SETS = ["model.flavor=debug", "data.subset=500", "data.val_subset=100",
-              "data.test_subset=200", "train.epochs=1", "train.batch_size=64",
-              "train.ema_bn_images=128"]
+SMOKE_SETS = [
+    "model.flavor=debug",
+    "data.subset=500",
+    "data.val_subset=100",
+    "data.test_subset=200",
+    "train.epochs=1",
+    "train.batch_size=64",
+    "train.ema_bn_images=128",
+]
 
 
 def parse_runs(spec: str) -> list[tuple[str, int]]:
@@ -50,9 +56,17 @@ class GpuSampler:
     def _query(self, field: str) -> str | None:
         if shutil.which("nvidia-smi") is None:
             return None
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return (
+            out.stdout.strip().splitlines()[0]
+            if out.returncode == 0 and out.stdout.strip()
+            else None
+        )
 
     def start(self) -> GpuSampler:
         self.name = self._query("name")
@@ -79,8 +93,23 @@ def train_one(preset: str, seed: int, device: str, out: Path, sets: list[str]) -
     name = f"{preset}-s{seed}"
     run_dir = out / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    cmd = [sys.executable, "-m", "modresnet.cli", "train", "--local", "--preset", preset,
-           "--seed", str(seed), "--device", device, "--storage", str(out), "--name", name]
+    cmd = [
+        sys.executable,
+        "-m",
+        "modresnet.cli",
+        "train",
+        "--local",
+        "--preset",
+        preset,
+        "--seed",
+        str(seed),
+        "--device",
+        device,
+        "--storage",
+        str(out),
+        "--name",
+        name,
+    ]
     for item in sets:
         cmd += ["--set", item]
     start = time.perf_counter()
@@ -93,10 +122,16 @@ def train_one(preset: str, seed: int, device: str, out: Path, sets: list[str]) -
     test = json.loads((run_dir / "test.json").read_text())
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_s = sum(m["epoch_s"] for m in history)
-    return {"preset": preset, "seed": seed, "test_acc": test["test_acc"], "epochs": len(history),
-            "wall_s": wall, "epochs_s": train_s,
-            "images_per_s": statistics.fmean(m["images_per_s"] for m in history),
-            "weights": history[-1].get("weights", "live")}
+    return {
+        "preset": preset,
+        "seed": seed,
+        "test_acc": test["test_acc"],
+        "epochs": len(history),
+        "wall_s": wall,
+        "epochs_s": train_s,
+        "images_per_s": statistics.fmean(m["images_per_s"] for m in history),
+        "weights": history[-1].get("weights", "live"),
+    }
 
 
 def summarize(results: list[dict]) -> dict[str, dict]:
@@ -104,12 +139,18 @@ def summarize(results: list[dict]) -> dict[str, dict]:
     for preset in dict.fromkeys(r["preset"] for r in results):
         ok = [r for r in results if r["preset"] == preset and "error" not in r]
         if not ok:
-            table[preset] = {"runs": 0, "errors": [r["error"] for r in results if r["preset"] == preset]}
+            table[preset] = {
+                "runs": 0,
+                "errors": [r["error"] for r in results if r["preset"] == preset],
+            }
             continue
         accs = [r["test_acc"] for r in ok]
         table[preset] = {
-            "runs": len(ok), "test_acc_mean": statistics.fmean(accs), "test_acc_min": min(accs),
-            "test_acc_max": max(accs), "epochs": ok[0]["epochs"],
+            "runs": len(ok),
+            "test_acc_mean": statistics.fmean(accs),
+            "test_acc_min": min(accs),
+            "test_acc_max": max(accs),
+            "epochs": ok[0]["epochs"],
             "wall_s_mean": statistics.fmean(r["wall_s"] for r in ok),
             "epochs_s_mean": statistics.fmean(r["epochs_s"] for r in ok),
             "images_per_s_mean": statistics.fmean(r["images_per_s"] for r in ok),
@@ -118,15 +159,27 @@ def summarize(results: list[dict]) -> dict[str, dict]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default=None, help=f"PRESET:SEED,SEED;... (default {DEFAULT_RUNS!r})")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--runs", default=None, help=f"PRESET:SEED,SEED;... (default {DEFAULT_RUNS!r})"
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once on the device")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "gpu-recipes")
-    parser.add_argument("--set", dest="sets", action="append", default=[],
-                        help="SECTION.FIELD=VALUE for every run; repeatable")
-    parser.add_argument("--smoke", action="store_true",
-                        help="CPU, debug flavor, 500 images, 1 epoch: checks the harness")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        help="SECTION.FIELD=VALUE for every run; repeatable",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CPU, debug flavor, 500 images, 1 epoch: checks the harness",
+    )
     args = parser.parse_args()
     runs = parse_runs(args.runs or ("fast:0" if args.smoke else DEFAULT_RUNS))
     device = "cpu" if args.smoke else args.device
@@ -140,22 +193,37 @@ def main() -> int:
     busy = sampler.stop()
     table = summarize(results)
 
-    print(f"{'preset':<8} {'runs':>4} {'test acc mean (min-max)':>26} {'epochs':>6} "
-          f"{'wall s':>7} {'img/s':>8}")
+    print(
+        f"{'preset':<8} {'runs':>4} {'test acc mean (min-max)':>26} {'epochs':>6} "
+        f"{'wall s':>7} {'img/s':>8}"
+    )
     for preset, row in table.items():
         if not row["runs"]:
             print(f"{preset:<8} failed: {row['errors'][0]}")
             continue
-        print(f"{preset:<8} {row['runs']:>4} {100 * row['test_acc_mean']:>12.2f} % "
-              f"({100 * row['test_acc_min']:.2f}-{100 * row['test_acc_max']:.2f}) "
-              f"{row['epochs']:>6} {row['wall_s_mean']:>7.0f} {row['images_per_s_mean']:>8.0f}")
+        print(
+            f"{preset:<8} {row['runs']:>4} {100 * row['test_acc_mean']:>12.2f} % "
+            f"({100 * row['test_acc_min']:.2f}-{100 * row['test_acc_max']:.2f}) "
+            f"{row['epochs']:>6} {row['wall_s_mean']:>7.0f} {row['images_per_s_mean']:>8.0f}"
+        )
     import torch
 
-    print(json.dumps({
-        "benchmark": "gpu_recipes", "device": device, "gpu": sampler.name, "torch": torch.__version__,
-        "jobs": args.jobs, "sets": sets, "gpu_busy_pct": busy,
-        "total_s": time.perf_counter() - start, "presets": table, "runs": results,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "gpu_recipes",
+                "device": device,
+                "gpu": sampler.name,
+                "torch": torch.__version__,
+                "jobs": args.jobs,
+                "sets": sets,
+                "gpu_busy_pct": busy,
+                "total_s": time.perf_counter() - start,
+                "presets": table,
+                "runs": results,
+            }
+        )
+    )
     return 0 if all("error" not in r for r in results) else 1
 
 

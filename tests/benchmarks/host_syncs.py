@@ -32,8 +32,15 @@ from modresnet.augment import augment
 from modresnet.data import Split, load_cifar10
 from modresnet.model import FLAVORS, build_model
 
-SYNCING = {torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__,
-           torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy}
+SYNCING = {
+    torch.Tensor.item,
+    torch.Tensor.__bool__,
+    torch.Tensor.__float__,
+    torch.Tensor.__int__,
+    torch.Tensor.tolist,
+    torch.Tensor.cpu,
+    torch.Tensor.numpy,
+}
 
 
 class CountReads(TorchFunctionMode):
@@ -50,15 +57,22 @@ class CountReads(TorchFunctionMode):
 def baseline_epoch(cfg: configs.Config, train: Split) -> None:
     torch.manual_seed(0)
     model = build_model(cfg.model).to(memory_format=torch.channels_last)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+    ema = AveragedModel(
+        model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True
+    )
     opt = optim.build_optimizer(cfg, model, 1)
     g = torch.Generator().manual_seed(0)
     model.train()
     for i in range(0, len(train), cfg.train.batch_size):
-        x = augment(train.x[i: i + cfg.train.batch_size], cfg.augment, g, cfg.data.mean, cfg.data.std)
+        x = augment(
+            train.x[i : i + cfg.train.batch_size], cfg.augment, g, cfg.data.mean, cfg.data.std
+        )
         x = x.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(model(x), train.y[i: i + cfg.train.batch_size],
-                               label_smoothing=cfg.train.label_smoothing)
+        loss = F.cross_entropy(
+            model(x),
+            train.y[i : i + cfg.train.batch_size],
+            label_smoothing=cfg.train.label_smoothing,
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -98,7 +112,9 @@ def main() -> None:
     parser.add_argument("--flavor", default="debug", choices=list(FLAVORS))
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    cfg = configs.resolve("fast", overrides={"model.flavor": args.flavor, "train.batch_size": args.batch})
+    cfg = configs.resolve(
+        "fast", overrides={"model.flavor": args.flavor, "train.batch_size": args.batch}
+    )
     data = load_cifar10(cfg.data).train
     train = Split(data.x[: args.steps * args.batch], data.y[: args.steps * args.batch])
     before = measure(baseline_epoch, cfg, train, args.steps)
@@ -108,13 +124,27 @@ def main() -> None:
         rates["baseline"].append(best_rate(baseline_epoch, cfg, train))
         rates["engine"].append(best_rate(engine_epoch, cfg, train))
     before["images_per_s"], after["images_per_s"] = max(rates["baseline"]), max(rates["engine"])
-    print(f"baseline (float(loss) + AveragedModel): {before['reads_per_step']:.1f} host reads/step, "
-          f"{before['images_per_s']:,.1f} images/s")
-    print(f"engine:                                 {after['reads_per_step']:.1f} host reads/step, "
-          f"{after['images_per_s']:,.1f} images/s")
-    print(json.dumps({"benchmark": "host_syncs", "flavor": args.flavor, "batch": args.batch,
-                      "steps": args.steps, "threads": torch.get_num_threads(),
-                      "baseline": before, "engine": after}))
+    print(
+        f"baseline (float(loss) + AveragedModel): {before['reads_per_step']:.1f} host reads/step, "
+        f"{before['images_per_s']:,.1f} images/s"
+    )
+    print(
+        f"engine:                                 {after['reads_per_step']:.1f} host reads/step, "
+        f"{after['images_per_s']:,.1f} images/s"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "host_syncs",
+                "flavor": args.flavor,
+                "batch": args.batch,
+                "steps": args.steps,
+                "threads": torch.get_num_threads(),
+                "baseline": before,
+                "engine": after,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

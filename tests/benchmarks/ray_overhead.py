@@ -41,11 +41,18 @@ def run_local(cfg: configs.Config, root: Path) -> dict:
 
     records, stamps = [], []
     start = time.perf_counter()
-    train_local(cfg, root / "local", on_epoch_done=lambda r: (records.append(r),
-                                                              stamps.append(time.perf_counter())))
+    train_local(
+        cfg,
+        root / "local",
+        on_epoch_done=lambda r: (records.append(r), stamps.append(time.perf_counter())),
+    )
     first = stamps[0] - start - records[0]["epoch_s"]
-    return {"images_per_s": steady(records), "startup_s": first,
-            "total_s": time.perf_counter() - start, "epochs": [round(r["images_per_s"], 1) for r in records]}
+    return {
+        "images_per_s": steady(records),
+        "startup_s": first,
+        "total_s": time.perf_counter() - start,
+        "epochs": [round(r["images_per_s"], 1) for r in records],
+    }
 
 
 def run_ray(cfg: configs.Config, root: Path, workers: int) -> dict:
@@ -53,13 +60,20 @@ def run_ray(cfg: configs.Config, root: Path, workers: int) -> dict:
 
     records, stamps = [], []
     start = time.perf_counter()
-    train_ray(cfg, root / f"ray{workers}", RayOptions(workers=workers, cpus_per_worker=1,
-                                                      wandb=False),
-              on_epoch_done=lambda r: (records.append(r), stamps.append(time.perf_counter())),
-              info=lambda _: None)
+    train_ray(
+        cfg,
+        root / f"ray{workers}",
+        RayOptions(workers=workers, cpus_per_worker=1, wandb=False),
+        on_epoch_done=lambda r: (records.append(r), stamps.append(time.perf_counter())),
+        info=lambda _: None,
+    )
     first = stamps[0] - start - records[0]["epoch_s"]
-    return {"images_per_s": steady(records), "startup_s": first,
-            "total_s": time.perf_counter() - start, "epochs": [round(r["images_per_s"], 1) for r in records]}
+    return {
+        "images_per_s": steady(records),
+        "startup_s": first,
+        "total_s": time.perf_counter() - start,
+        "epochs": [round(r["images_per_s"], 1) for r in records],
+    }
 
 
 def main() -> None:
@@ -70,48 +84,86 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--data-dir", default=os.environ.get("MODRESNET_DATA"))
     args = ap.parse_args()
-    cfg = configs.resolve(args.preset, overrides={
-        "data.data_dir": args.data_dir, "data.subset": args.subset, "data.val_subset": 200,
-        "data.test_subset": 200, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
-        "train.threads": 1, "train.device": "cpu", "train.lr_scaling": "none"})
+    cfg = configs.resolve(
+        args.preset,
+        overrides={
+            "data.data_dir": args.data_dir,
+            "data.subset": args.subset,
+            "data.val_subset": 200,
+            "data.test_subset": 200,
+            "train.epochs": args.epochs,
+            "train.batch_size": args.batch_size,
+            "train.threads": 1,
+            "train.device": "cpu",
+            "train.lr_scaling": "none",
+        },
+    )
 
     import ray
 
     with tempfile.TemporaryDirectory(prefix="modresnet-bench-") as tmp:
         root = Path(tmp)
         local = run_local(cfg, root)
-        print(f"in-process engine   {local['images_per_s']:8.1f} img/s  startup "
-              f"{local['startup_s']:.1f}s  per-epoch {local['epochs']}", flush=True)
+        print(
+            f"in-process engine   {local['images_per_s']:8.1f} img/s  startup "
+            f"{local['startup_s']:.1f}s  per-epoch {local['epochs']}",
+            flush=True,
+        )
         t0 = time.perf_counter()
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                 object_store_memory=256 * 1024**2, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            object_store_memory=256 * 1024**2,
+            log_to_driver=False,
+        )
         init_s = time.perf_counter() - t0
         print(f"ray.init            {init_s:.1f}s", flush=True)
         try:
             one = run_ray(cfg, root, 1)
-            print(f"Ray Train 1 worker  {one['images_per_s']:8.1f} img/s  startup "
-                  f"{one['startup_s']:.1f}s  per-epoch {one['epochs']}", flush=True)
+            print(
+                f"Ray Train 1 worker  {one['images_per_s']:8.1f} img/s  startup "
+                f"{one['startup_s']:.1f}s  per-epoch {one['epochs']}",
+                flush=True,
+            )
             two = run_ray(cfg, root, 2)
-            print(f"Ray Train 2 workers {two['images_per_s']:8.1f} img/s  startup "
-                  f"{two['startup_s']:.1f}s  per-epoch {two['epochs']}", flush=True)
+            print(
+                f"Ray Train 2 workers {two['images_per_s']:8.1f} img/s  startup "
+                f"{two['startup_s']:.1f}s  per-epoch {two['epochs']}",
+                flush=True,
+            )
         finally:
             ray.shutdown()
     ratio_1 = one["images_per_s"] / local["images_per_s"]
     ratio_2 = two["images_per_s"] / one["images_per_s"]
-    print(f"Ray 1 worker / in-process = {ratio_1:.3f}   2 workers / 1 worker = {ratio_2:.3f}   "
-          f"(cpus: {os.cpu_count()}, load avg {os.getloadavg()[0]:.1f})")
-    print(json.dumps({
-        "preset": args.preset, "subset": args.subset, "epochs": args.epochs,
-        "batch_size_per_worker": args.batch_size, "threads_per_worker": 1,
-        "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
-        "in_process_images_per_s": round(local["images_per_s"], 1),
-        "ray_1_worker_images_per_s": round(one["images_per_s"], 1),
-        "ray_2_workers_images_per_s": round(two["images_per_s"], 1),
-        "ray1_over_in_process": round(ratio_1, 3), "ray2_over_ray1": round(ratio_2, 3),
-        "startup_s": {"in_process": round(local["startup_s"], 1), "ray_init": round(init_s, 1),
-                      "ray_1_worker": round(one["startup_s"], 1),
-                      "ray_2_workers": round(two["startup_s"], 1)},
-    }))
+    print(
+        f"Ray 1 worker / in-process = {ratio_1:.3f}   2 workers / 1 worker = {ratio_2:.3f}   "
+        f"(cpus: {os.cpu_count()}, load avg {os.getloadavg()[0]:.1f})"
+    )
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "subset": args.subset,
+                "epochs": args.epochs,
+                "batch_size_per_worker": args.batch_size,
+                "threads_per_worker": 1,
+                "cpus": os.cpu_count(),
+                "load_avg_1m": round(os.getloadavg()[0], 2),
+                "in_process_images_per_s": round(local["images_per_s"], 1),
+                "ray_1_worker_images_per_s": round(one["images_per_s"], 1),
+                "ray_2_workers_images_per_s": round(two["images_per_s"], 1),
+                "ray1_over_in_process": round(ratio_1, 3),
+                "ray2_over_ray1": round(ratio_2, 3),
+                "startup_s": {
+                    "in_process": round(local["startup_s"], 1),
+                    "ray_init": round(init_s, 1),
+                    "ray_1_worker": round(one["startup_s"], 1),
+                    "ray_2_workers": round(two["startup_s"], 1),
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

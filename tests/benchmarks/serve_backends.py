@@ -53,10 +53,16 @@ def main() -> None:
         diff = float(np.abs(torch_b.probabilities(x) - onnx_b.probabilities(x)).max())
         for batch in (1, 8, 32):
             t, o = rate(torch_b, batch), rate(onnx_b, batch)
-            out[f"{preset}/batch{batch}"] = {"torch_img_s": round(t, 1), "onnx_img_s": round(o, 1),
-                                             "onnx_speedup": round(o / t, 2)}
-            print(f"{preset:<6} batch {batch:>2}: torch {t:8.1f} img/s  onnx {o:8.1f} img/s  "
-                  f"x{o / t:.2f}", flush=True)
+            out[f"{preset}/batch{batch}"] = {
+                "torch_img_s": round(t, 1),
+                "onnx_img_s": round(o, 1),
+                "onnx_speedup": round(o / t, 2),
+            }
+            print(
+                f"{preset:<6} batch {batch:>2}: torch {t:8.1f} img/s  onnx {o:8.1f} img/s  "
+                f"x{o / t:.2f}",
+                flush=True,
+            )
         out[f"{preset}/max_abs_diff"] = diff
         out[f"{preset}/onnx_export_s"] = round(onnx_b.export_s, 2)
     print(json.dumps(out))

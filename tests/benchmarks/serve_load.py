@@ -50,14 +50,17 @@ def load(url: str, files: list[bytes], concurrency: int, total: int) -> dict:
         errors = 0
         counter = iter(range(total))
         connector = aiohttp.TCPConnector(limit=concurrency)
-        async with aiohttp.ClientSession(connector=connector,
-                                         timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=120)
+        ) as session:
+
             async def client() -> None:
                 nonlocal errors
                 for i in counter:
                     form = aiohttp.FormData()
-                    form.add_field("files", files[i % len(files)], filename="x.png",
-                                   content_type="image/png")
+                    form.add_field(
+                        "files", files[i % len(files)], filename="x.png", content_type="image/png"
+                    )
                     start = time.perf_counter()
                     try:
                         async with session.post(url + "/predict", data=form) as r:
@@ -76,10 +79,14 @@ def load(url: str, files: list[bytes], concurrency: int, total: int) -> dict:
 
     latencies, errors, wall = asyncio.run(main())
     lat = sorted(latencies) or [float("nan")]
-    return {"concurrency": concurrency, "requests": total, "errors": errors,
-            "throughput_rps": round(len(latencies) / wall, 1),
-            "p50_ms": round(1000 * statistics.median(lat), 1),
-            "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1)}
+    return {
+        "concurrency": concurrency,
+        "requests": total,
+        "errors": errors,
+        "throughput_rps": round(len(latencies) / wall, 1),
+        "p50_ms": round(1000 * statistics.median(lat), 1),
+        "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1),
+    }
 
 
 def ceiling(checkpoint: str, backend: str, batch: int, seconds: float = 3.0) -> float:
@@ -95,7 +102,9 @@ def ceiling(checkpoint: str, backend: str, batch: int, seconds: float = 3.0) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", help="Run or checkpoint (default: train a tiny run of the paper model).")
+    parser.add_argument(
+        "--checkpoint", help="Run or checkpoint (default: train a tiny run of the paper model)."
+    )
     parser.add_argument("--backend", default="onnx", choices=["onnx", "torch", "int8"])
     parser.add_argument("--requests", type=int, default=200, help="Requests per level.")
     parser.add_argument("--levels", default="1,8,32")
@@ -118,11 +127,22 @@ def main() -> None:
         from modresnet.local import train_local
 
         checkpoint = str(Path(tempfile.mkdtemp(prefix="serve-load-")) / "run")
-        train_local(configs.resolve("debug", overrides={"data.data_dir": data_dir, "model.flavor": "paper",
-                                                        "data.subset": 200, "data.val_subset": 100,
-                                                        "data.test_subset": 100}), Path(checkpoint))
-    test = load_cifar10(configs.DataConfig(data_dir=data_dir, subset=100, val_subset=50,
-                                           test_subset=64)).test
+        train_local(
+            configs.resolve(
+                "debug",
+                overrides={
+                    "data.data_dir": data_dir,
+                    "model.flavor": "paper",
+                    "data.subset": 200,
+                    "data.val_subset": 100,
+                    "data.test_subset": 100,
+                },
+            ),
+            Path(checkpoint),
+        )
+    test = load_cifar10(
+        configs.DataConfig(data_dir=data_dir, subset=100, val_subset=50, test_subset=64)
+    ).test
     files = [encode_png(img) for img in test.x]
 
     ceil = ceiling(checkpoint, args.backend, args.max_batch_size)
@@ -131,35 +151,56 @@ def main() -> None:
         port = _free_port()
         start("127.0.0.1", port)
         url = f"http://127.0.0.1:{port}"
-        deploy(ServeArgs(checkpoint=checkpoint, backend=args.backend, min_replicas=args.replicas,
-                         max_replicas=args.replicas, max_batch_size=args.max_batch_size,
-                         batch_wait_timeout_s=args.batch_wait_ms / 1000, max_ongoing_requests=64,
-                         max_queued_requests=-1))
+        deploy(
+            ServeArgs(
+                checkpoint=checkpoint,
+                backend=args.backend,
+                min_replicas=args.replicas,
+                max_replicas=args.replicas,
+                max_batch_size=args.max_batch_size,
+                batch_wait_timeout_s=args.batch_wait_ms / 1000,
+                max_ongoing_requests=64,
+                max_queued_requests=-1,
+            )
+        )
         wait_ready(url, timeout=300)
         load(url, files, 4, 20)  # warm-up
         results = []
         for level in (int(v) for v in args.levels.split(",")):
             r = load(url, files, level, args.requests)
             results.append(r)
-            print(f"concurrency {level:>3}: {r['throughput_rps']:7.1f} img/s  p50 "
-                  f"{r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}",
-                  flush=True)
+            print(
+                f"concurrency {level:>3}: {r['throughput_rps']:7.1f} img/s  p50 "
+                f"{r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}",
+                flush=True,
+            )
         batches = __import__("httpx").get(url + "/model").json()["replica"]["batch_sizes"]
     finally:
         serve.shutdown()
         ray.shutdown()
     best = max(r["throughput_rps"] for r in results)
     top = results[-1]
-    print(f"in-process ceiling ({args.backend}, batch {args.max_batch_size}, 1 thread): "
-          f"{ceil:.0f} img/s; at concurrency {top['concurrency']} served {top['throughput_rps']:.0f} "
-          f"img/s = {top['throughput_rps'] / ceil:.1%} of it (best level {best / ceil:.1%})")
+    print(
+        f"in-process ceiling ({args.backend}, batch {args.max_batch_size}, 1 thread): "
+        f"{ceil:.0f} img/s; at concurrency {top['concurrency']} served {top['throughput_rps']:.0f} "
+        f"img/s = {top['throughput_rps'] / ceil:.1%} of it (best level {best / ceil:.1%})"
+    )
     print(f"server-side batch sizes: {batches}")
-    print(json.dumps({"backend": args.backend, "checkpoint": checkpoint, "levels": results,
-                      "ceiling_img_s": round(ceil, 1), "best_served_img_s": best,
-                      "ratio": round(best / ceil, 4),
-                      "ratio_at_top_concurrency": round(top["throughput_rps"] / ceil, 4),
-                      "batch_sizes": batches,
-                      "cpus": os.cpu_count()}))
+    print(
+        json.dumps(
+            {
+                "backend": args.backend,
+                "checkpoint": checkpoint,
+                "levels": results,
+                "ceiling_img_s": round(ceil, 1),
+                "best_served_img_s": best,
+                "ratio": round(best / ceil, 4),
+                "ratio_at_top_concurrency": round(top["throughput_rps"] / ceil, 4),
+                "batch_sizes": batches,
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

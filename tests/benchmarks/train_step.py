@@ -26,9 +26,15 @@ from modresnet.model import FLAVORS, build_model
 
 
 def paper_loop(steps: int, batch: int, flavor: str, workers: int) -> float:
-    data = datasets.CIFAR10(str(resolve_root(None)), train=True, download=False, transform=paper_pipeline())
-    loader = DataLoader(Subset(data, range(steps * batch + batch)), batch_size=batch, shuffle=True,
-                        num_workers=workers)
+    data = datasets.CIFAR10(
+        str(resolve_root(None)), train=True, download=False, transform=paper_pipeline()
+    )
+    loader = DataLoader(
+        Subset(data, range(steps * batch + batch)),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+    )
     torch.manual_seed(0)
     model = build_model(FLAVORS[flavor])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -55,8 +61,13 @@ def engine_loop(steps: int, batch: int, flavor: str) -> float:
     model = build_model(cfg.model).to(memory_format=torch.channels_last)
     state = engine.build_state(cfg, model, len(train))
     marks = []
-    engine.train_one_epoch(state, train, cfg, torch.device("cpu"),
-                           on_batch=lambda step, n, loss: marks.append(time.perf_counter()))
+    engine.train_one_epoch(
+        state,
+        train,
+        cfg,
+        torch.device("cpu"),
+        on_batch=lambda step, n, loss: marks.append(time.perf_counter()),
+    )
     return steps * batch / (marks[-1] - marks[0])
 
 
@@ -69,12 +80,25 @@ def main() -> None:
     args = parser.parse_args()
     baseline = paper_loop(args.steps, args.batch, args.flavor, args.loader_workers)
     ours = engine_loop(args.steps, args.batch, args.flavor)
-    print(f"paper-style loop (DataLoader + PIL, {args.loader_workers} workers): {baseline:,.1f} images/s")
+    print(
+        f"paper-style loop (DataLoader + PIL, {args.loader_workers} workers): {baseline:,.1f} images/s"
+    )
     print(f"modresnet engine:                          {ours:,.1f} images/s")
-    print(json.dumps({"benchmark": "train_step", "flavor": args.flavor, "batch": args.batch,
-                      "steps": args.steps, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                      "baseline_images_per_s": round(baseline, 1), "modresnet_images_per_s": round(ours, 1),
-                      "ratio": round(ours / baseline, 2)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "train_step",
+                "flavor": args.flavor,
+                "batch": args.batch,
+                "steps": args.steps,
+                "threads": torch.get_num_threads(),
+                "cpus": os.cpu_count(),
+                "baseline_images_per_s": round(baseline, 1),
+                "modresnet_images_per_s": round(ours, 1),
+                "ratio": round(ours / baseline, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

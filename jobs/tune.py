@@ -89,7 +89,7 @@ def _run_train_trial(config: Config, job: TuneJob) -> None:
     trial_id = tune.get_context().get_trial_id()
     resources = {"CPU": per_worker_cpu, **({"GPU": per_worker_gpu} if per_worker_gpu else {})}
     TorchTrainer(
-        train_loop_per_worker,
+        train_loop_per_worker,  # type: ignore[arg-type]  # Ray's stub wants -> None
         train_loop_config={"config": config.to_dict(), "threads": per_worker_cpu, "wandb": None},
         torch_config=TorchConfig(backend="nccl" if per_worker_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -98,7 +98,7 @@ def _run_train_trial(config: Config, job: TuneJob) -> None:
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",
             storage_path=job.train_storage,
-            callbacks=[TuneReportCallback()],
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # a Train callback
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1,
                 checkpoint_score_attribute=job.metric,

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
 from jobs.search_space import ADAM_ONLY, SGD_ONLY
 from jobs.tune_job import TuneJob
+
+if TYPE_CHECKING:
+    from rich.live import Live
 
 # Sampled fields in the order a reader wants them; the rest follow in the space's order.
 PRIORITY = (
@@ -64,7 +67,10 @@ def short_names(keys: list[str]) -> dict[str, str]:
     """`optim.lr` -> `lr`; a field name two sections share is shown by its section
     (`optim.name` -> `optim`, `schedule.name` -> `schedule`)."""
     fields = [k.split(".", 1)[1] for k in keys]
-    return {k: f if fields.count(f) == 1 else k.split(".", 1)[0] for k, f in zip(keys, fields)}
+    return {
+        k: f if fields.count(f) == 1 else k.split(".", 1)[0]
+        for k, f in zip(keys, fields, strict=True)
+    }
 
 
 def ordered(keys, order: list[str]) -> list[str]:
@@ -145,7 +151,7 @@ class TrialTable:
         self.metric = job.metric
         self.enabled = enabled
         self.console = console
-        self.live = None
+        self.live: Live | None = None
         self.best: dict[str, float] = {}
         self.announced: set[str] = set()
         self.last: tuple | None = None
@@ -161,10 +167,9 @@ class TrialTable:
         if self.console.is_terminal:
             from rich.live import Live
 
-            self.live = Live(
-                self.render([]), console=self.console, refresh_per_second=4, transient=True
-            )
-            self.live.start()
+            live = Live(self.render([]), console=self.console, refresh_per_second=4, transient=True)
+            live.start()
+            self.live = live
         _active = self
         return self
 

@@ -221,7 +221,7 @@ def leaderboard_table(
     table.add_column("ended", no_wrap=True)
     for key in keys:
         table.add_column(names[key], justify="right", no_wrap=True)
-    for i, (r, v) in enumerate(zip(rows[:limit], values), 1):
+    for i, (r, v) in enumerate(zip(rows[:limit], values[:limit], strict=True), 1):
         ended = (
             "error"
             if r.status == "ERROR"

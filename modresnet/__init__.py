@@ -1,1 +1,1 @@
-"""modresnet: ModifiedResNet CIFAR-10 classifiers in plain PyTorch; Ray lives in jobs/ and serve/."""
+"""modresnet: ModifiedResNet CIFAR-10 classifiers in plain PyTorch (Ray: jobs/ and serve/)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -11,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
-def curves(history: list[dict], path: Path) -> Path:
+def curves(history: list[dict[str, Any]], path: Path) -> Path:
     epochs = [m["epoch"] for m in history]
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
     acc.plot(epochs, [100 * m["train_acc"] for m in history], "o-", label="train")

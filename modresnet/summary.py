@@ -37,7 +37,7 @@ def summarize(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) 
     counts: dict[str, int] = {}
     hooks = []
 
-    def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+    def hook(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
         kind = type(module).__name__
         counts[kind] = counts.get(kind, 0) + 1
         params = sum(p.numel() for p in module.parameters(recurse=False))

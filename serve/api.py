@@ -10,6 +10,7 @@ import asyncio
 import base64
 import binascii
 import itertools
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -191,8 +192,8 @@ def _json(body: bytes) -> Any:
         raise ApiError(400, f"body is not valid JSON ({err})") from None
 
 
-def validation_message(errors: list[dict]) -> str:
-    """pydantic/FastAPI errors -> one line (never echoing the offending input, which may be huge)."""
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """pydantic/FastAPI errors -> one line, never echoing the input (which may be huge)."""
     parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg'][:200]}" for e in errors]
     return "invalid request: " + "; ".join(parts[:5])
 
@@ -235,7 +236,7 @@ async def parse_predict(
         try:
             k = int(top_k) if isinstance(top_k, str) else None
         except ValueError:
-            raise ApiError(400, f"top_k: not an integer ({top_k[:40]!r})") from None
+            raise ApiError(400, f"top_k: not an integer ({str(top_k)[:40]!r})") from None
         items, names = [], []
         for i, f in enumerate(files):
             items.append((f.filename or f"files[{i}]", await f.read()))
@@ -405,8 +406,11 @@ def top_k_rows(probs: np.ndarray, classes: tuple[str, ...], k: int) -> list[list
     """The same ranking as `modresnet predict` (ties by class index)."""
     values, order = top_k(torch.tensor(probs), k)
     return [
-        [LabelProbability(label=classes[j], probability=p) for p, j in zip(row_p, row_j)]
-        for row_p, row_j in zip(values.tolist(), order.tolist())
+        [
+            LabelProbability(label=classes[j], probability=p)
+            for p, j in zip(row_p, row_j, strict=True)
+        ]
+        for row_p, row_j in zip(values.tolist(), order.tolist(), strict=True)
     ]
 
 

@@ -83,6 +83,7 @@ def export_onnx(loaded: LoadedModel) -> bytes:
             output_names=["probabilities"],
             dynamic_shapes={"x": {0: batch}},
         )
+    assert program is not None  # dynamo=True always returns a program
     return program.model_proto.SerializeToString()
 
 

@@ -65,7 +65,7 @@ class DecodePool:
         self.timeouts = 0
 
     async def decode_all(self, items: list[tuple[str, bytes]]) -> list[torch.Tensor]:
-        """(name, bytes) -> uint8 3x32x32 tensors, in order; DecodeError(4xx) on the first bad one."""
+        """(name, bytes) -> uint8 3x32x32 tensors in order; DecodeError (4xx) on the first bad."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.workers)
         budget = self.request_pixels
@@ -87,12 +87,13 @@ class DecodePool:
         return out
 
     async def _run(self, fn, *args, name: str):
-        assert self._slots is not None
-        await self._slots.acquire()
+        slots = self._slots
+        assert slots is not None
+        await slots.acquire()
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._pool, fn, *args)
         # The slot is freed when the work really ends, not when we stop waiting for it.
-        future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(lambda _: slots.release())
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
         except TimeoutError:

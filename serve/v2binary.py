@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 HEADER = "inference-header-content-length"
-DTYPES = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
+DTYPES: dict[str, np.dtype[Any]] = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
 
 
 class BinaryError(ValueError):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from jobs import tune as tuning
 from jobs.search_space import parse_space
+from jobs.tune_job import SearchSettings, new_job
 from modresnet import config as configs
 
 SPACE = {
@@ -33,18 +34,17 @@ SPACE = {
 
 
 def run(label: str, base, space, args, storage: Path, grace: int) -> dict:
-    options = tuning.TuneOptions(
+    settings = SearchSettings(
         samples=args.samples,
         max_epochs=args.max_epochs,
         grace_period=grace,
         reduction_factor=args.reduction_factor,
         concurrent=args.concurrent,
         search_seed=args.seed,
-        wandb=False,
     )
-    job = tuning.new_job(base, space, options, storage, label)
+    job = new_job(base, space, settings, storage, label)
     start = time.perf_counter()
-    outcome = tuning.run_search(job, options, info=lambda line: None)
+    outcome = tuning.run_search(job, tuning.TuneOptions(wandb=False), info=lambda line: None)
     seconds = time.perf_counter() - start
     return {
         "epochs": sum(r.epochs for r in outcome.rows),
@@ -88,7 +88,8 @@ def main() -> None:
     fifo = run("fifo", base, space, args, storage, args.max_epochs)
     for label, r in (("ASHA", asha), ("FIFO (no early stop)", fifo)):
         print(
-            f"{label:22s} epochs trained {r['epochs']:3d}  best val acc {100 * r['best_val_acc']:.1f}%  "
+            f"{label:22s} epochs trained {r['epochs']:3d}  "
+            f"best val acc {100 * r['best_val_acc']:.1f}%  "
             f"stopped early {r['stopped_early']}/{r['trials']}  {r['seconds']:.0f}s"
         )
     ratio = {

@@ -1,7 +1,7 @@
 """GPU recipe benchmark: train presets x seeds with `modresnet train --local` and report test
 accuracy (mean, min, max), epochs, wall time, images/s and how busy the GPU was.
 
-    python tests/benchmarks/gpu_recipes.py                       # fast, fast15 x 3 seeds + paper x 1
+    python tests/benchmarks/gpu_recipes.py                # fast, fast15 x 3 seeds + paper x 1
     python tests/benchmarks/gpu_recipes.py --runs fast:0,1,2 --jobs 2 --set train.compile=true
     python tests/benchmarks/gpu_recipes.py --smoke               # seconds on a CPU (CI)
 

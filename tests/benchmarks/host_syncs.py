@@ -9,8 +9,8 @@ the `fast` recipe (SGD-Nesterov, one-cycle, label smoothing, EMA 0.999) on the s
 - engine: `engine.train_one_epoch` as it is (loss handed on as a tensor, WeightEMA).
 
 Reads are counted with a TorchFunctionMode (the calls that sync on CUDA); throughput is
-timed without it, interleaved, best of --repeats. On a CPU a read costs nothing, so the images/s are close; the count is
-what carries to the GPU.
+timed without it, interleaved, best of --repeats. On a CPU a read costs nothing, so the
+images/s are close; the count is what carries to the GPU.
 
     .venv/bin/python tests/benchmarks/host_syncs.py [--steps 20] [--flavor debug]
 """

@@ -81,7 +81,8 @@ def main() -> None:
     baseline = paper_loop(args.steps, args.batch, args.flavor, args.loader_workers)
     ours = engine_loop(args.steps, args.batch, args.flavor)
     print(
-        f"paper-style loop (DataLoader + PIL, {args.loader_workers} workers): {baseline:,.1f} images/s"
+        f"paper-style loop (DataLoader + PIL, {args.loader_workers} workers): "
+        f"{baseline:,.1f} images/s"
     )
     print(f"modresnet engine:                          {ours:,.1f} images/s")
     print(

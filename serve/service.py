@@ -21,8 +21,7 @@ from fastapi.responses import HTMLResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve import api as schemas
-from serve import v2binary
+from serve import api, schemas, v2binary
 from serve.api import ApiError, error_response
 from serve.args import ServeArgs
 
@@ -140,8 +139,8 @@ class Service:
     async def predict(self, request: Request, top_k: int | None = None) -> schemas.PredictResponse:
         """Classify one or more images: multipart field `files`, or JSON base64 `images`."""
         self._auth(request)
-        body = await schemas.read_body(request, self.args.max_body_bytes, self.args.body_timeout_s)
-        images, names, body_k = await schemas.parse_predict(
+        body = await api.read_body(request, self.args.max_body_bytes, self.args.body_timeout_s)
+        images, names, body_k = await api.parse_predict(
             request, body, self.args.max_images, self.decoder
         )
         if len(images) > self.args.max_images:
@@ -153,7 +152,7 @@ class Service:
             raise ApiError(400, f"top_k: must be between 1 and {len(self.classes)}; got {k}")
         probs = await self._probabilities(images)
         self.requests += 1
-        rows = schemas.top_k_rows(probs, self.classes, k)
+        rows = api.top_k_rows(probs, self.classes, k)
         return schemas.PredictResponse(
             model_sha256=self.loaded.sha256,
             backend=self.backend.name,
@@ -191,8 +190,8 @@ class Service:
     async def infer(self, request: Request) -> schemas.InferResponse | Response:
         """Open Inference Protocol v2: input `input` UINT8/FP32 [N,32,32,3] or [N,3,32,32]."""
         self._auth(request)
-        body = await schemas.read_body(request, self.args.max_body_bytes, self.args.body_timeout_s)
-        req, x = schemas.parse_infer(request, body, self.args.max_images)
+        body = await api.read_body(request, self.args.max_body_bytes, self.args.body_timeout_s)
+        req, x = api.parse_infer(request, body, self.args.max_images)
         probs = await self._probabilities(list(x))
         self.requests += 1
         response = schemas.InferResponse(
@@ -263,7 +262,7 @@ def make_api(svc: Service) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError):
-        return error_response(400, schemas.validation_message(list(err.errors())))
+        return error_response(400, api.validation_message(list(err.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException):

@@ -1,9 +1,7 @@
 """Ray Train V2 driver: data-parallel training of ModifiedResNet through the one engine.
 
-Each Ray worker runs `train_loop_per_worker`, which assembles the run as the local path does
-(`modresnet.assembly.assemble`; DDP from `ray.train.torch.prepare_model` goes in as `wrap`),
-resumes from `ray.train.get_checkpoint()` and calls `engine.fit` with an `on_epoch` that
-reports every epoch to Ray with a checkpoint folder in the core format (rank 0 writes it).
+Each Ray worker runs `jobs.train_worker.train_loop_per_worker` (the one run assembler, then
+`engine.fit`, reporting every epoch to Ray with a checkpoint folder in the core format).
 
 After the fit the driver writes the core run directory, so evaluate/predict/serve read a
 Ray run exactly like a local one:
@@ -23,19 +21,16 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from jobs.runtime import connect, resolve_address, wandb_policy
+from jobs.train_worker import train_loop_per_worker, wandb_init
 from modresnet import checkpoint
-from modresnet.assembly import assemble
-from modresnet.config import Config, from_dict
+from modresnet.config import Config
 from modresnet.data import load_cifar10
-from modresnet.engine import Record, TrainingState
 from modresnet.errors import UserError
 from modresnet.rundir import RunDir, finalize
 
@@ -71,61 +66,6 @@ class RayResult:
 
 def wandb_id(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:120]
-
-
-def _wandb_init(wb: dict, config: dict):
-    import wandb
-
-    return wandb.init(
-        project=wb["project"],
-        id=wb["id"],
-        name=wb["name"],
-        resume="allow",
-        dir=wb["dir"],
-        config=config,
-        mode=wb["mode"] or None,
-    )
-
-
-# --------------------------------------------------------------------------- worker side
-
-
-def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, int]:
-    config: Config = from_dict(loop_config["config"])
-    import ray.train
-    from ray.train import Checkpoint
-    from ray.train.torch import get_device, prepare_model
-
-    rank = ray.train.get_context().get_world_rank()
-    resumed = ray.train.get_checkpoint()
-    with resumed.as_directory() if resumed is not None else nullcontext() as d:
-        assembled = assemble(
-            config,
-            get_device(),
-            cpus=loop_config["threads"],
-            wrap=lambda m: prepare_model(m, move_to_device=False),
-            resume_from=Path(d) if d is not None else None,
-        )
-
-    wb = loop_config.get("wandb")
-    wandb_run = _wandb_init(wb, config.to_dict()) if wb and rank == 0 else None
-
-    def on_epoch(record: Record, state: TrainingState) -> None:
-        if wandb_run is not None:
-            wandb_run.log(record, step=record["epoch"])
-        with tempfile.TemporaryDirectory(prefix="modresnet-ckpt-") as tmp:
-            ckpt = None
-            if rank == 0:
-                checkpoint.save_resumable(Path(tmp), state, config, assembled.classes, record)
-                ckpt = Checkpoint.from_directory(tmp)
-            ray.train.report(dict(record), checkpoint=ckpt)  # a barrier: every rank reports
-
-    try:
-        assembled.fit(on_epoch)
-    finally:
-        if wandb_run is not None:
-            wandb_run.finish()
-    return {"epochs": assembled.state.epoch}
 
 
 # --------------------------------------------------------------------------- driver side
@@ -405,7 +345,7 @@ def _log_final_wandb(wb: dict, config: Config, run: RunDir, test: dict, step: in
     counter at 0, so the step must be explicit)."""
     import wandb
 
-    wrun = _wandb_init(wb, config.to_dict())
+    wrun = wandb_init(wb, config.to_dict())
     payload = {"test_acc": test["test_acc"], "test_loss": test["test_loss"]}
     curves = run.path / "curves.png"
     if curves.exists():

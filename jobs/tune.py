@@ -3,7 +3,7 @@
 Every trial trains through the one engine (`engine.fit`). With one worker per trial the
 trial itself runs the loop and its `on_epoch` reports each epoch to Tune with a checkpoint
 folder in the core format; with more, each trial launches a Ray Train `TorchTrainer` that
-runs `jobs.train.train_loop_per_worker` and forwards its reports to Tune.
+runs `jobs.train_worker.train_loop_per_worker` and forwards its reports to Tune.
 
     <storage>/<name>/
       modresnet-tune.json  the search's settings (base config, space, ASHA); --resume reads it
@@ -77,7 +77,7 @@ def _run_train_trial(config: Config, job: TuneJob) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from jobs.train import train_loop_per_worker
+    from jobs.train_worker import train_loop_per_worker
 
     workers = job.workers_per_trial
     # The trial itself holds 0.01 CPU (see _trainable); the workers share the rest, so a
@@ -237,11 +237,11 @@ def run_search(
         (exp / JOB_FILE).write_text(json.dumps(job.to_dict(), indent=2))
     if job.workers_per_trial > 1:
         try:
-            from jobs.train import train_loop_per_worker  # noqa: F401
+            from jobs.train_worker import train_loop_per_worker  # noqa: F401
         except ImportError as err:
             raise TuneSetupError(
                 f"--workers-per-trial {job.workers_per_trial} needs the Ray "
-                f"Train worker in jobs/train.py ({err})"
+                f"Train worker in jobs/train_worker.py ({err})"
             ) from None
 
     from ray import tune

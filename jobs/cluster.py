@@ -10,9 +10,9 @@ lives under a state dir, `$MODRESNET_HOME/cluster` (default ~/.modresnet/cluster
 
 Ray's own files go to a distinct short `--temp-dir` per cluster (/tmp/mrray-XXXXXXXX, short
 because Ray's unix socket paths must stay under 108 bytes); each worker node gets its own
-`w<i>/` inside it, as nodes on separate machines would (see `node_temp_dir`). Every port is
-chosen free, so two clusters with different MODRESNET_HOMEs (or a test cluster next to a
-developer's) never collide.
+`w<i>/` inside it, as nodes on separate machines would (see `cluster_start.node_temp_dir`).
+Every port is chosen free, so two clusters with different MODRESNET_HOMEs (or a test cluster
+next to a developer's) never collide.
 
 `ray start` daemonizes: it exits and leaves its processes behind. Each `ray start` runs in a new
 session (setsid), whose id every process it spawns inherits. `up` records the boot id, each
@@ -30,19 +30,24 @@ import json
 import os
 import secrets
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jobs.cluster_procs import boot_id, kill, own_processes, read_proc
+from jobs.cluster_procs import boot_id, kill, own_processes
+from jobs.cluster_start import (
+    child_env,
+    free_ports,
+    node_temp_dir,
+    ray_start,
+    record_leader,
+    wait_started,
+)
 from jobs.cluster_state import (
     ClusterError,
     ClusterState,
@@ -53,48 +58,9 @@ from jobs.cluster_state import (
     state_dir,
     state_file,
 )
-from jobs.runtime import RAY_ENV
 
 # ------------------------------------------------------------------------------------------
 # helpers
-
-
-def _free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """n distinct free TCP ports (all held open while choosing, then released)."""
-    with ExitStack() as stack:
-        ports: list[int] = []
-        while len(ports) < n:
-            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-            if port not in ports:
-                ports.append(port)
-        return ports
-
-
-def ray_executable() -> str:
-    candidate = Path(sys.executable).parent / "ray"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("ray")
-    if not found:
-        raise ClusterError("cannot find the `ray` executable next to this Python or on PATH")
-    return found
-
-
-def _child_env(token_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN"):
-        env.pop(var, None)
-    # The job entrypoint runs in a shell with the raylet's PATH: put this venv's bin first so
-    # `python -m modresnet.cli ...` finds this interpreter and its packages.
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
-    env["RAY_AUTH_MODE"] = "token"
-    env["RAY_AUTH_TOKEN_PATH"] = str(token_path)
-    for name, value in RAY_ENV.items():
-        env.setdefault(name, value)
-    return env
 
 
 def _http_get(url: str, token: str | None, timeout: float = 3.0) -> tuple[int, bytes]:
@@ -117,61 +83,8 @@ def alive_nodes(state: ClusterState, token: str | None, timeout: float = 5.0) ->
     return [n for n in result if n.get("state") == "ALIVE"]
 
 
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no output)"
-
-
 # ------------------------------------------------------------------------------------------
 # up / status / down
-
-
-def node_temp_dir(temp_dir: str, i: int) -> str:
-    """Node i's own Ray temp dir: the head uses the cluster's, worker i a `w<i>` folder in it.
-
-    Never one folder for all nodes: each node's runtime-env agent unpacks a job's working_dir
-    into <temp dir>/<session>/runtime_resources/working_dir_files/ and, on its first use on
-    that node, deletes and unpacks it again (`overwrite=True`). With a shared temp dir a worker
-    node starting a job's Train workers deleted the folder that was the job driver's working
-    directory on the head, so the driver's later os.getcwd() (wandb.init) raised
-    FileNotFoundError and the finished job ended FAILED."""
-    return temp_dir if i == 0 else os.path.join(temp_dir, f"w{i}")
-
-
-def _ray_start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            [ray_executable(), "start", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-
-def _wait_started(procs: list[tuple[subprocess.Popen, Path]], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    for proc, log in procs:
-        try:
-            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            raise ClusterError(
-                f"`ray start` did not finish within {timeout_s:.0f}s; see {log}:\n{_tail(log)}"
-            ) from None
-        if rc != 0:
-            raise ClusterError(f"`ray start` failed (exit {rc}); see {log}:\n{_tail(log)}")
-
-
-def _record_leader(state: ClusterState, proc: subprocess.Popen) -> None:
-    """Record a `ray start` (a session leader: its pid is the session id) with its start time."""
-    state.sessions.append(proc.pid)
-    me = read_proc(proc.pid)
-    if me is not None:
-        state.leaders.append([proc.pid, me.start])
-    save_state(state)
 
 
 @contextmanager
@@ -248,7 +161,7 @@ def _up(
     temp_dir = tempfile.mkdtemp(prefix="mrray-", dir="/tmp")
 
     node_ip = "127.0.0.1"
-    gcs, dash, client, dash_metrics, monitor_metrics, *node_ports = _free_ports(
+    gcs, dash, client, dash_metrics, monitor_metrics, *node_ports = free_ports(
         5 + 6 * (workers + 1)
     )
     state = ClusterState(
@@ -266,7 +179,7 @@ def _up(
         boot_id=boot_id(),
     )
     save_state(state)  # saved first, so `down` can clean up even a half-started cluster
-    env = _child_env(token_path)
+    env = child_env(token_path)
     # the head's two Prometheus servers default to fixed ports (44227, 44217): a second cluster
     # on this machine would fail to bind them
     env.update(DASHBOARD_METRIC_PORT=str(dash_metrics), AUTOSCALER_METRIC_PORT=str(monitor_metrics))
@@ -306,7 +219,7 @@ def _up(
     try:
         head_log = sdir / "logs" / "head.log"
         log(f"starting head on {node_ip}:{gcs} (dashboard + Jobs API on {state.jobs_address})")
-        head = _ray_start(
+        head = ray_start(
             [
                 "--head",
                 "--port",
@@ -326,8 +239,8 @@ def _up(
             env,
             head_log,
         )
-        _record_leader(state, head)
-        _wait_started([(head, head_log)], timeout_s)
+        record_leader(state, head)
+        wait_started([(head, head_log)], timeout_s)
         log(
             f"head up in {time.monotonic() - t0:.0f}s; starting {workers} worker raylet(s) with "
             f"{cpus_per_node:g} CPU(s) each"
@@ -335,7 +248,7 @@ def _up(
         # One at a time: on 2 busy cores, raylets registering at once can time out in GCS.
         for i in range(1, workers + 1):
             wlog = sdir / "logs" / f"worker-{i}.log"
-            proc = _ray_start(
+            proc = ray_start(
                 [
                     "--address",
                     state.gcs_address,
@@ -348,8 +261,8 @@ def _up(
                 env,
                 wlog,
             )
-            _record_leader(state, proc)
-            _wait_started([(proc, wlog)], max(30.0, t0 + timeout_s - time.monotonic()))
+            record_leader(state, proc)
+            wait_started([(proc, wlog)], max(30.0, t0 + timeout_s - time.monotonic()))
         _wait_ready(state, token, workers + 1, deadline=t0 + timeout_s)
     except BaseException:
         log("start failed; stopping what was started")

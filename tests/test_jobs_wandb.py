@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from test_cluster import wandb_history
+from cluster_helpers import wandb_history
 
 
 @pytest.mark.ray

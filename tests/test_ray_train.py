@@ -11,149 +11,25 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from process_helpers import kill_driver_at_snapshot, raylet_pids, train_workers_under
+from ray_train_helpers import (
+    CLI,
+    REPO,
+    TINY,
+    assert_run_dir,
+    env,
+    free_port,
+    tiny_config,
+)
 
 from modresnet import config as configs
 
 pytestmark = pytest.mark.ray
-
-REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "modresnet.cli"]
-TINY = [
-    "--preset",
-    "debug",
-    "--subset",
-    "300",
-    "--set",
-    "data.val_subset=100",
-    "--set",
-    "data.test_subset=100",
-    "--no-wandb",
-]
-
-
-def tiny_config(data_dir, epochs: int = 2, **extra) -> configs.Config:
-    overrides = {
-        "data.data_dir": str(data_dir),
-        "data.subset": 300,
-        "data.val_subset": 100,
-        "data.test_subset": 100,
-        "train.epochs": epochs,
-        **extra,
-    }
-    return configs.resolve("debug", overrides=overrides)
-
-
-def env(**extra) -> dict:
-    out = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RAY_ADDRESS", "WANDB_MODE", "WANDB_API_KEY")
-    }
-    out.update(extra)
-    return out
-
-
-# --------------------------------------------------------------- process helpers (/proc)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-    except OSError:
-        return ""
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def _all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid in _all_pids():
-        parent = _ppid(pid)
-        if parent is not None:
-            children.setdefault(parent, []).append(pid)
-    out, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def train_workers_under(raylet_pid: int) -> list[int]:
-    return [p for p in descendants(raylet_pid) if "RayTrainWorker" in _cmdline(p)]
-
-
-def raylet_pids(node) -> list[int]:
-    return [info.process.pid for info in node.all_processes.get("raylet", [])]
-
-
-def kill_ray_session_of(driver_pid: int) -> None:
-    """Processes of the embedded Ray a killed CLI driver started (session_<date>_<pid>)."""
-    tag = f"_{driver_pid}"
-    for pid in _all_pids():
-        cmd = _cmdline(pid)
-        if "session_" in cmd and any(
-            part.startswith("session_") and part.endswith(tag)
-            for part in cmd.replace("/", " ").replace("=", " ").split()
-        ):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def epochs_of(run: Path) -> list[int]:
-    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def assert_run_dir(run: Path, epochs: int) -> None:
-    for name in (
-        "config.yaml",
-        "metrics.jsonl",
-        "test.json",
-        "curves.png",
-        "confusion.png",
-        "best/model.safetensors",
-        "best/model.json",
-        "last/model.safetensors",
-        "last/train_state.json",
-        "ray/checkpoint_manager_snapshot.json",
-    ):
-        assert (run / name).exists(), name
-    assert epochs_of(run) == list(range(1, epochs + 1))
-    from modresnet.checkpoint import load_model
-
-    loaded = load_model(run)  # evaluate/predict/serve read a Ray run like a local one
-    assert (
-        loaded.meta["metrics"]["test_acc"]
-        == json.loads((run / "test.json").read_text())["test_acc"]
-    )
 
 
 # ------------------------------------------------------------------ (g) fast user errors
@@ -345,19 +221,8 @@ def test_driver_killed_then_same_command_resumes_with_same_wandb_run(tmp_path):
         cwd=REPO,
         start_new_session=True,
     )
-    try:
-        deadline = time.time() + 240
-        snapshot_file = run / "ray" / "checkpoint_manager_snapshot.json"
-        while time.time() < deadline and not snapshot_file.exists():
-            assert first.poll() is None, first.stdout.read()[-3000:]
-            time.sleep(0.1)
-        assert snapshot_file.exists(), "no checkpoint within 240 s"
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(timeout=30)
-    finally:
-        if first.poll() is None:
-            os.kill(first.pid, signal.SIGKILL)
-        kill_ray_session_of(first.pid)
+    snapshot_file = run / "ray" / "checkpoint_manager_snapshot.json"
+    kill_driver_at_snapshot(first, snapshot_file.exists, poll_s=0.1)
     first_out = first.stdout.read()
     assert not (run / "test.json").exists(), "the first run finished before the kill"
     snapshot = json.loads((run / "ray" / "checkpoint_manager_snapshot.json").read_text())

@@ -30,108 +30,35 @@ import pytest
 import torch
 from PIL import Image
 
-from modresnet import config as configs
-from modresnet.checkpoint import load_model, save_model
 from modresnet.images import decode_image, encode_png
 from modresnet.inference import Predictor
-from modresnet.local import train_local
 
 httpx = pytest.importorskip("httpx")
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
+from serve_fixtures import (  # noqa: E402
+    BODY_TIMEOUT_S,
+    KEY,
+    KILL_FAILURE_BOUND,
+    N_IMAGES,
+    Load,
+    _bomb,
+    _chromium,
+    _png,
+    _replicas,
+    serve_two_apps,
+    train_two_runs,
+)
 
-from serve.app import deploy, start, wait_ready  # noqa: E402
 from serve.args import ServeArgs  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
-
-KEY_ENV, KEY = "MODRESNET_TEST_API_KEY", "test-key-4f1c"
-N_IMAGES = 12
-KILL_FAILURE_BOUND = 12  # at most the killed replica's in-flight + queued requests
-BODY_TIMEOUT_S = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _replicas(app: str = "modresnet") -> int:
-    status = serve.status().applications[app].deployments["Classifier"]
-    return status.replica_states.get("RUNNING", 0)
-
-
-class Load:
-    """Closed-loop HTTP load from `concurrency` threads until stopped; counts outcomes."""
-
-    def __init__(self, url: str, files, concurrency: int, headers=None) -> None:
-        self.url, self.files, self.headers = url, files, headers or {}
-        self.codes: Counter = Counter()
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._run, daemon=True) for _ in range(concurrency)
-        ]
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=60) as client:
-            while not self._stop.is_set():
-                try:
-                    r = client.post(self.url, files=self.files, headers=self.headers)
-                    with self._lock:
-                        self.codes[r.status_code] += 1
-                        if r.status_code != 200:
-                            self.errors.append(f"{r.status_code} {r.text[:120]}")
-                except httpx.HTTPError as err:
-                    with self._lock:
-                        self.codes["exc"] += 1
-                        self.errors.append(repr(err))
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=90)
-
-    @property
-    def failures(self) -> int:
-        return sum(v for k, v in self.codes.items() if k != 200)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_dir):
     """A real (tiny) training run, and a second checkpoint with other weights to roll over to."""
-    root = tmp_path_factory.mktemp("serve-runs")
-    cfg = configs.resolve(
-        "debug",
-        overrides={
-            "data.data_dir": str(data_dir),
-            "data.subset": 200,
-            "data.val_subset": 50,
-            "data.test_subset": 50,
-        },
-    )
-    train_local(cfg, root / "run0")
-    loaded = load_model(root / "run0")
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in loaded.model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    save_model(
-        root / "run1",
-        loaded.model,
-        loaded.config,
-        loaded.classes,
-        loaded.meta["epoch"] + 1,
-        dict(loaded.meta["metrics"]),
-    )
-    return [root / "run0", root / "run1"]
+    return train_two_runs(tmp_path_factory, data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -142,62 +69,8 @@ def images(small_cifar):
 
 @pytest.fixture(scope="module")
 def server(runs):
-    os.environ[KEY_ENV] = KEY  # before ray.init: replicas inherit the raylet's environment
-    owns = not ray.is_initialized()
-    if owns:
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            object_store_memory=200 * 1024**2,
-            log_to_driver=False,
-        )
-    port = _free_port()
-    try:
-        start("127.0.0.1", port)
-        url = f"http://127.0.0.1:{port}"
-        main = ServeArgs(
-            checkpoint=str(runs[0]),
-            backend="onnx",
-            replica_cpus=0.25,
-            min_replicas=1,
-            max_replicas=3,
-            target_ongoing_requests=2,
-            upscale_delay_s=1,
-            downscale_delay_s=3,
-            look_back_period_s=2,
-            max_batch_size=16,
-            batch_wait_timeout_s=0.02,
-            max_ongoing_requests=8,
-            max_queued_requests=-1,
-            max_body_bytes=1024 * 1024,
-            max_images=32,
-            body_timeout_s=BODY_TIMEOUT_S,
-            health_check_period_s=1,
-            graceful_shutdown_timeout_s=10,
-        )
-        secure = ServeArgs(
-            checkpoint=str(runs[0]),
-            backend="torch",
-            replica_cpus=0.25,
-            min_replicas=1,
-            max_replicas=1,
-            max_ongoing_requests=1,
-            max_queued_requests=1,
-            api_key_env=KEY_ENV,
-            api_key_required=True,
-        )
-        deploy(main)
-        deploy(secure, name="secure", route_prefix="/secure")
-        auth = {"Authorization": f"Bearer {KEY}"}
-        wait_ready(url, timeout=240)
-        wait_ready(url + "/secure", timeout=240, headers=auth)
-        yield {"url": url, "auth": auth, "port": port, "main": main}
-    finally:
-        serve.shutdown()
-        if owns:
-            ray.shutdown()
-        os.environ.pop(KEY_ENV, None)
+    """One Ray + Serve instance with both apps, shared by every test here (module-scoped)."""
+    yield from serve_two_apps(runs)
 
 
 @pytest.fixture(scope="module")
@@ -319,31 +192,6 @@ def test_cli_predict_url(server, images, predictor, tmp_path):
 
 
 # --- every class of bad input is a 4xx with a JSON reason -----------------------------------
-
-
-def _png(img: Image.Image, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=kw.pop("format", "PNG"), **kw)
-    return buf.getvalue()
-
-
-def _bomb() -> bytes:
-    """A valid PNG header declaring 30000 x 30000 pixels (900 MP): must be refused unread."""
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
-        + chunk(b"IEND", b"")
-    )
 
 
 @pytest.mark.parametrize("case", ["text", "truncated_png", "corrupt_jpeg", "bomb", "empty_file"])
@@ -717,22 +565,6 @@ def test_rolling_update_without_failures(server, runs, images):
 
 
 # --- the web page in headless Chromium --------------------------------------------------------
-
-
-def _chromium() -> str | None:
-    """A Chromium for Playwright: $MODRESNET_CHROMIUM, else Debian's or another on PATH."""
-    import shutil
-
-    for candidate in (
-        os.environ.get("MODRESNET_CHROMIUM"),
-        "/usr/bin/chromium",
-        shutil.which("chromium"),
-        shutil.which("chromium-browser"),
-        shutil.which("google-chrome"),
-    ):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def test_web_page_in_chromium(server, images, predictor, tmp_path):

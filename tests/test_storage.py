@@ -6,91 +6,22 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from process_helpers import kill_driver_at_snapshot
+from storage_helpers import BUCKET, CLI, REPO, _cli, _free_port, _objects, moto_s3
 
 from modresnet import storage
-
-REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "modresnet.cli"]
-MOTO = Path(sys.executable).with_name("moto_server")
-BUCKET = "modresnet-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server on a free loopback port, a bucket in it, and the environment
     (module-wide, so Ray workers started by subprocesses inherit it)."""
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    proc = subprocess.Popen(
-        [str(MOTO), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "moto server did not start"
-            time.sleep(0.2)
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-        "MODRESNET_CACHE": str(tmp_path_factory.mktemp("cache")),
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
-    yield env
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
-
-
-def _objects(prefix: str) -> dict[str, bytes]:
-    import pyarrow.fs as pafs
-
-    fs, root = storage.parse(f"s3://{BUCKET}/{prefix}").filesystem()
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-    out = {}
-    for i in infos:
-        if i.type == pafs.FileType.File:
-            with fs.open_input_stream(i.path) as f:
-                out[i.path[len(root) + 1 :]] = f.read()
-    return out
-
-
-def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RAY_ADDRESS", "WANDB_MODE", "WANDB_API_KEY")
-    }
-    return subprocess.run(
-        [*CLI, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    yield from moto_s3(tmp_path_factory)
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -301,11 +232,6 @@ def test_driver_killed_then_same_command_resumes_from_the_bucket(s3):
     """SIGKILL the driver once Ray's snapshot is in the bucket; the same command resumes from
     the bucket at the next epoch (the local staging holds nothing Ray needs) and the published
     metrics hold every epoch exactly once."""
-    import signal
-
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_ray_train import kill_ray_session_of
-
     epochs = 3
     cmd = [
         *CLI,
@@ -341,18 +267,9 @@ def test_driver_killed_then_same_command_resumes_from_the_bucket(s3):
         start_new_session=True,
     )
     snapshot = storage.parse(f"s3://{BUCKET}/resume/again/ray/checkpoint_manager_snapshot.json")
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not storage.exists(snapshot):
-            assert first.poll() is None, first.stdout.read()[-3000:]
-            time.sleep(0.2)
-        assert storage.exists(snapshot), "no checkpoint in the bucket within 240 s"
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(timeout=30)
-    finally:
-        if first.poll() is None:
-            os.kill(first.pid, signal.SIGKILL)
-        kill_ray_session_of(first.pid)
+    kill_driver_at_snapshot(
+        first, lambda: storage.exists(snapshot), poll_s=0.2, where=" in the bucket"
+    )
     assert "test.json" not in _objects("resume/again"), "finished before the kill"
 
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)

@@ -1,0 +1,64 @@
+"""Helpers of the cluster tests (test_cluster*.py, test_jobs_wandb.py): the CLI as a
+subprocess, HTTP with a token, offline W&B history, a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CLIENT_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "modresnet.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def http(url: str, token: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def wandb_history(wandb_dir: Path) -> list[dict]:
+    """Every history record of the W&B runs under `wandb_dir`, read back from the offline
+    .wandb logs with W&B's own reader (`wandb leet inspect --json`), in file order."""
+    runs = sorted(wandb_dir.glob("offline-run-*"))
+    assert runs, f"no offline W&B run in {wandb_dir}"
+    out = []
+    for run in runs:
+        read = subprocess.run(
+            [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(run)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert read.returncode == 0, read.stderr
+        out += [
+            json.loads(line)["history"]["item"]
+            for line in read.stdout.splitlines()
+            if '"type":"history"' in line
+        ]
+    return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,76 @@
+"""Helpers of the `modresnet tune` tests (test_tune.py, test_tune_space.py): a search space,
+the common CLI flags, a clean environment, and readers for a finished search."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = """\
+optim.name: adam
+optim.lr: {choice: [1.0e-5, 2.0e-5, 1.0e-3, 3.0e-3]}
+schedule.name: constant
+augment.flip: {choice: [0.0, 0.5]}
+"""
+COMMON = [
+    "--preset",
+    "debug",
+    "--subset",
+    "600",
+    "--set",
+    "data.val_subset=300",
+    "--set",
+    "data.test_subset=200",
+    "--set",
+    "train.batch_size=32",
+    "--max-epochs",
+    "3",
+    "--grace-period",
+    "1",
+    "--reduction-factor",
+    "2",
+    "--concurrent",
+    "2",
+    "--cpus-per-trial",
+    "1",
+]
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    env.update(
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _tune_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "modresnet.cli", "tune", *args]
+
+
+def _leaderboard(exp: Path) -> list[dict]:
+    with (exp / "leaderboard.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _trial_dirs(exp: Path) -> dict[str, Path]:
+    out = {}
+    for d in exp.glob("run_trial_*"):
+        if d.is_dir():
+            out["_".join(d.name.split("_")[2:4])] = d
+    return out
+
+
+def _results(trial_dir: Path) -> list[dict]:
+    path = trial_dir / "result.json"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 
-.PHONY: install demo test test-cluster browser clean
+.PHONY: install demo lint test test-fast test-cluster browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,21 @@ demo: install
 	@echo "== 3/3 serve: the trained model over HTTP (Ray Serve)"
 	@$(BIN)/python -m serve.demo $(RUNS)/$(DEMO) --n 8 --tune $(RUNS)/tune-$(DEMO)
 
-test: install
+# Static checks, first in `make test` (and so in CI): ruff (lint and format), then mypy, strict
+# on the core and plain on the Ray and Serve edges.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict modresnet
+	$(BIN)/mypy jobs serve
+
+test: install lint
 	$(BIN)/python -m pytest tests
+
+# The quick tier (well under a minute): tests that need neither Ray nor the data set; the
+# conftest makes both unreachable here, so a test that needs one and does not say so fails.
+test-fast: install
+	MODRESNET_TEST_TIER=fast $(BIN)/python -m pytest tests -m fast -q -p no:cacheprovider
 
 # A real local Ray cluster (head + 2 worker raylets, token auth) driven through the CLI.
 test-cluster: install

@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_recipes_smoke(tmp_path):
+def test_gpu_recipes_smoke(tmp_path, data_dir):
     out = subprocess.run(
         [
             sys.executable,

@@ -28,7 +28,7 @@ def run(*args, check=True):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, data_dir):
     storage = tmp_path_factory.mktemp("runs")
     proc = run(
         "train",
@@ -75,7 +75,7 @@ def test_train_writes_a_complete_run(trained):
     assert fields <= set(metrics[0])
 
 
-def test_resume_continues_at_the_next_epoch(tmp_path):
+def test_resume_continues_at_the_next_epoch(tmp_path, data_dir):
     local = ["train", "--local", "--preset", "debug", "--storage", tmp_path, "--name", "r"]
     run(*local, "--epochs", "1")
     again = run(*local, "--epochs", "1", check=False)

@@ -59,7 +59,7 @@ test-fast: install
 test-cluster: install
 	$(BIN)/python -m pytest tests/test_cluster.py -x -q
 
-# Debian's chromium for tests/test_serve.py's web-page test (Playwright drives it; no browser
+# Debian's chromium for tests/serve_e2e's web-page test (Playwright drives it; no browser
 # download). This changes the system, so it is never a side effect of demo or test.
 browser:
 	@if [ -x /usr/bin/chromium ]; then echo "chromium is installed: /usr/bin/chromium"; \

@@ -1,6 +1,6 @@
-"""What test_serve.py builds its one module-scoped Ray + Serve instance from (the fixtures
-themselves stay in test_serve.py, module-scoped): the two training runs, the two Serve apps,
-and the helpers its tests share (a closed-loop HTTP load, odd images, a Chromium)."""
+"""What tests/serve_e2e builds its one package-scoped Ray + Serve instance from (the fixtures
+themselves are in serve_e2e/conftest.py): the two training runs, the two Serve apps, and the
+helpers its tests share (a closed-loop HTTP load, odd images, a Chromium)."""
 
 from __future__ import annotations
 

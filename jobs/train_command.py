@@ -136,11 +136,7 @@ def train(
             f"--local trains into a local folder; for --storage {remote_root} train "
             f"on Ray Train (drop --local), whose checkpoints go to the object store"
         )
-    root = (
-        object_storage.staging_root(where)
-        if isinstance(where, object_storage.Location)
-        else where.expanduser()
-    )
+    root = object_storage.local_root(where)
     run_name = name or (
         default_name(preset) if local else ray_default_name(preset, cfg, root, remote=remote_root)
     )

@@ -182,11 +182,7 @@ def tune(
             f"worker per trial; --resume and --workers-per-trial > 1 need a "
             f"filesystem path (local or NFS)"
         )
-    root = (
-        object_storage.staging_root(where)
-        if isinstance(where, object_storage.Location)
-        else where.expanduser()
-    ).resolve()
+    root = object_storage.local_root(where).resolve()
     given = {
         "samples": samples,
         "max_epochs": max_epochs,

@@ -252,6 +252,12 @@ def local_run(value: str | os.PathLike[str] | None) -> str | os.PathLike[str] | 
     return value
 
 
+def local_root(where: Location | Path) -> Path:
+    """The local folder a command writes its runs to: the staging folder of an object-store
+    location, else the path itself."""
+    return staging_root(where) if isinstance(where, Location) else where.expanduser()
+
+
 def staging_root(loc: Location) -> Path:
     """The local folder where the driver writes the run directories it publishes to `loc`
     (one per storage URI, under the cache)."""

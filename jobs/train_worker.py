@@ -20,6 +20,8 @@ from modresnet.engine import Record, TrainingState
 
 
 def wandb_init(wb: dict, config: dict):
+    """Open the run's W&B run. Offline, W&B's own banner (a dozen lines) stays quiet: the
+    driver already said in one line where the files go and how to upload them."""
     import wandb
 
     return wandb.init(
@@ -30,6 +32,7 @@ def wandb_init(wb: dict, config: dict):
         dir=wb["dir"],
         config=config,
         mode=wb["mode"] or None,
+        settings=wandb.Settings(silent=wb["mode"] == "offline"),
     )
 
 

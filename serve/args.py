@@ -35,7 +35,14 @@ class ServeArgs(BaseModel):
     downscale_delay_s: float = Field(60, ge=0)
     look_back_period_s: float = Field(30, gt=0)
     max_batch_size: int = Field(16, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
+    batch_wait_timeout_s: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="Wait for more requests after the first of a batch. 0: a batch is what "
+        "queued while the model was busy (on this CPU an image costs about the same alone or "
+        "in 16, so waiting only adds latency); raise it where batches are much cheaper (GPU).",
+    )
     max_ongoing_requests: int = Field(32, ge=1)
     max_queued_requests: int = Field(32, ge=-1, description="-1: unbounded; else 429 when full.")
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with a 429.")

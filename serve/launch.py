@@ -11,9 +11,9 @@ import signal
 import threading
 from collections.abc import Callable
 
-from jobs.runtime import connect
+from jobs.runtime import connect, resolve_address
 from modresnet.errors import UserError
-from serve.app import deploy, start, wait_ready
+from serve.app import deploy, ingress_env, start, wait_ready
 from serve.args import APP_NAME, ServeArgs
 
 
@@ -26,9 +26,12 @@ def serve_app(
     info: Callable[[str], None] = print,
     name: str = APP_NAME,
     route_prefix: str = "/",
+    ingress: str = "haproxy",
 ) -> str:
     """Deploy `args`; with an existing app of the same name the replicas roll over to the new
-    checkpoint with no downtime. Blocks until Ctrl-C/SIGTERM when this process owns Ray."""
+    checkpoint with no downtime. Blocks until Ctrl-C/SIGTERM when this process owns Ray.
+    `ingress` (serve/app.py `ingress_env`) applies to a Ray this call starts; a cluster keeps
+    the ingress it was started with."""
     from ray import serve
 
     from modresnet.checkpoint import load_model
@@ -44,6 +47,10 @@ def serve_app(
                 f"once with `python -m serve.quantize {args.checkpoint}`, or use "
                 f"--backend onnx"
             )
+    import ray
+
+    if not ray.is_initialized() and resolve_address(address) is None:
+        os.environ.update(ingress_env(ingress))  # before Ray starts: its processes inherit it
     owns = connect(address) == "embedded"  # else Serve outlives this process
     start(host, port)
     url = (
@@ -80,8 +87,6 @@ def serve_app(
     finally:
         if owns and block:
             serve.shutdown()
-            import ray
-
             ray.shutdown()
     return url
 

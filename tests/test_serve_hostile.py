@@ -248,6 +248,19 @@ def _png_16bit(side: int) -> bytes:
     )
 
 
+def test_small_images_decode_inline_large_ones_on_the_pool():
+    """CIFAR-sized uploads skip the pool trip (serve/decode.py); anything bigger in bytes or
+    declared pixels still goes to the pool, and the request's pixel budget still applies."""
+    from serve.decode import INLINE_BYTES, _decode_small
+
+    small = _img_bytes(RGB, "PNG")
+    tensor, pixels = _decode_small(small, 1_000_000, 1_000_000)
+    assert tensor.shape == (3, 32, 32) and pixels == RGB.width * RGB.height
+    assert _decode_small(_png_16bit(65), 1_000_000, 1_000_000) is None  # 4,225 pixels > 64 x 64
+    assert _decode_small(small + b"\0" * INLINE_BYTES, 1_000_000, 1_000_000) is None
+    assert _decode_small(small, 1_000_000, pixels - 1) is None  # the pool refuses it (413)
+
+
 def test_pixel_budget_per_request(checkpoint):
     app = make_api(_service(checkpoint, max_pixels=2_000_000, request_pixels=3_000_000))
     big = _png_16bit(1200)  # 1.44 MP each: two fit the 3 MP budget, the third does not

@@ -7,8 +7,10 @@ batched images/s in this process (the ceiling). Not part of the pytest run.
 
 For each concurrency level: throughput (requests/s = images/s), p50/p99 latency, error count.
 The ceiling is the same backend (onnx by default), 1 thread, batch = --max-batch-size, in
-this process with no HTTP. The ratio is the best served images/s over the ceiling. The last
-line is one JSON object.
+this process with no HTTP, measured before and after the served levels (the higher counts:
+on a CPU shared with other work one 3 s sample can land in a busy moment). The ratio is the
+best served images/s over the ceiling. With --hey, `hey` repeats each level. The last line
+is one JSON object.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -89,6 +92,42 @@ def load(url: str, files: list[bytes], concurrency: int, total: int) -> dict:
     }
 
 
+def hey(url: str, png: bytes, concurrency: int, total: int) -> dict:
+    """The same request (one multipart PNG to /predict) from `hey`, a load generator this
+    project did not write (Debian package `hey`), closed loop like `load`."""
+    import re
+    import subprocess
+
+    boundary = "modresnetbench"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + png
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    with tempfile.NamedTemporaryFile(suffix=".body") as f:
+        f.write(body)
+        f.flush()
+        out = subprocess.run(
+            ["hey", "-n", str(total), "-c", str(concurrency), "-m", "POST", "-D", f.name]
+            + ["-T", f"multipart/form-data; boundary={boundary}", url + "/predict"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    p99 = re.search(r"99% in ([\d.]+) secs", out)
+    ok = re.search(r"\[200\]\s+(\d+) responses", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    sent = total // concurrency * concurrency  # hey sends n/c requests from each of c workers
+    return {
+        "concurrency": concurrency,
+        "requests": sent,
+        "errors": sent - (int(ok.group(1)) if ok else 0),
+        "throughput_rps": float(rps.group(1)) if rps else 0.0,
+        "p99_ms": round(1000 * float(p99.group(1)), 1) if p99 else float("nan"),
+    }
+
+
 def ceiling(checkpoint: str, backend: str, batch: int, seconds: float = 3.0) -> float:
     import torch
     from serve_backends import rate  # the same timing loop as the backend benchmark
@@ -109,8 +148,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="Requests per level.")
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--batch-wait-ms", type=float, default=5)
+    parser.add_argument("--batch-wait-ms", type=float, default=0)
     parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument(
+        "--ingress", default="haproxy", choices=["haproxy", "proxy"], help="serve/app.py"
+    )
+    parser.add_argument(
+        "--hey", action="store_true", help="Also measure each level with `hey` (if installed)."
+    )
     args = parser.parse_args()
 
     import ray
@@ -119,7 +164,7 @@ def main() -> None:
     from modresnet import config as configs
     from modresnet.data import load_cifar10
     from modresnet.images import encode_png
-    from serve.app import ServeArgs, deploy, start, wait_ready
+    from serve.app import ServeArgs, deploy, ingress_env, start, wait_ready
 
     data_dir = os.environ.get("MODRESNET_DATA", str(REPO.parent / "shared" / "data"))
     checkpoint = args.checkpoint
@@ -146,6 +191,7 @@ def main() -> None:
     files = [encode_png(img) for img in test.x]
 
     ceil = ceiling(checkpoint, args.backend, args.max_batch_size)
+    os.environ.update(ingress_env(args.ingress))  # before ray.init: Serve reads it at import
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         port = _free_port()
@@ -174,10 +220,21 @@ def main() -> None:
                 f"{r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}",
                 flush=True,
             )
+        others = []
+        if args.hey and shutil.which("hey"):
+            for level in (int(v) for v in args.levels.split(",")):
+                r = hey(url, files[0], level, args.requests)
+                others.append(r)
+                print(
+                    f"hey concurrency {level:>3}: {r['throughput_rps']:7.1f} img/s  p99 "
+                    f"{r['p99_ms']:7.1f} ms  errors {r['errors']}",
+                    flush=True,
+                )
         batches = __import__("httpx").get(url + "/model").json()["replica"]["batch_sizes"]
     finally:
         serve.shutdown()
         ray.shutdown()
+    ceil = max(ceil, ceiling(checkpoint, args.backend, args.max_batch_size))
     best = max(r["throughput_rps"] for r in results)
     top = results[-1]
     print(
@@ -190,8 +247,10 @@ def main() -> None:
         json.dumps(
             {
                 "backend": args.backend,
+                "ingress": args.ingress,
                 "checkpoint": checkpoint,
                 "levels": results,
+                "hey": others,
                 "ceiling_img_s": round(ceil, 1),
                 "best_served_img_s": best,
                 "ratio": round(best / ceil, 4),

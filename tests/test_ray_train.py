@@ -2,8 +2,8 @@
 
 Ordering matters for runtime on 2 cores: the tests that start their own Ray (CLI
 subprocesses, the DDP check without Ray) run first, then the tests that share one
-module-scoped embedded Ray, then the 2-node `ray.cluster_utils.Cluster` test, which needs
-the shared Ray shut down first.
+module-scoped embedded Ray. Workers spread over several nodes are checked on a real local
+cluster in test_cluster.py.
 """
 
 from __future__ import annotations
@@ -271,30 +271,18 @@ def ray_local():
         ray.shutdown()
 
 
-def test_two_workers_complete_run_directory(ray_local, tmp_path, data_dir):
-    from jobs.train import RayOptions, train_ray
-
-    seen = []
-    result = train_ray(
-        tiny_config(data_dir, epochs=2),
-        tmp_path / "two",
-        RayOptions(workers=2, wandb=False),
-        on_epoch_done=seen.append,
-        info=lambda _: None,
-    )
-    assert [r["epoch"] for r in seen] == [1, 2]  # the driver got one line per epoch
-    assert [r["epoch"] for r in result.history] == [1, 2]
-    assert_run_dir(tmp_path / "two", 2)
-    assert ray_local.is_initialized()  # a Ray it did not start is left running
-
-
 def test_killed_worker_is_replaced_and_every_epoch_recorded_once(ray_local, tmp_path, data_dir):
+    """Two workers on a Ray this test did not start: one is SIGKILLed after the first epoch;
+    Ray Train replaces it, the driver still gets one line per epoch, the run directory is
+    complete, and the caller's Ray is left running."""
     from jobs.train import RayOptions, train_ray
 
     epochs, raylet = 5, raylet_pids(ray_local._private.worker._global_node)[0]
     killed: list[int] = []
+    seen: list[int] = []
 
     def on_epoch(record: dict) -> None:
+        seen.append(record["epoch"])
         if not killed:  # first epoch reported and checkpointed: kill -9 one worker mid-run
             victims = train_workers_under(raylet)
             assert len(victims) == 2, victims
@@ -309,8 +297,10 @@ def test_killed_worker_is_replaced_and_every_epoch_recorded_once(ray_local, tmp_
         info=lambda _: None,
     )
     assert killed and killed[0] < epochs
+    assert seen == list(range(1, epochs + 1))  # the driver got one line per epoch
     assert [r["epoch"] for r in result.history] == list(range(1, epochs + 1))
     assert_run_dir(tmp_path / "kill", epochs)
+    assert ray_local.is_initialized()  # a Ray it did not start is left running
 
 
 def test_more_workers_than_cpus_is_a_user_error(ray_local, tmp_path):
@@ -324,39 +314,3 @@ def test_more_workers_than_cpus_is_a_user_error(ray_local, tmp_path):
     assert "needs 3 CPUs but the Ray cluster has 2" in res.output
     assert time.perf_counter() - start < 30
     assert ray_local.is_initialized()
-
-
-# --------------------------------------------------------------------- (e) two-node cluster
-
-
-def test_workers_spread_over_two_nodes(tmp_path, data_dir):
-    import ray
-    from ray.cluster_utils import Cluster
-
-    from jobs.train import RayOptions, train_ray
-
-    ray.shutdown()  # the module's single-node Ray, if it is up
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    try:
-        ray.init(address=cluster.address, log_to_driver=False)
-        cluster.wait_for_nodes()
-        placement: dict[int, int] = {}
-
-        def on_epoch(record: dict) -> None:
-            if not placement:
-                for i, node in enumerate(nodes):
-                    placement[i] = len(train_workers_under(raylet_pids(node)[0]))
-
-        train_ray(
-            tiny_config(data_dir, epochs=1),
-            tmp_path / "spread",
-            RayOptions(workers=2, wandb=False),
-            on_epoch_done=on_epoch,
-            info=lambda _: None,
-        )
-        assert placement == {0: 1, 1: 1}  # one worker on each 1-CPU node
-        assert_run_dir(tmp_path / "spread", 1)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()

@@ -106,20 +106,22 @@ def test_publish_then_fetch_roundtrip(s3, tmp_path, debug_config):
 
 
 @pytest.mark.ray
-def test_train_on_ray_to_s3_then_evaluate_and_predict_from_it(s3, tmp_path, data_dir):
-    """A 2-worker Ray Train run with --storage s3://: Ray's checkpoints and snapshot land in
-    the bucket under <run>/ray/, the core run directory is published next to them, the same
-    command again says the run is finished (nothing trained twice), and evaluate / predict
-    read the run straight from the bucket."""
-    uri = f"s3://{BUCKET}/runs"
-    args = [
+def test_train_on_ray_to_s3_resumes_from_the_bucket_then_evaluates_and_predicts(s3, tmp_path):
+    """A 2-worker Ray Train run with --storage s3://, its driver SIGKILLed once Ray's snapshot
+    is in the bucket: the same command resumes from the bucket at the next epoch (the local
+    staging holds nothing Ray needs); the published run holds every epoch exactly once with
+    Ray's checkpoints beside it under <run>/ray/; the same command again says the run is
+    finished (nothing trained twice); evaluate / predict read the run straight from the bucket."""
+    epochs, uri = 3, f"s3://{BUCKET}/runs"
+    cmd = [
+        *CLI,
         "train",
         "--preset",
         "debug",
         "--subset",
-        "256",
+        "600",
         "--epochs",
-        "1",
+        str(epochs),
         "--workers",
         "2",
         "--set",
@@ -127,14 +129,35 @@ def test_train_on_ray_to_s3_then_evaluate_and_predict_from_it(s3, tmp_path, data
         "--set",
         "data.test_subset=100",
         "--no-wandb",
+        "--max-failures",
+        "0",
         "--storage",
         uri,
         "--name",
         "s3run",
     ]
-    first = _cli(*args)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "published the run directory to s3://modresnet-test/runs/s3run" in first.stdout
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_MODE")}
+    first = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+    )
+    snapshot = storage.parse(f"{uri}/s3run/ray/checkpoint_manager_snapshot.json")
+    kill_driver_at_snapshot(
+        first, lambda: storage.exists(snapshot), poll_s=0.2, where=" in the bucket"
+    )
+    assert "test.json" not in _objects("runs/s3run"), "finished before the kill"
+
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming the unfinished Ray run in s3://" in second.stdout
+    assert "published the run directory to s3://modresnet-test/runs/s3run" in second.stdout
+    lines = [ln for ln in second.stdout.splitlines() if ln.startswith("epoch ")]
+    assert int(lines[0].split()[1].split("/")[0]) > 1, second.stdout  # not from scratch
     objs = _objects("runs/s3run")
     for name in (
         "config.yaml",
@@ -147,12 +170,12 @@ def test_train_on_ray_to_s3_then_evaluate_and_predict_from_it(s3, tmp_path, data
     ):
         assert name in objs, sorted(objs)
     assert any(k.startswith("ray/checkpoint_") and k.endswith("model.safetensors") for k in objs)
+    assert [json.loads(x)["epoch"] for x in objs["metrics.jsonl"].decode().splitlines()] == list(
+        range(1, epochs + 1)
+    )
     test = json.loads(objs["test.json"])
-    assert [json.loads(line)["epoch"] for line in objs["metrics.jsonl"].decode().splitlines()] == [
-        1
-    ]
 
-    again = _cli(*args)
+    again = _cli(*cmd[len(CLI) :])
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
     ev = _cli("evaluate", f"{uri}/s3run", "--subset", "100")
@@ -225,63 +248,6 @@ def test_tune_to_s3_exports_a_best_run_that_evaluates_from_the_bucket(s3, tmp_pa
     ev = _cli("evaluate", f"{uri}/s3tune/best-run", "--subset", "100")
     assert ev.returncode == 0, ev.stderr
     assert json.loads(ev.stdout)["sha256"] == test["sha256"]
-
-
-@pytest.mark.ray
-def test_driver_killed_then_same_command_resumes_from_the_bucket(s3):
-    """SIGKILL the driver once Ray's snapshot is in the bucket; the same command resumes from
-    the bucket at the next epoch (the local staging holds nothing Ray needs) and the published
-    metrics hold every epoch exactly once."""
-    epochs = 3
-    cmd = [
-        *CLI,
-        "train",
-        "--preset",
-        "debug",
-        "--subset",
-        "600",
-        "--epochs",
-        str(epochs),
-        "--workers",
-        "2",
-        "--set",
-        "data.val_subset=100",
-        "--set",
-        "data.test_subset=100",
-        "--no-wandb",
-        "--max-failures",
-        "0",
-        "--storage",
-        f"s3://{BUCKET}/resume",
-        "--name",
-        "again",
-    ]
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_MODE")}
-    first = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=REPO,
-        start_new_session=True,
-    )
-    snapshot = storage.parse(f"s3://{BUCKET}/resume/again/ray/checkpoint_manager_snapshot.json")
-    kill_driver_at_snapshot(
-        first, lambda: storage.exists(snapshot), poll_s=0.2, where=" in the bucket"
-    )
-    assert "test.json" not in _objects("resume/again"), "finished before the kill"
-
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resuming the unfinished Ray run in s3://" in second.stdout
-    lines = [ln for ln in second.stdout.splitlines() if ln.startswith("epoch ")]
-    assert int(lines[0].split()[1].split("/")[0]) > 1, second.stdout  # not from scratch
-    objs = _objects("resume/again")
-    assert [json.loads(x)["epoch"] for x in objs["metrics.jsonl"].decode().splitlines()] == list(
-        range(1, epochs + 1)
-    )
-    assert "test.json" in objs
 
 
 @pytest.mark.ray

@@ -54,18 +54,22 @@ def reload_auth_config() -> None:
 
 
 def flushing_wandb_callback() -> type:
-    """Ray's WandbLoggerCallback, with two fixes that need its internals.
+    """Ray's WandbLoggerCallback, with fixes and additions that need its internals.
 
     Its per-trial actor tears wandb down after `finish`, so the offline run file is complete
     before Ray kills the actor (finish alone returns before wandb-core has written the last
     records, and a trial ending last lost them). The actor is pinned to this node and lives
     as long as its trial, with no restarts: Ray's restartable actor, handed a Queue actor
-    handle, made its core worker log an error line for every search (ray#53727)."""
+    handle, made its core worker log an error line for every search (ray#53727).
+
+    `search` (a dict: search, scheduler, max_epochs) goes into every run's config, and
+    `clean` (flat config -> the values that apply) drops fields the trial's optimizer does
+    not use; a trial that ends before max_epochs logs `early_stop` (ASHA's stop)."""
     check_ray_version()
     import os
 
     import ray
-    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+    from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem, _WandbLoggingActor
     from ray.air.util.node import _force_on_current_node
 
     class FlushingActor(_WandbLoggingActor):
@@ -76,6 +80,20 @@ def flushing_wandb_callback() -> type:
     class FlushingWandbLoggerCallback(WandbLoggerCallback):
         _logger_actor_cls = FlushingActor
 
+        def __init__(
+            self,
+            *args: Any,
+            search: dict[str, Any] | None = None,
+            clean: Callable[[dict], dict] | None = None,
+            **kwargs: Any,
+        ) -> None:
+            super().__init__(*args, **kwargs)
+            self.search = search or {}
+            self.clean = clean
+
+        def _config(self, config: dict) -> dict:
+            return {**(self.clean(config) if self.clean else config), **self.search}
+
         def _start_logging_actor(
             self, trial: Any, exclude_results: list[str], **wandb_init_kwargs: Any
         ) -> None:
@@ -85,7 +103,21 @@ def flushing_wandb_callback() -> type:
                 self._remote_logger_class = ray.remote(  # type: ignore[assignment]
                     num_cpus=0, **pinned, runtime_env={"env_vars": env}, max_restarts=0
                 )(self._logger_actor_cls)
+            wandb_init_kwargs["config"] = self._config(wandb_init_kwargs.get("config") or {})
             super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
+
+        def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+            if isinstance(result.get("config"), dict):
+                result = {**result, "config": self._config(result["config"])}
+            super().log_trial_result(iteration, trial, result)
+
+        def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+            last = trial.last_result or {}
+            epoch, limit = last.get("epoch"), self.search.get("max_epochs")
+            if not failed and trial in self._trial_queues and epoch and limit and epoch < limit:
+                event = {"early_stop": 1, "training_iteration": last.get("training_iteration")}
+                self._trial_queues[trial].put((_QueueItem.RESULT, event))
+            super().log_trial_end(trial, failed)
 
     return FlushingWandbLoggerCallback
 

@@ -4,6 +4,7 @@ jobs/search_space.yaml). Ray is imported only to build Tune domains."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ NOT_TUNABLE = {
 }
 SGD_ONLY = ("optim.momentum", "optim.nesterov")
 ADAM_ONLY = ("optim.betas",)
+MUTABLE = ("optim.lr", "optim.weight_decay")  # and every augment.* strength: what PBT perturbs
 
 
 class SpaceError(ConfigError):
@@ -65,6 +67,25 @@ class Param:
             return round(rng.uniform(a[0], a[1]) / a[2]) * a[2]
         return rng.randint(a[0], a[1])
 
+    def suggest(self, trial: Any, name: str) -> Any:
+        """This parameter drawn by an Optuna trial under `name`. Optuna's categories are
+        scalars, so a choice of lists (betas) is drawn by its JSON text and decoded."""
+        a = self.args
+        if self.kind == "choice":
+            if all(_scalar(v) for v in a):
+                return trial.suggest_categorical(name, list(a))
+            return json.loads(trial.suggest_categorical(name, [json.dumps(v) for v in a]))
+        if self.kind == "randint":
+            return trial.suggest_int(name, a[0], a[1])
+        step = a[2] if self.kind == "quniform" else None
+        return trial.suggest_float(name, a[0], a[1], log=self.kind == "loguniform", step=step)
+
+    def optuna_value(self, value: Any) -> Any:
+        """`value` as this parameter's Optuna trial holds it (for an enqueued point)."""
+        if self.kind == "choice" and not all(_scalar(v) for v in self.args):
+            return json.dumps(value)
+        return value
+
     def extremes(self) -> list[Any]:
         if self.kind in ("constant", "choice"):
             return list(self.args)
@@ -88,6 +109,24 @@ class SearchSpace:
     def tuned_keys(self) -> list[str]:
         return [k for k, p in self.params.items() if p.kind != "constant"]
 
+    def mutable_keys(self) -> list[str]:
+        """The tuned keys PBT perturbs: learning rate, weight decay, augmentation strengths."""
+        return [
+            k
+            for k in self.tuned_keys()
+            if (k in MUTABLE or k.startswith("augment."))
+            and all(_number_like(v) for v in self.params[k].args)
+        ]
+
+    def constants(self) -> dict:
+        """Nested {section: {field: value}} of the constant keys (the Optuna param_space)."""
+        out: dict[str, dict] = {}
+        for key, p in self.params.items():
+            if p.kind == "constant":
+                section, name = key.split(".", 1)
+                out.setdefault(section, {})[name] = p.args[0]
+        return out
+
     def point(self, config: Config) -> dict:
         """The nested values `config` has at every key of the space (e.g. the paper's recipe)."""
         values = config.to_dict()
@@ -96,6 +135,67 @@ class SearchSpace:
             section, name = key.split(".", 1)
             out.setdefault(section, {})[name] = values[section][name]
         return out
+
+
+@dataclass(frozen=True)
+class OptunaSpace:
+    """The space as an Optuna define-by-run function (picklable, for a resumed search):
+    optim.name is drawn first, then only the fields its optimizer uses, so TPE never
+    models momentum for adam or betas for sgd. Names are SECTION/FIELD, Ray's nesting."""
+
+    space: SearchSpace
+    base_optimizer: str
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        keys = sorted(self.space.tuned_keys(), key=lambda k: k != "optim.name")
+        drawn: dict[str, Any] = {}
+        for key in keys:
+            optimizer = drawn.get("optim.name", self.base_optimizer)
+            if applies(key, optimizer):
+                drawn[key] = self.space.params[key].suggest(trial, key.replace(".", "/"))
+        return {k.replace(".", "/"): v for k, v in drawn.items()}
+
+    def point(self, config: Config) -> dict[str, Any]:
+        """`config`'s values of the fields this space draws for it, as Optuna enqueues them."""
+        values = flatten(self.space.point(config))
+        optimizer = values.get("optim.name", self.base_optimizer)
+        return {
+            k.replace(".", "/"): self.space.params[k].optuna_value(values[k])
+            for k in self.space.tuned_keys()
+            if applies(k, optimizer)
+        }
+
+
+def _number_like(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def applies(key: str, optimizer: str) -> bool:
+    """Whether `key` means anything to `optimizer` (momentum and nesterov are sgd's, betas
+    adam's and adamw's)."""
+    return key not in (SGD_ONLY if optimizer != "sgd" else ADAM_ONLY)
+
+
+def applicable(values: dict[str, Any], base_optimizer: str) -> dict[str, Any]:
+    """The flat sampled values a trial's config really uses; the others are left out (a blank
+    cell in leaderboard.csv, absent from the trial's W&B config)."""
+    optimizer = values.get("optim.name", base_optimizer)
+    return {k: v for k, v in values.items() if applies(k, optimizer)}
+
+
+def applicable_nested(config: dict, base_optimizer: str) -> dict:
+    """A trial's nested config without the fields its optimizer does not use."""
+    optimizer = (config.get("optim") or {}).get("name", base_optimizer)
+    return {
+        section: {k: v for k, v in fields.items() if applies(f"{section}.{k}", optimizer)}
+        if isinstance(fields, dict)
+        else fields
+        for section, fields in config.items()
+    }
 
 
 def flatten(nested: dict) -> dict[str, Any]:
@@ -112,8 +212,7 @@ def overrides_for(sampled: dict, base: Config) -> dict[str, Any]:
     does not use (momentum/nesterov are sgd's, betas adam's)."""
     flat = flatten(sampled) if any(isinstance(v, dict) for v in sampled.values()) else dict(sampled)
     name = flat.get("optim.name", base.optim.name)
-    drop = SGD_ONLY if name != "sgd" else ADAM_ONLY
-    out = {k: v for k, v in flat.items() if k not in drop}
+    out = applicable(flat, base.optim.name)
     if name != "sgd" and base.optim.nesterov:
         out["optim.nesterov"] = False  # a Nesterov base (fast, demo) must not make adam invalid
     return out

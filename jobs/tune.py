@@ -1,4 +1,5 @@
-"""Ray Tune driver: an ASHA hyperparameter search over ModifiedResNet recipes.
+"""Ray Tune driver: a hyperparameter search over ModifiedResNet recipes (random or Optuna's
+TPE; ASHA, PBT or FIFO: jobs/tune_search.py).
 
 Every trial trains through the one engine (`engine.fit`). With one worker per trial the
 trial itself runs the loop and its `on_epoch` reports each epoch to Tune with a checkpoint
@@ -6,11 +7,13 @@ folder in the core format; with more, each trial launches a Ray Train `TorchTrai
 runs `jobs.train_worker.train_loop_per_worker` and forwards its reports to Tune.
 
     <storage>/<name>/
-      modresnet-tune.json  the search's settings (base config, space, ASHA); --resume reads it
+      modresnet-tune.json  the search's settings (base config, space, search, scheduler);
+                           --resume reads it
       <trial dirs>/        Ray Tune's per-trial results (progress.csv, result.json,
                            TensorBoard events, checkpoints, wandb/offline-run-*)
       leaderboard.csv      one row per trial: key config values, val accuracy, epochs, early stop
-      trials.png           validation accuracy per epoch of every trial, ASHA stops marked
+      trials.png           validation accuracy per epoch of every trial, ASHA stops and PBT
+                           exploits marked
       best_config.yaml     the best trial's full config (`modresnet train --config` reads it)
       best-run/            the best trial as a core run directory (best/ last/ metrics.jsonl
                            config.yaml test.json curves.png confusion.png): evaluate/predict/serve
@@ -24,18 +27,20 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from jobs.ray_private import flushing_wandb_callback, restored_run_config
 from jobs.runtime import connect, quiet_tune_output, use_wandb_env, wandb_policy
-from jobs.search_space import trial_config
+from jobs.search_space import applicable_nested, trial_config
 from jobs.tune_job import JOB_FILE, TuneJob, TuneSetupError
 from jobs.tune_results import TuneOutcome, summarize, sync_wandb_dirs
+from jobs.tune_search import donor, retune, saved_config
 from modresnet import checkpoint
-from modresnet import config as configs
 from modresnet.assembly import assemble
 from modresnet.config import Config
 from modresnet.engine import Record, TrainingState
@@ -60,11 +65,18 @@ def run_trial(params: dict, job: TuneJob) -> None:
         assembled = assemble(
             config, cpus=job.cpus_per_trial, resume_from=Path(d) if d is not None else None
         )
+        saved = saved_config(Path(d)) if d is not None else None
+        retuned = saved is not None and retune(assembled.state, saved, config)
+    cloned = donor(resumed.path, tune.get_context().get_trial_id()) if resumed else None
+    # a PBT exploit: the first epoch after it says so, and from whom (W&B, trials.png)
+    event = {"pbt_exploit": 1, "pbt_donor": cloned or ""} if cloned or retuned else {}
 
     def on_epoch(record: Record, state: TrainingState) -> None:
         with tempfile.TemporaryDirectory(prefix="modresnet-tune-") as d:
             checkpoint.save_resumable(Path(d), state, config, assembled.classes, record)
-            tune.report(_report_metrics(record), checkpoint=tune.Checkpoint.from_directory(d))
+            metrics = {**_report_metrics(record), **event}
+            event.clear()
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     assembled.fit(on_epoch)
 
@@ -122,8 +134,10 @@ class TuneOptions:
     upload_timeout: int = 60
 
 
-def _wandb_callbacks(options: TuneOptions, group: str, info: Callable[[str], None]) -> list:
-    """One W&B run per trial, by the policy all commands share (jobs.runtime.wandb_policy)."""
+def _wandb_callbacks(options: TuneOptions, job: TuneJob, info: Callable[[str], None]) -> list:
+    """One W&B run per trial, by the policy all commands share (jobs.runtime.wandb_policy),
+    grouped by search, tagged and configured with its search algorithm and scheduler."""
+    group = job.name
     wandb = wandb_policy(options.wandb)
     project = os.environ.get("WANDB_PROJECT", options.wandb_project)
     if not wandb.enabled:
@@ -138,6 +152,9 @@ def _wandb_callbacks(options: TuneOptions, group: str, info: Callable[[str], Non
             group=group,
             upload_timeout=options.upload_timeout,
             log_config=True,
+            tags=[f"search:{job.search}", f"scheduler:{job.scheduler}"],
+            search={"search": job.search, "scheduler": job.scheduler, "max_epochs": job.max_epochs},
+            clean=partial(applicable_nested, base_optimizer=job.base.optim.name),
             **kwargs,
         )
     ]
@@ -155,38 +172,30 @@ def _trainable(job: TuneJob):
 
 def _tuner_parts(job: TuneJob, callbacks: list, verbose: bool = True):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from jobs import tune_search
 
     space = job.search_space()
-    points = [space.point(configs.paper())] if job.include_paper else None
-    scheduler = ASHAScheduler(
-        time_attr="epoch",
-        max_t=job.max_epochs,
-        grace_period=job.grace_period,
-        reduction_factor=job.reduction_factor,
-    )
-    search_alg = BasicVariantGenerator(
-        points_to_evaluate=points, max_concurrent=job.concurrent, random_state=job.search_seed
-    )
     tune_config = tune.TuneConfig(
         metric=job.metric,
         mode=job.mode,
         num_samples=job.samples,
-        scheduler=scheduler,
-        search_alg=search_alg,
+        scheduler=tune_search.scheduler(job, space),
+        search_alg=tune_search.search_alg(job, space),
     )
     run_config = tune.RunConfig(
         name=job.name,
         storage_path=job.remote or job.storage,
         callbacks=callbacks,
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=1, checkpoint_score_attribute=job.metric, checkpoint_score_order=job.mode
+            num_to_keep=tune_search.checkpoints_to_keep(job),
+            checkpoint_score_attribute=job.metric,
+            checkpoint_score_order=job.mode,
         ),
         failure_config=tune.FailureConfig(max_failures=1),
         verbose=None if verbose else 0,
     )  # 0: no Ray reporter; jobs/tune_progress draws a table
-    return space.param_space(), tune_config, run_config
+    return tune_search.param_space(job, space), tune_config, run_config
 
 
 def _restored_output(tuner, run_config) -> None:
@@ -248,7 +257,7 @@ def run_search(
 
     from jobs.tune_progress import ProgressCallback, TrialTable
 
-    callbacks = _wandb_callbacks(options, job.name, info) + [ProgressCallback()]
+    callbacks = _wandb_callbacks(options, job, info) + [ProgressCallback()]
     connection = connect(options.address, log_file=exp / "ray.log")
     try:
         import ray
@@ -280,7 +289,13 @@ def run_search(
                 tune_config=tune_config,
                 run_config=run_config,
             )
-        with quiet_tune_output(verbose), TrialTable(job, console=console, enabled=not verbose):
+        with (
+            quiet_tune_output(verbose),
+            TrialTable(job, console=console, enabled=not verbose),
+            warnings.catch_warnings(),
+        ):
+            # a fresh process per trial is deliberate (torch state, threads): not advice
+            warnings.filterwarnings("ignore", "Consider boosting PBT performance")
             grid = tuner.fit()
         if not job.remote:  # in object storage Tune uploaded each trial folder itself
             sync_wandb_dirs(grid)

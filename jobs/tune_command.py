@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
 
-from jobs.tune_job import Metric
+from jobs.tune_job import Metric, Scheduler, Search
 from jobs.tune_job import SearchSettings as Defaults
 from modresnet.cli_common import Wandb, console, default_name, err_console, say, user_errors
 from modresnet.cli_config import ConfigFile, Preset, Sets, build_config, config_flags
@@ -28,6 +28,16 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def describe(job: TuneJob) -> str:
+    """The search in a few words, e.g. 'random search + ASHA, max 9 epochs, grace 1, x3'."""
+    head = f"{job.search} search + {job.scheduler.upper()}, max {job.max_epochs} epochs"
+    if job.scheduler == "asha":
+        return f"{head}, grace {job.grace_period}, reduction {job.reduction_factor}"
+    if job.scheduler == "pbt":
+        return f"{head}, exploit every {job.grace_period}"
+    return head
 
 
 def check_resume(
@@ -78,6 +88,21 @@ def tune(
     space: Annotated[
         Path | None, typer.Option(help="Search-space YAML (default jobs/search_space.yaml).")
     ] = None,
+    search: Annotated[
+        str | None,
+        typer.Option(
+            help=f"How points are drawn: {' | '.join(get_args(Search))} (Optuna's TPE; "
+            f"default {Defaults.search})."
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help=f"{' | '.join(get_args(Scheduler))}: stop weak trials (ASHA), clone strong "
+            f"ones and mutate lr/weight decay/augmentation (PBT), or run all to the max "
+            f"(default {Defaults.scheduler})."
+        ),
+    ] = None,
     samples: Annotated[
         int | None,
         typer.Option(
@@ -87,13 +112,14 @@ def tune(
     max_epochs: Annotated[
         int | None,
         typer.Option(
-            help="Epochs of a trial that ASHA never stops (default: the config's train.epochs)."
+            help="Epochs of a trial that runs to the end (default: the config's train.epochs)."
         ),
     ] = None,
     grace_period: Annotated[
         int | None,
         typer.Option(
-            help=f"ASHA: epochs before a trial can be stopped (default {Defaults.grace_period})."
+            help="ASHA: epochs before a trial can be stopped; PBT: epochs between exploits "
+            f"(default {Defaults.grace_period})."
         ),
     ] = None,
     reduction_factor: Annotated[
@@ -132,7 +158,10 @@ def tune(
     ] = None,
     search_seed: Annotated[
         int | None,
-        typer.Option(help=f"Seed of the random search (default {Defaults.search_seed})."),
+        typer.Option(
+            help=f"Seed of the search: its draws, TPE, PBT's perturbations (default "
+            f"{Defaults.search_seed})."
+        ),
     ] = None,
     name: Annotated[
         str | None, typer.Option(help="Experiment name (default tune-PRESET-TIMESTAMP).")
@@ -166,7 +195,8 @@ def tune(
         ),
     ] = False,
 ) -> None:
-    """Search recipes with Ray Tune + ASHA; write a leaderboard and export the best model."""
+    """Search recipes with Ray Tune (random or Optuna; ASHA, PBT or FIFO); write a
+    leaderboard and export the best model."""
     from jobs import tune as tuning
     from jobs.search_space import DEFAULT_SPACE, load_space
     from jobs.tune_job import new_job, read_job
@@ -184,6 +214,8 @@ def tune(
         )
     root = object_storage.local_root(where).resolve()
     given = {
+        "search": search,
+        "scheduler": scheduler,
         "samples": samples,
         "max_epochs": max_epochs,
         "grace_period": grace_period,
@@ -209,12 +241,12 @@ def tune(
         )
     else:
         cfg = build_config(preset, config_file, overrides, sets)
-        search = replace(Defaults(max_epochs=max_epochs or cfg.train.epochs), **settings)
-        cfg = cfg.with_overrides({"train.epochs": search.max_epochs})
+        chosen = replace(Defaults(max_epochs=max_epochs or cfg.train.epochs), **settings)
+        cfg = cfg.with_overrides({"train.epochs": chosen.max_epochs})
         job = new_job(
             cfg,
             load_space(space or DEFAULT_SPACE, cfg),
-            search,
+            chosen,
             root,
             name or f"tune-{default_name(preset or 'paper')}",
             remote=remote_root.uri if remote_root is not None else None,
@@ -228,10 +260,7 @@ def _run(job: TuneJob, options: TuneOptions, resume: bool, verbose: bool, root: 
     from jobs.tune_results import leaderboard_table
 
     exp = job.experiment
-    say(
-        f"experiment: {exp}  ({job.samples} trials, ASHA max {job.max_epochs} epochs, grace "
-        f"{job.grace_period}, reduction {job.reduction_factor}; Ray's log: {exp / 'ray.log'})"
-    )
+    say(f"experiment: {exp}  ({job.samples} trials, {describe(job)}; Ray's log: {exp / 'ray.log'})")
     outcome = tuning.run_search(
         job, options, resume=resume, verbose=verbose, console=console, info=say
     )
@@ -249,7 +278,7 @@ def _run(job: TuneJob, options: TuneOptions, resume: bool, verbose: bool, root: 
         f"[bold green]best trial {best.trial_id}[/]: validation "
         f"{100 * best.best_val_acc:.2f}%, test accuracy {100 * test['test_acc']:.2f}% "
         f"on {test['n']:,} images ({sum(r.stopped_early for r in outcome.rows)} of "
-        f"{len(outcome.rows)} trials stopped early by ASHA)",
+        f"{len(outcome.rows)} trials stopped early by {job.scheduler.upper()})",
         soft_wrap=True,
     )
     say(f"outputs in {exp}:")

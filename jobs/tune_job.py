@@ -27,6 +27,8 @@ from modresnet.fields import coerce
 JOB_FILE = "modresnet-tune.json"
 Metric = Literal["val_acc", "val_loss", "train_acc", "train_loss"]
 Mode = Literal["max", "min"]
+Search = Literal["random", "optuna"]
+Scheduler = Literal["asha", "pbt", "fifo"]
 METRICS: dict[str, Mode] = {
     "val_acc": "max",
     "val_loss": "min",
@@ -50,8 +52,11 @@ class InvalidSetting(TuneSetupError):
 
 @dataclass(frozen=True, kw_only=True)
 class SearchSettings:
-    """The ASHA search and trial resources: each field is the `tune` flag of the same name."""
+    """The search and trial resources: each field is the `tune` flag of the same name.
+    grace_period is ASHA's first rung, and PBT's interval between exploits."""
 
+    search: Search = "random"
+    scheduler: Scheduler = "asha"
     samples: int = 8
     max_epochs: int = 10
     grace_period: int = 1
@@ -65,6 +70,13 @@ class SearchSettings:
     search_seed: int = 0
 
     def __post_init__(self) -> None:
+        for name, choices in (("search", Search), ("scheduler", Scheduler)):
+            if getattr(self, name) not in typing.get_args(choices):
+                raise InvalidSetting(
+                    name,
+                    f"must be one of {', '.join(typing.get_args(choices))}; "
+                    f"got {getattr(self, name)!r}",
+                )
         if self.metric not in METRICS:
             raise InvalidSetting(
                 "metric", f"must be one of {', '.join(METRICS)}; got {self.metric!r}"
@@ -79,12 +91,11 @@ class SearchSettings:
         ):
             if getattr(self, name) < low:
                 raise InvalidSetting(name, f"must be at least {low}, got {getattr(self, name)}")
-        if self.grace_period > self.max_epochs:
+        if self.grace_period > self.max_epochs and self.scheduler != "fifo":
             raise InvalidSetting(
                 "grace_period",
                 f"{self.grace_period} exceeds --max-epochs "
-                f"{self.max_epochs}; ASHA could never stop a "
-                f"trial",
+                f"{self.max_epochs}; {self.scheduler.upper()} could never act on a trial",
             )
         if self.cpus_per_trial <= 0:
             raise InvalidSetting("cpus_per_trial", f"must be positive, got {self.cpus_per_trial}")
@@ -122,7 +133,17 @@ class TuneJob(SearchSettings):
         return root.join(self.name) if root is not None else None
 
     def search_space(self) -> SearchSpace:
-        return parse_space(self.space, self.base, self.space_source, checks=0)
+        """The parsed space, once it is known to serve this search and scheduler."""
+        space = parse_space(self.space, self.base, self.space_source, checks=0)
+        if self.search == "optuna" and not space.tuned_keys():
+            raise InvalidSetting(
+                "search",
+                f"optuna: {space.source} has only constants, so there is nothing to "
+                f"model; give a field a distribution, or use --search random",
+            )
+        if self.scheduler == "pbt":
+            _check_pbt(self, space)
+        return space
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -171,6 +192,28 @@ class TuneJob(SearchSettings):
         return job
 
 
+def _check_pbt(job: TuneJob, space: SearchSpace) -> None:
+    if not space.mutable_keys():
+        raise InvalidSetting(
+            "scheduler",
+            f"pbt: {space.source} tunes none of optim.lr, optim.weight_decay, augment.* "
+            f"(numbers), so PBT has nothing to mutate; tune one of them, or use "
+            f"--scheduler asha",
+        )
+    if job.search == "optuna":
+        raise InvalidSetting(
+            "scheduler",
+            "pbt changes the trials' configs mid-run, which Optuna's model cannot "
+            "follow; use --search random with pbt, or --scheduler asha with optuna",
+        )
+    if job.workers_per_trial > 1:
+        raise InvalidSetting(
+            "scheduler",
+            "pbt clones one trial's checkpoint into another, which a data-parallel trial "
+            "(--workers-per-trial > 1) cannot take; use --scheduler asha, or one worker",
+        )
+
+
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     if name == "base":
         try:
@@ -194,7 +237,7 @@ def new_job(
 ) -> TuneJob:
     """A new search of `space` around `base`, whose trials train max_epochs at most."""
     exp = storage / name
-    return TuneJob(
+    job = TuneJob(
         **{f.name: getattr(settings, f.name) for f in dataclasses.fields(SearchSettings)},
         name=name,
         storage=str(storage),
@@ -204,6 +247,8 @@ def new_job(
         train_storage=str(exp / "train-runs"),
         remote=remote,
     )
+    job.search_space()  # refuses a space this search or scheduler cannot use
+    return job
 
 
 def read_job(exp: Path) -> TuneJob:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from jobs.search_space import ADAM_ONLY, SGD_ONLY
+from jobs.search_space import applicable
 from jobs.tune_job import TuneJob
 
 if TYPE_CHECKING:
@@ -43,14 +43,6 @@ _active: TrialTable | None = None
 
 
 # --------------------------------------------------------------------------- values
-
-
-def applicable(values: dict[str, Any], base_optimizer: str) -> dict[str, Any]:
-    """The sampled values this trial's config really uses (momentum and nesterov are sgd's,
-    betas adam's), as jobs.search_space.overrides_for keeps them."""
-    name = values.get("optim.name", base_optimizer)
-    drop = SGD_ONLY if name != "sgd" else ADAM_ONLY
-    return {k: v for k, v in values.items() if k not in drop}
 
 
 def fmt(value: Any) -> str:
@@ -149,6 +141,7 @@ class TrialTable:
         self.max_epochs = job.max_epochs
         self.samples = job.samples
         self.metric = job.metric
+        self.label = f"{job.search} + {job.scheduler.upper()}"
         self.enabled = enabled
         self.console = console
         self.live: Live | None = None
@@ -234,7 +227,7 @@ class TrialTable:
         keys, hidden, names = value_columns([s.values for s in states], self.tuned, width)
         finished = sum(s.status in ("done", "stopped (ASHA)", "error") for s in states)
         title = (
-            f"Ray Tune + ASHA: {finished}/{self.samples} trials finished, "
+            f"Ray Tune ({self.label}): {finished}/{self.samples} trials finished, "
             f"max {self.max_epochs} epochs"
         )
         caption = (

@@ -1,6 +1,6 @@
 """What a finished search leaves behind: the leaderboard (console and CSV), the per-trial
-validation curves with ASHA's stops, the best config as YAML and the best trial exported
-as a core run directory, evaluated once on the test set."""
+validation curves with ASHA's stops or PBT's exploits, the best config as YAML and the
+best trial exported as a core run directory, evaluated once on the test set."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from jobs.ray_private import result_grid_trials
-from jobs.search_space import flatten, trial_config
+from jobs.search_space import applicable, flatten, trial_config
 from jobs.train import write_run_dir
 from jobs.tune_job import TuneJob
 from modresnet import checkpoint
@@ -38,6 +38,9 @@ class TrialRow:
     best_val_acc: float
     epochs: int
     stopped_early: bool
+    trained: int  # epochs this trial trained (its reports; a PBT clone starts mid-way)
+    exploits: list[int]  # indices into `reported` of PBT exploits
+    reported: list[dict]  # the trial's own results in order (epochs may repeat after a clone)
     latest: Path | None
     best: Path | None
     path: str
@@ -104,14 +107,19 @@ def _local_dir(ckpt) -> Path | None:
     return Path(ckpt.to_directory(local))
 
 
-def _history(result, latest: Path | None) -> list[dict]:
-    if latest is not None and checkpoint.has_training_state(latest):
-        return json.loads((latest / checkpoint.STATE_META).read_text())["history"]
+def _reported(result) -> list[dict]:
     df = result.metrics_dataframe
     if df is None or "epoch" not in df:
         return []
-    df = df.drop_duplicates("epoch", keep="last").sort_values("epoch")
     return df.to_dict("records")
+
+
+def _history(reported: list[dict], latest: Path | None) -> list[dict]:
+    """The epochs behind the trial's latest weights (after a PBT clone: the donor's first)."""
+    if latest is not None and checkpoint.has_training_state(latest):
+        return json.loads((latest / checkpoint.STATE_META).read_text())["history"]
+    last: dict[int, dict] = {int(r["epoch"]): r for r in reported}
+    return [last[e] for e in sorted(last)]
 
 
 def collect(grid, job: TuneJob) -> tuple[list[TrialRow], bool]:
@@ -124,12 +132,13 @@ def collect(grid, job: TuneJob) -> tuple[list[TrialRow], bool]:
         status = statuses.get(trial_id, "ERROR" if result.error else "TERMINATED")
         if status not in ("TERMINATED", "ERROR"):
             interrupted = True
-        if not metrics:
+        if not metrics or result.config is None:  # interrupted before it started
             continue
         sampled = {k: v for k, v in result.config.items()}
         config = trial_config(base, sampled)
         latest, best = _checkpoint_dirs(result, job)
-        history = _history(result, latest)
+        reported = _reported(result)
+        history = _history(reported, latest)
         if not history:
             continue
         pick = max if job.mode == "max" else min
@@ -139,12 +148,18 @@ def collect(grid, job: TuneJob) -> tuple[list[TrialRow], bool]:
                 trial_id=trial_id,
                 status=status,
                 config=config,
-                values={k: v for k, v in flatten(sampled).items() if k in space.params},
+                values=applicable(
+                    {k: v for k, v in flatten(sampled).items() if k in space.params},
+                    base.optim.name,
+                ),
                 history=history,
                 best_metric=pick(h[job.metric] for h in history),
                 best_val_acc=max(h["val_acc"] for h in history),
                 epochs=epochs,
                 stopped_early=status == "TERMINATED" and epochs < job.max_epochs,
+                trained=len(reported) or len(history),
+                exploits=[i for i, r in enumerate(reported) if r.get("pbt_exploit") == 1],
+                reported=reported,
                 latest=latest,
                 best=best,
                 path=result.path,
@@ -169,6 +184,8 @@ def write_leaderboard(rows: list[TrialRow], job: TuneJob, path: Path) -> Path:
                 "last_val_acc",
                 *extra,
                 "epochs",
+                "epochs_trained",
+                "pbt_exploits",
                 "stopped_early",
                 "status",
             ]
@@ -178,7 +195,7 @@ def write_leaderboard(rows: list[TrialRow], job: TuneJob, path: Path) -> Path:
                 [
                     i,
                     r.trial_id,
-                    *[
+                    *[  # blank: the trial's optimizer does not use it (momentum for adam)
                         json.dumps(r.values[k])
                         if isinstance(r.values.get(k), list)
                         else r.values.get(k, "")
@@ -188,6 +205,8 @@ def write_leaderboard(rows: list[TrialRow], job: TuneJob, path: Path) -> Path:
                     f"{r.history[-1]['val_acc']:.4f}",
                     *([f"{r.best_metric:.4f}"] if extra else []),
                     r.epochs,
+                    r.trained,
+                    len(r.exploits),
                     r.stopped_early,
                     r.status,
                 ]
@@ -202,14 +221,15 @@ def leaderboard_table(
     first, as many as fit in `width` characters (leaderboard.csv has every value)."""
     from rich.table import Table
 
-    from jobs.tune_progress import applicable, fmt, value_columns
+    from jobs.tune_progress import fmt, value_columns
 
-    values = [applicable(r.values, job.base.optim.name) for r in rows]
+    values = [r.values for r in rows]
     order = list(job.space)
     keys, hidden, names = value_columns(values, order, width, fixed=62)
     stopped = sum(r.stopped_early for r in rows)
     table = Table(
-        title=f"Leaderboard: {len(rows)} trials by {job.metric}, {stopped} stopped early by ASHA",
+        title=f"Leaderboard: {len(rows)} trials by {job.metric}, {stopped} stopped early by "
+        f"{job.scheduler.upper()}",
         caption=f"+{hidden} more sampled values in leaderboard.csv" if hidden else None,
         title_justify="left",
         caption_justify="left",
@@ -225,9 +245,9 @@ def leaderboard_table(
         ended = (
             "error"
             if r.status == "ERROR"
-            else "stopped (ASHA)"
+            else f"stopped ({job.scheduler.upper()})"
             if r.stopped_early
-            else "ran to the max"
+            else f"ran to the max{f', {len(r.exploits)} clones' if r.exploits else ''}"
         )
         table.add_row(
             str(i),
@@ -241,6 +261,8 @@ def leaderboard_table(
 
 
 def plot_trials(rows: list[TrialRow], job: TuneJob, path: Path) -> Path:
+    """Validation accuracy per trial: ASHA's rungs and stops, or PBT's exploits (a trial's
+    own results in order; after a clone it goes on from the donor's epoch and accuracy)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -248,14 +270,15 @@ def plot_trials(rows: list[TrialRow], job: TuneJob, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(9, 5))
     rung = job.grace_period
-    while rung < job.max_epochs:
+    while job.scheduler == "asha" and rung < job.max_epochs:
         ax.axvline(rung, color="grey", ls=":", lw=1)
         rung *= job.reduction_factor
     for i, r in enumerate(rows):
-        epochs = [h["epoch"] for h in r.history]
-        accs = [100 * h["val_acc"] for h in r.history]
+        points = r.reported if job.scheduler == "pbt" and r.reported else r.history
+        epochs = [h["epoch"] for h in points]
+        accs = [100 * h["val_acc"] for h in points]
         best = i == 0
-        (line,) = ax.plot(
+        ax.plot(
             epochs,
             accs,
             "o-",
@@ -266,11 +289,21 @@ def plot_trials(rows: list[TrialRow], job: TuneJob, path: Path) -> Path:
         )
         if r.stopped_early:
             ax.plot(epochs[-1], accs[-1], "x", color="red", ms=10, mew=2, zorder=4)
-    ax.plot([], [], "x", color="red", ms=10, mew=2, label="stopped by ASHA")
+        for j in r.exploits if points is r.reported else []:
+            ax.plot(epochs[j], accs[j], "^", color="purple", ms=9, zorder=4)
+    if job.scheduler == "pbt":
+        ax.plot([], [], "^", color="purple", ms=9, label="PBT exploit (cloned a better trial)")
+    else:
+        ax.plot([], [], "x", color="red", ms=10, mew=2, label=f"stopped by {job.scheduler.upper()}")
+    where = {
+        "asha": "dotted: ASHA rungs, ",
+        "pbt": f"PBT exploits every {job.grace_period}, ",
+        "fifo": "",
+    }
     ax.set(
         xlabel="epoch",
         ylabel="validation accuracy (%)",
-        title=f"Validation accuracy per trial (dotted: ASHA rungs, max {job.max_epochs} epochs)",
+        title=f"Validation accuracy per trial ({where[job.scheduler]}max {job.max_epochs} epochs)",
     )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
@@ -320,7 +353,10 @@ def summarize(grid, job: TuneJob, info: Callable[[str], None] = print) -> TuneOu
                 "test_n": test["n"],
                 "trials": len(rows),
                 "stopped_early": sum(r.stopped_early for r in rows),
-                "epochs_trained": sum(r.epochs for r in rows),
+                "epochs_trained": sum(r.trained for r in rows),
+                "pbt_exploits": sum(len(r.exploits) for r in rows),
+                "search": job.search,
+                "scheduler": job.scheduler,
                 "best_run": str(run.path),
                 "best_config": best.values,
             },

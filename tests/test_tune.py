@@ -1,4 +1,5 @@
-"""`modresnet tune`: a real ASHA search on Ray over real CIFAR-10 subsets with the debug model.
+"""`modresnet tune`: real searches on Ray over real CIFAR-10 subsets with the debug model:
+Optuna + ASHA (the module's search), FIFO killed and resumed, PBT, data-parallel trials.
 
 The searches run the CLI in a subprocess (as a user would), so one can be killed mid-way and
 resumed. The space varies the learning rate over orders of magnitude: the tiny lrs stay at
@@ -23,6 +24,7 @@ from tune_helpers import (
     _leaderboard,
     _results,
     _trial_dirs,
+    _tune,
     _tune_cmd,
 )
 from typer.testing import CliRunner
@@ -44,6 +46,8 @@ def search(tmp_path_factory) -> Path:
             str(root / "space.yaml"),
             "--samples",
             "6",
+            "--search",
+            "optuna",
             "--include-paper",
             "--storage",
             str(root / "runs"),
@@ -70,10 +74,13 @@ def test_asha_stops_weak_trials_and_best_runs_to_the_max(search):
     best = rows[0]
     assert best["epochs"] == "3" and best["stopped_early"] == "False", rows
     assert all(int(r["epochs"]) >= 1 for r in rows)
-    # the paper point ran first: adam at 1e-3 with the plateau schedule
-    assert any(r["schedule.name"] == "plateau" and float(r["optim.lr"]) == 1e-3 for r in rows)
+    # the paper point ran: adam at 1e-3 (TPE takes the paper's values of the sampled keys)
+    assert any(r["optim.name"] == "adam" and float(r["optim.lr"]) == 1e-3 for r in rows)
+    for r in rows:  # momentum is sgd's: drawn for sgd trials only, a blank cell for adam
+        assert (r.get("optim.momentum", "") == "") == (r["optim.name"] == "adam"), r
     summary = json.loads((search / "summary.json").read_text())
     assert summary["stopped_early"] >= 1 and summary["trials"] == 6
+    assert (summary["search"], summary["scheduler"]) == ("optuna", "asha")
     assert summary["epochs_trained"] < 6 * 3  # ASHA saved compute
     assert (search / "trials.png").stat().st_size > 10_000
     # the best config is a full config `train --config` accepts
@@ -85,11 +92,16 @@ def test_asha_stops_weak_trials_and_best_runs_to_the_max(search):
 def test_every_trial_has_offline_wandb_files_with_its_metrics(search):
     trials = _trial_dirs(search)
     assert len(trials) == 6
+    stopped = {r["trial"] for r in _leaderboard(search) if r["stopped_early"] == "True"}
     for trial_id, d in trials.items():
         runs = list(d.glob(f"wandb/offline-run-*-{trial_id}/run-{trial_id}.wandb"))
         assert len(runs) == 1, (trial_id, list(d.glob("wandb/*")))
         data = runs[0].read_bytes()
         assert b"val_acc" in data and b"train_loss" in data, trial_id
+        # the run says which search it belongs to (config and tags), to compare in W&B
+        assert b"search:optuna" in data and b"scheduler:asha" in data, trial_id
+        assert (b"early_stop" in data) == (trial_id in stopped), trial_id  # ASHA's stop event
+        assert (b"momentum" in data) == (b'"sgd"' in data), trial_id  # adam's config has none
         # Ray's own CSV/TensorBoard results stay
         assert (d / "progress.csv").exists() and list(d.glob("events.out.tfevents.*"))
 
@@ -129,20 +141,15 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     storage, name = tmp_path / "runs", "killed"
     exp = storage / name
     log = (tmp_path / "first.txt").open("w")
-    # One trial at a time and no early stops, so the kill lands after trial 0 finished and
-    # while trial 1 is between epochs: one finished, one half-done, one not started.
+    # One trial at a time and no early stops (FIFO), so the kill lands after trial 0 finished
+    # and while trial 1 is between epochs: one finished, one half-done, one not started.
     pairs = list(zip(COMMON[::2], COMMON[1::2], strict=True))
-    args = [
-        x
-        for flag, value in pairs
-        if flag not in ("--grace-period", "--concurrent")
-        for x in (flag, value)
-    ]
+    args = [x for flag, value in pairs if flag != "--concurrent" for x in (flag, value)]
     proc = subprocess.Popen(
         _tune_cmd(
             *args,
-            "--grace-period",
-            "3",
+            "--scheduler",
+            "fifo",
             "--concurrent",
             "1",
             "--space",
@@ -186,7 +193,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     assert not (exp / "leaderboard.csv").exists()  # it really died mid-search
 
     resumed = subprocess.run(
-        _tune_cmd("--resume", name, "--storage", str(storage), "--no-wandb"),
+        _tune_cmd("--resume", name, "--storage", str(storage), "--scheduler", "fifo", "--no-wandb"),
         cwd=REPO,
         env=_env(),
         capture_output=True,
@@ -212,44 +219,76 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
 
 
 @pytest.mark.ray
+def test_pbt_clones_better_trials_and_each_trains_with_its_own_lr(tmp_path):
+    """PBT every epoch between two trials: the worse one restarts from the better one's
+    checkpoint with a perturbed lr, and the optimizer then runs at that lr, not the donor's
+    (the constant schedule makes the lr each epoch reports the config's)."""
+    (tmp_path / "space.yaml").write_text(
+        "optim.name: adam\noptim.lr: {loguniform: [1.0e-5, 1.0e-2]}\nschedule.name: constant\n"
+    )
+    _tune(
+        *COMMON[:8],  # the debug preset on a small subset
+        "--max-epochs",
+        "3",
+        "--samples",
+        "2",
+        "--scheduler",
+        "pbt",
+        "--grace-period",
+        "1",
+        "--space",
+        str(tmp_path / "space.yaml"),
+        "--no-wandb",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "pbt",
+    )
+    exp = tmp_path / "runs" / "pbt"
+    rows = _leaderboard(exp)
+    assert len(rows) == 2 and all(r["epochs"] == "3" for r in rows), rows
+    assert sum(int(r["pbt_exploits"]) for r in rows) >= 1, rows
+    clones = 0
+    for d in _trial_dirs(exp).values():
+        for result in _results(d):
+            assert result["lr"] == pytest.approx(result["config"]["optim"]["lr"]), result
+            clones += result.get("pbt_exploit", 0)
+    assert clones >= 1
+    assert json.loads((exp / "summary.json").read_text())["pbt_exploits"] == clones
+    assert (exp / "trials.png").stat().st_size > 10_000
+
+
+@pytest.mark.ray
 def test_data_parallel_trials_run_one_after_another(tmp_path):
     """--workers-per-trial 2: each trial is a 2-worker TorchTrainer; the second must get the
     CPUs back from the first (its placement group is freed), not wait forever."""
     (tmp_path / "space.yaml").write_text(SPACE)
-    proc = subprocess.run(
-        _tune_cmd(
-            "--preset",
-            "debug",
-            "--subset",
-            "200",
-            "--set",
-            "data.val_subset=100",
-            "--set",
-            "data.test_subset=100",
-            "--max-epochs",
-            "1",
-            "--samples",
-            "2",
-            "--concurrent",
-            "1",
-            "--workers-per-trial",
-            "2",
-            "--cpus-per-trial",
-            "2",
-            "--space",
-            str(tmp_path / "space.yaml"),
-            "--no-wandb",
-            "--storage",
-            str(tmp_path / "runs"),
-            "--name",
-            "ddp",
-        ),
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    _tune(
+        "--preset",
+        "debug",
+        "--subset",
+        "200",
+        "--set",
+        "data.val_subset=100",
+        "--set",
+        "data.test_subset=100",
+        "--max-epochs",
+        "1",
+        "--samples",
+        "2",
+        "--concurrent",
+        "1",
+        "--workers-per-trial",
+        "2",
+        "--cpus-per-trial",
+        "2",
+        "--space",
+        str(tmp_path / "space.yaml"),
+        "--no-wandb",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "ddp",
     )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     rows = _leaderboard(tmp_path / "runs" / "ddp")
     assert len(rows) == 2 and all(r["epochs"] == "1" for r in rows), rows

@@ -31,11 +31,17 @@ BAD_SPACES = [
     ("data.subset: {choice: [100, 200]}\n", "data.* is not tunable"),
     ("optim.lr: [\n", "not valid YAML"),
     ("- optim.lr\n", "expected a mapping"),
+    ("optim.name: {choice: [adam, sgd]}\n", "PBT has nothing to mutate", "--scheduler", "pbt"),
+    ("optim.lr: 0.001\n", "nothing to model", "--search", "optuna"),
+    ("optim.lr: {uniform: [0.001, 0.01]}\n", "must be one of random, optuna", "--search", "grid"),
 ]
 
 
-@pytest.mark.parametrize("text,fragment", BAD_SPACES, ids=[f[1][:24] for f in BAD_SPACES])
-def test_invalid_space_exits_2_naming_the_field(tmp_path, text, fragment):
+CASES = [(case[0], case[1], list(case[2:])) for case in BAD_SPACES]
+
+
+@pytest.mark.parametrize("text,fragment,flags", CASES, ids=[c[1][:24] for c in CASES])
+def test_invalid_space_exits_2_naming_the_field(tmp_path, text, fragment, flags):
     space = tmp_path / "space.yaml"
     space.write_text(text)
     result = CliRunner().invoke(
@@ -50,6 +56,7 @@ def test_invalid_space_exits_2_naming_the_field(tmp_path, text, fragment):
             str(tmp_path / "runs"),
             "--samples",
             "2",
+            *flags,
         ],
     )
     assert result.exit_code == 2, result.output
@@ -132,9 +139,14 @@ def test_saved_search_round_trips_in_the_format_earlier_versions_wrote(tmp_path)
         "include_paper",
         "search_seed",
         "train_storage",
+        "search",  # since issue 14; a file without them is random search + ASHA
+        "scheduler",
     }
     job = read_job(exp)
     assert job.to_dict() == saved and job.base.train.epochs == 3 and job.mode == "max"
+    older = {k: v for k, v in saved.items() if k not in ("search", "scheduler")}
+    (exp / JOB_FILE).write_text(json.dumps(older))
+    assert (read_job(exp).search, read_job(exp).scheduler) == ("random", "asha")
 
 
 @pytest.mark.parametrize(
@@ -146,6 +158,7 @@ def test_saved_search_round_trips_in_the_format_earlier_versions_wrote(tmp_path)
         ({"space": {"optim.lrr": 1}}, "space: "),
         ({"grace_period": "one"}, "grace_period: expected an integer"),
         ({"samplez": 3}, "samplez: unknown field"),
+        ({"scheduler": "hyperband"}, "scheduler: must be one of asha, pbt, fifo"),
     ],
 )
 def test_resume_refuses_a_hand_edited_search_file_naming_the_field(tmp_path, edit, fragment):
@@ -169,6 +182,11 @@ def test_resume_refuses_a_hand_edited_search_file_naming_the_field(tmp_path, edi
         (["--include-paper"], "--include-paper True conflicts"),
         (["--cpus-per-trial", "2"], "--cpus-per-trial 2.0 conflicts"),
         (["--name", "other"], "--name other conflicts with --resume s"),
+        (
+            ["--search", "optuna"],
+            "--search optuna conflicts with the saved search s (search random)",
+        ),
+        (["--scheduler", "pbt"], "--scheduler pbt conflicts"),
         (["--preset", "paper"], "the saved search s has"),
         (
             ["--preset", "debug", "--subset", "600", "--set", "train.batch_size=32"],
@@ -194,4 +212,16 @@ def test_resume_accepts_flags_that_repeat_the_saved_search(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     again = configs.resolve("debug", overrides={"data.subset": 600})
-    check_resume(job, {"samples": 6, "max_epochs": 3, "cpus_per_trial": 1}, "s", again, space)
+    check_resume(
+        job,
+        {
+            "samples": 6,
+            "max_epochs": 3,
+            "cpus_per_trial": 1,
+            "search": "random",
+            "scheduler": "asha",
+        },
+        "s",
+        again,
+        space,
+    )

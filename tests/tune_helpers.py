@@ -6,13 +6,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = """\
-optim.name: adam
+optim.name: {choice: [adam, sgd]}
 optim.lr: {choice: [1.0e-5, 2.0e-5, 1.0e-3, 3.0e-3]}
+optim.momentum: {uniform: [0.8, 0.95]}
 schedule.name: constant
 augment.flip: {choice: [0.0, 0.5]}
 """
@@ -56,16 +58,28 @@ def _tune_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "modresnet.cli", "tune", *args]
 
 
+def _tune(*args: str, timeout: int = 300) -> None:
+    """Run `modresnet tune` to the end; a failure shows the end of its output."""
+    proc = subprocess.run(
+        _tune_cmd(*args), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+
 def _leaderboard(exp: Path) -> list[dict]:
     with (exp / "leaderboard.csv").open() as f:
         return list(csv.DictReader(f))
 
 
 def _trial_dirs(exp: Path) -> dict[str, Path]:
+    """Trial id -> folder. Tune names it run_trial_<id>_<index>_...; an id holds one `_`
+    under random search (abcde_00001) and none under Optuna, so a trial that reported says
+    its id in result.json."""
     out = {}
     for d in exp.glob("run_trial_*"):
         if d.is_dir():
-            out["_".join(d.name.split("_")[2:4])] = d
+            reported = _results(d)
+            out[reported[0]["trial_id"] if reported else "_".join(d.name.split("_")[2:4])] = d
     return out
 
 

@@ -162,7 +162,9 @@ def retune(state: TrainingState, saved: Config, config: Config) -> bool:
 def donor(checkpoint_path: str, trial_id: str) -> str | None:
     """The trial whose checkpoint this trial restored from, when it is another's (PBT)."""
     for part in Path(checkpoint_path).parts:
-        if part.startswith("run_trial_"):
-            owner = "_".join(part.split("_")[2:4])
-            return owner if owner != trial_id else None
+        if part.startswith("run_trial_"):  # run_trial_<id>_<index>_<tag>
+            rest = part.removeprefix("run_trial_")
+            if rest.startswith(f"{trial_id}_"):
+                return None
+            return "_".join(rest.split("_")[:2])  # PBT runs random search: ids are abcde_00001
     return None

@@ -182,3 +182,5 @@ def test_a_restored_checkpoint_is_a_clone_only_when_another_trial_wrote_it():
     path = "/r/s/run_trial_ab12c_00002_2_lr=0.001_2026/checkpoint_000003"
     assert tune_search.donor(path, "ab12c_00001") == "ab12c_00002"
     assert tune_search.donor(path, "ab12c_00002") is None
+    optuna_path = "/r/s/run_trial_33643cb0_1_flip=0.5_2026/checkpoint_000001"
+    assert tune_search.donor(optuna_path, "33643cb0") is None  # Optuna's ids have no `_`

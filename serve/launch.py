@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from jobs.runtime import connect, resolve_address
 from modresnet.errors import UserError
-from serve.app import deploy, ingress_env, start, wait_ready
+from serve.app import deploy, serve_env, start, wait_ready
 from serve.args import APP_NAME, ServeArgs
 
 
@@ -30,7 +30,7 @@ def serve_app(
 ) -> str:
     """Deploy `args`; with an existing app of the same name the replicas roll over to the new
     checkpoint with no downtime. Blocks until Ctrl-C/SIGTERM when this process owns Ray.
-    `ingress` (serve/app.py `ingress_env`) applies to a Ray this call starts; a cluster keeps
+    `ingress` (serve/app.py `serve_env`) applies to a Ray this call starts; a cluster keeps
     the ingress it was started with."""
     from ray import serve
 
@@ -50,7 +50,7 @@ def serve_app(
     import ray
 
     if not ray.is_initialized() and resolve_address(address) is None:
-        os.environ.update(ingress_env(ingress))  # before Ray starts: its processes inherit it
+        os.environ.update(serve_env(ingress))  # before Ray starts: its processes inherit it
     owns = connect(address) == "embedded"  # else Serve outlives this process
     start(host, port)
     url = (

@@ -23,7 +23,7 @@ httpx = pytest.importorskip("httpx")
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
-from serve.app import deploy, ingress_env, start, wait_ready  # noqa: E402
+from serve.app import deploy, serve_env, start, wait_ready  # noqa: E402
 from serve.args import ServeArgs  # noqa: E402
 
 KEY_ENV, KEY = "MODRESNET_TEST_API_KEY", "test-key-4f1c"
@@ -119,7 +119,7 @@ def serve_two_apps(runs):
     apps; yield their URL, auth header, port and main args; shut it all down after."""
     os.environ[KEY_ENV] = KEY  # before ray.init: replicas inherit the raylet's environment
     owns = not ray.is_initialized()
-    ingress = ingress_env("haproxy")  # what `modresnet serve` runs by default
+    ingress = serve_env("haproxy")  # what `modresnet serve` runs by default
     if owns:
         os.environ.update(ingress)
         ray.init(

@@ -164,7 +164,7 @@ def main() -> None:
     from modresnet import config as configs
     from modresnet.data import load_cifar10
     from modresnet.images import encode_png
-    from serve.app import ServeArgs, deploy, ingress_env, start, wait_ready
+    from serve.app import ServeArgs, deploy, serve_env, start, wait_ready
 
     data_dir = os.environ.get("MODRESNET_DATA", str(REPO.parent / "shared" / "data"))
     checkpoint = args.checkpoint
@@ -191,7 +191,7 @@ def main() -> None:
     files = [encode_png(img) for img in test.x]
 
     ceil = ceiling(checkpoint, args.backend, args.max_batch_size)
-    os.environ.update(ingress_env(args.ingress))  # before ray.init: Serve reads it at import
+    os.environ.update(serve_env(args.ingress))  # before ray.init: Serve reads it at import
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         port = _free_port()

@@ -187,11 +187,8 @@ def _tuner_parts(job: TuneJob, callbacks: list, verbose: bool = True):
         name=job.name,
         storage_path=job.remote or job.storage,
         callbacks=callbacks,
-        checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=tune_search.checkpoints_to_keep(job),
-            checkpoint_score_attribute=job.metric,
-            checkpoint_score_order=job.mode,
-        ),
+        checkpoint_config=tune_search.checkpoint_config(job),
+        stop={"epoch": job.max_epochs},  # before the scheduler: PBT never clones a finished trial
         failure_config=tune.FailureConfig(max_failures=1),
         verbose=None if verbose else 0,
     )  # 0: no Ray reporter; jobs/tune_progress draws a table

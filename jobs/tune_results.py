@@ -68,8 +68,10 @@ def sync_wandb_dirs(grid) -> None:
             )
 
 
-def _trial_status(grid) -> dict[str, str]:
-    return {t.trial_id: t.status for t in result_grid_trials(grid)}
+def _trials(grid) -> dict[str, tuple[str, str]]:
+    """(trial id, status) by trial folder. A result's own metrics can name another trial:
+    one PBT cloned carries the donor's until it reports."""
+    return {str(t.path): (t.trial_id, t.status) for t in result_grid_trials(grid)}
 
 
 def _checkpoint_dirs(result, job: TuneJob) -> tuple[Path | None, Path | None]:
@@ -124,12 +126,17 @@ def _history(reported: list[dict], latest: Path | None) -> list[dict]:
 
 def collect(grid, job: TuneJob) -> tuple[list[TrialRow], bool]:
     base, space = job.base, job.search_space()
-    statuses = _trial_status(grid)
+    trials = _trials(grid)
     rows, interrupted = [], False
     for result in grid:
         metrics = result.metrics or {}
-        trial_id = metrics.get("trial_id") or Path(result.path).name
-        status = statuses.get(trial_id, "ERROR" if result.error else "TERMINATED")
+        trial_id, status = trials.get(
+            str(result.path),
+            (
+                metrics.get("trial_id") or Path(result.path).name,
+                "ERROR" if result.error else "TERMINATED",
+            ),
+        )
         if status not in ("TERMINATED", "ERROR"):
             interrupted = True
         if not metrics or result.config is None:  # interrupted before it started

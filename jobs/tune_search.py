@@ -113,9 +113,18 @@ def scheduler(job: TuneJob, space: SearchSpace):
     )
 
 
-def checkpoints_to_keep(job: TuneJob) -> int:
-    """PBT clones a donor's checkpoint of a few epochs ago: keep enough of them."""
-    return max(4, 2 * job.grace_period + 1) if job.scheduler == "pbt" else 1
+def checkpoint_config(job: TuneJob):
+    """The best checkpoint of a trial (the one export reads). Under PBT, the most recent
+    ones: a clone restores the donor's checkpoint of its last perturbation, at most
+    --grace-period epochs old, which keeping by score could have deleted (its accuracy may
+    have dipped); export then takes the best of those."""
+    from ray import tune
+
+    if job.scheduler == "pbt":
+        return tune.CheckpointConfig(num_to_keep=job.grace_period + 2)
+    return tune.CheckpointConfig(
+        num_to_keep=1, checkpoint_score_attribute=job.metric, checkpoint_score_order=job.mode
+    )
 
 
 # --------------------------------------------------------------------------- trial side

@@ -34,6 +34,8 @@ from modresnet.cli import app
 
 # --------------------------------------------------------------------------- real Ray
 
+SAMPLES = 5  # the module's Optuna + ASHA search
+
 
 @pytest.fixture(scope="module")
 def search(tmp_path_factory) -> Path:
@@ -45,7 +47,7 @@ def search(tmp_path_factory) -> Path:
             "--space",
             str(root / "space.yaml"),
             "--samples",
-            "6",
+            str(SAMPLES),
             "--search",
             "optuna",
             "--include-paper",
@@ -69,7 +71,7 @@ def search(tmp_path_factory) -> Path:
 @pytest.mark.ray
 def test_asha_stops_weak_trials_and_best_runs_to_the_max(search):
     rows = _leaderboard(search)
-    assert len(rows) == 6
+    assert len(rows) == SAMPLES
     assert any(r["stopped_early"] == "True" for r in rows), rows
     best = rows[0]
     assert best["epochs"] == "3" and best["stopped_early"] == "False", rows
@@ -79,9 +81,9 @@ def test_asha_stops_weak_trials_and_best_runs_to_the_max(search):
     for r in rows:  # momentum is sgd's: drawn for sgd trials only, a blank cell for adam
         assert (r.get("optim.momentum", "") == "") == (r["optim.name"] == "adam"), r
     summary = json.loads((search / "summary.json").read_text())
-    assert summary["stopped_early"] >= 1 and summary["trials"] == 6
+    assert summary["stopped_early"] >= 1 and summary["trials"] == SAMPLES
     assert (summary["search"], summary["scheduler"]) == ("optuna", "asha")
-    assert summary["epochs_trained"] < 6 * 3  # ASHA saved compute
+    assert summary["epochs_trained"] < SAMPLES * 3  # ASHA saved compute
     assert (search / "trials.png").stat().st_size > 10_000
     # the best config is a full config `train --config` accepts
     cfg = configs.resolve("paper", search / "best_config.yaml")
@@ -91,7 +93,7 @@ def test_asha_stops_weak_trials_and_best_runs_to_the_max(search):
 @pytest.mark.ray
 def test_every_trial_has_offline_wandb_files_with_its_metrics(search):
     trials = _trial_dirs(search)
-    assert len(trials) == 6
+    assert len(trials) == SAMPLES
     stopped = {r["trial"] for r in _leaderboard(search) if r["stopped_early"] == "True"}
     for trial_id, d in trials.items():
         runs = list(d.glob(f"wandb/offline-run-*-{trial_id}/run-{trial_id}.wandb"))
@@ -227,9 +229,16 @@ def test_pbt_clones_better_trials_and_each_trains_with_its_own_lr(tmp_path):
         "optim.name: adam\noptim.lr: {loguniform: [1.0e-5, 1.0e-2]}\nschedule.name: constant\n"
     )
     _tune(
-        *COMMON[:8],  # the debug preset on a small subset
+        "--preset",
+        "debug",
+        "--subset",
+        "300",
+        "--set",
+        "data.val_subset=150",
+        "--set",
+        "data.test_subset=100",
         "--max-epochs",
-        "3",
+        "4",  # exploits after epochs 2 and 3 (never at the last: the trial is done)
         "--samples",
         "2",
         "--scheduler",
@@ -246,7 +255,7 @@ def test_pbt_clones_better_trials_and_each_trains_with_its_own_lr(tmp_path):
     )
     exp = tmp_path / "runs" / "pbt"
     rows = _leaderboard(exp)
-    assert len(rows) == 2 and all(r["epochs"] == "3" for r in rows), rows
+    assert len(rows) == 2 and all(r["epochs"] == "4" for r in rows), rows
     assert sum(int(r["pbt_exploits"]) for r in rows) >= 1, rows
     clones = 0
     for d in _trial_dirs(exp).values():

@@ -87,7 +87,9 @@ def test_each_search_and_scheduler_builds_its_ray_tune_objects(
         assert params == space.constants() == {}
     else:
         assert set(spaces.flatten(params)) == set(space.params)
-    assert tune_search.checkpoints_to_keep(job) == (4 if scheduler == "pbt" else 1)
+    kept = tune_search.checkpoint_config(job)  # PBT keeps the recent ones a clone may need
+    assert kept.num_to_keep == (job.grace_period + 2 if scheduler == "pbt" else 1)
+    assert kept.checkpoint_score_attribute == (None if scheduler == "pbt" else "val_acc")
 
 
 def test_pbt_mutates_lr_weight_decay_and_augmentation_within_the_space(tmp_path):

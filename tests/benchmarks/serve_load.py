@@ -9,8 +9,10 @@ For each concurrency level: throughput (requests/s = images/s), p50/p99 latency,
 The ceiling is the same backend (onnx by default), 1 thread, batch = --max-batch-size, in
 this process with no HTTP, measured before and after the served levels (the higher counts:
 on a CPU shared with other work one 3 s sample can land in a busy moment). The ratio is the
-best served images/s over the ceiling. With --hey, `hey` repeats each level. The last line
-is one JSON object.
+best served images/s over the ceiling. With --hey, `hey` repeats each level. Each level
+also prints the CPU milliseconds per request of the replica, the proxy (Serve's or HAProxy),
+Ray's background processes and the load generator, and the model's CPU per image: on a CPU
+shared with other work those stay put while rates swing. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -92,6 +94,39 @@ def load(url: str, files: list[bytes], concurrency: int, total: int) -> dict:
     }
 
 
+GROUPS = {  # process name (ps) -> what it is
+    "Classifier": "replica",
+    "ProxyActor": "serve proxy",
+    "haproxy": "haproxy",
+    "HAProxyManager": "ray+serve background",
+    "ServeController": "ray+serve background",
+    "raylet": "ray+serve background",
+    "gcs_server": "ray+serve background",
+}
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of this process and every process it started (its Ray), by GROUPS.
+    Per request, these are what a shared CPU cannot distort much, unlike rates."""
+    children: dict[str, list[tuple[str, str, float]]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{pid}/cmdline").read_text()
+        except OSError:
+            continue
+        ticks = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        children.setdefault(stat[1], []).append((pid, cmd, ticks))
+    out = {"load generator": time.process_time()}
+    todo = [str(os.getpid())]
+    while todo:
+        for pid, cmd, ticks in children.get(todo.pop(), []):
+            group = next((g for k, g in GROUPS.items() if k in cmd), "ray+serve background")
+            out[group] = out.get(group, 0.0) + ticks
+            todo.append(pid)
+    return out
+
+
 def hey(url: str, png: bytes, concurrency: int, total: int) -> dict:
     """The same request (one multipart PNG to /predict) from `hey`, a load generator this
     project did not write (Debian package `hey`), closed loop like `load`."""
@@ -136,7 +171,14 @@ def ceiling(checkpoint: str, backend: str, batch: int, seconds: float = 3.0) -> 
     from serve.backends import make_backend
 
     torch.set_num_threads(1)
-    return rate(make_backend(backend, load_model(checkpoint), threads=1), batch, seconds)
+    model = make_backend(backend, load_model(checkpoint), threads=1)
+    cpu = time.process_time()
+    img_s = rate(model, batch, seconds)
+    MODEL_CPU_MS.append(1000 * (time.process_time() - cpu) / (img_s * seconds + batch))
+    return img_s
+
+
+MODEL_CPU_MS: list[float] = []  # CPU ms per image of each ceiling sample (robust to sharing)
 
 
 def main() -> None:
@@ -213,11 +255,22 @@ def main() -> None:
         load(url, files, 4, 20)  # warm-up
         results = []
         for level in (int(v) for v in args.levels.split(",")):
+            before = cpu_seconds()
             r = load(url, files, level, args.requests)
+            after = cpu_seconds()
+            r["cpu_ms_per_request"] = {
+                g: round(1000 * (after[g] - before.get(g, 0.0)) / args.requests, 2) for g in after
+            }
             results.append(r)
             print(
                 f"concurrency {level:>3}: {r['throughput_rps']:7.1f} img/s  p50 "
                 f"{r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}",
+                flush=True,
+            )
+            print(
+                "   CPU ms per request: "
+                + ", ".join(f"{g} {v:.2f}" for g, v in r["cpu_ms_per_request"].items())
+                + f"; total {sum(r['cpu_ms_per_request'].values()):.2f}",
                 flush=True,
             )
         others = []
@@ -242,6 +295,10 @@ def main() -> None:
         f"{ceil:.0f} img/s; at concurrency {top['concurrency']} served {top['throughput_rps']:.0f} "
         f"img/s = {top['throughput_rps'] / ceil:.1%} of it (best level {best / ceil:.1%})"
     )
+    print(
+        f"model alone: {min(MODEL_CPU_MS):.2f} ms of CPU per image (batch "
+        f"{args.max_batch_size}, 1 thread; {1000 / min(MODEL_CPU_MS):.0f} img/s on an idle core)"
+    )
     print(f"server-side batch sizes: {batches}")
     print(
         json.dumps(
@@ -252,6 +309,7 @@ def main() -> None:
                 "levels": results,
                 "hey": others,
                 "ceiling_img_s": round(ceil, 1),
+                "model_cpu_ms_per_image": round(min(MODEL_CPU_MS), 3),
                 "best_served_img_s": best,
                 "ratio": round(best / ceil, 4),
                 "ratio_at_top_concurrency": round(top["throughput_rps"] / ceil, 4),

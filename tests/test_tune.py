@@ -222,9 +222,10 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
 
 @pytest.mark.ray
 def test_pbt_clones_better_trials_and_each_trains_with_its_own_lr(tmp_path):
-    """PBT every epoch between two trials: the worse one restarts from the better one's
-    checkpoint with a perturbed lr, and the optimizer then runs at that lr, not the donor's
-    (the constant schedule makes the lr each epoch reports the config's)."""
+    """PBT every 2 epochs between two trials running at once (its population): the worse
+    restarts from the better one's checkpoint with a perturbed lr, and its optimizer then
+    runs at that lr, not the donor's (with the constant schedule every epoch reports the
+    config's lr). Six short epochs, so the trials overlap however late the second starts."""
     (tmp_path / "space.yaml").write_text(
         "optim.name: adam\noptim.lr: {loguniform: [1.0e-5, 1.0e-2]}\nschedule.name: constant\n"
     )
@@ -232,19 +233,19 @@ def test_pbt_clones_better_trials_and_each_trains_with_its_own_lr(tmp_path):
         "--preset",
         "debug",
         "--subset",
-        "300",
+        "1200",
         "--set",
-        "data.val_subset=150",
+        "data.val_subset=300",
         "--set",
         "data.test_subset=100",
         "--max-epochs",
-        "4",  # exploits after epochs 2 and 3 (never at the last: the trial is done)
+        "6",
         "--samples",
         "2",
         "--scheduler",
         "pbt",
         "--grace-period",
-        "1",
+        "2",
         "--space",
         str(tmp_path / "space.yaml"),
         "--no-wandb",
@@ -255,7 +256,7 @@ def test_pbt_clones_better_trials_and_each_trains_with_its_own_lr(tmp_path):
     )
     exp = tmp_path / "runs" / "pbt"
     rows = _leaderboard(exp)
-    assert len(rows) == 2 and all(r["epochs"] == "4" for r in rows), rows
+    assert len(rows) == 2 and all(r["epochs"] == "6" for r in rows), rows
     assert sum(int(r["pbt_exploits"]) for r in rows) >= 1, rows
     clones = 0
     for d in _trial_dirs(exp).values():

@@ -198,10 +198,10 @@ def test_fast_recipe_hands_over_a_model_no_worse_than_its_live_weights(data_dir)
     averaged BatchNorm statistics did not fit the averaged weights. 1,500 steps of the real
     recipe (debug flavor), as a user runs it; before the fix the evaluated model was 20+
     points behind here. Margins: the evaluated model may not trail the live one at all (it
-    is chosen on this validation split); the EMA itself may trail by at most 3 points at any
-    epoch (measured with 1 thread and ONEDNN_MAX_CPU_ISA=AVX2: it leads by 1-10 points in
-    epochs 1-7 and trails by 1.2 in the last, where the live weights settle at lr 0; the
-    broken EMA trailed by 20)."""
+    is chosen on this validation split); the EMA itself may trail by at most 5 points at any
+    epoch. Measured with ONEDNN_MAX_CPU_ISA=AVX2: it leads by 1-14 points in epochs 1-7 and
+    trails in the last, where the live weights settle at lr 0, by 1.2 points (1 thread) and
+    2.3 points (2 threads); the broken EMA trailed by 20."""
     cfg = configs.resolve(
         "fast",
         overrides={
@@ -217,11 +217,12 @@ def test_fast_recipe_hands_over_a_model_no_worse_than_its_live_weights(data_dir)
     engine.fit(state, data.train, data.val, cfg, CPU, on_epoch=lambda r, s: None)
     live = engine.evaluate(engine.unwrap(state.model), data.val, cfg, CPU, tta=True)["acc"]
     evaluated = engine.evaluate(state.eval_model(), data.val, cfg, CPU, tta=True)["acc"]
-    # live measured 0.602 with 1 thread and ONEDNN_MAX_CPU_ISA=AVX2: margin 20 points
+    # live measured 0.602 (1 thread) and 0.607 (2 threads) with ONEDNN_MAX_CPU_ISA=AVX2:
+    # margin 20 points
     assert live > 0.4, f"the recipe did not learn: live validation accuracy {live:.3f}"
     assert evaluated >= live, f"evaluated {evaluated:.3f} < live {live:.3f}"
     for record in state.history:
-        assert record["val_acc_ema"] >= record["val_acc_live"] - 0.03, record
+        assert record["val_acc_ema"] >= record["val_acc_live"] - 0.05, record
 
 
 def test_precision_follows_the_hardware():

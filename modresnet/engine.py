@@ -9,6 +9,7 @@ epoch's permutation by rank and all-reduce the metrics through torch.distributed
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, ReduceLROnPlateau
 
 from modresnet.augment import augment, normalize, to_float
 from modresnet.config import Config
@@ -105,10 +106,24 @@ class TrainingState:
             self.scheduler.load_state_dict({**self.scheduler.state_dict(), **kept})
             if not isinstance(self.scheduler, ReduceLROnPlateau):
                 self.scheduler.last_epoch -= 1  # re-derive the lr under the new length
+                if isinstance(self.scheduler, CosineAnnealingLR):
+                    # its step() scales the current lr, so start it from the closed form
+                    for group, lr in zip(
+                        self.optimizer.param_groups, _cosine_lrs(self.scheduler), strict=True
+                    ):
+                        group["lr"] = lr
                 self.scheduler.step()
         torch.set_rng_state(saved["rng"])
         self.epoch = saved["epoch"]
         self.history = saved["history"]
+
+
+def _cosine_lrs(s: CosineAnnealingLR) -> list[float]:
+    """The cosine schedule's closed form at its last_epoch, for its current length."""
+    angle = math.pi * s.last_epoch / s.T_max
+    return [
+        s.eta_min + (float(base) - s.eta_min) * (1 + math.cos(angle)) / 2 for base in s.base_lrs
+    ]
 
 
 def build_state(

@@ -131,15 +131,13 @@ def checkpoint_config(job: TuneJob):
 
 
 def saved_config(directory: Path) -> Config | None:
-    """The config a checkpoint folder was trained with (None for a foreign folder)."""
-    import json
-
+    """The config a checkpoint folder was trained with (None for a foreign folder), read by
+    the checkpoint module's own validated sidecar reader."""
     from modresnet import checkpoint
 
-    meta = Path(directory) / checkpoint.META
-    if not meta.exists():
+    if not (Path(directory) / checkpoint.META).exists():
         return None
-    return configs.from_dict(json.loads(meta.read_text())["config"])
+    return configs.from_dict(checkpoint.read_meta(Path(directory))["config"])
 
 
 def retune(state: TrainingState, saved: Config, config: Config) -> bool:

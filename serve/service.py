@@ -18,25 +18,14 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
-from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve import api, schemas, v2binary
 from serve.api import ApiError, error_response
 from serve.args import ServeArgs
+from serve.batcher import Batcher
 
 PAGE = (Path(__file__).parent / "page.html").read_text()
-
-
-def _in_replica() -> bool:
-    """Whether this runs inside a Serve replica (serve.batch needs one)."""
-    from ray.serve.exceptions import RayServeException
-
-    try:
-        serve.get_replica_context()
-    except RayServeException:
-        return False
-    return True
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -86,10 +75,9 @@ class Service:
             self.args.max_pixels,
             self.args.request_pixels,
         )
-        batcher: Any = self._infer  # serve.batch's setters are not in its type
-        batcher.set_max_batch_size(self.args.max_batch_size)
-        batcher.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
-        self._in_replica = _in_replica()
+        self._batcher = Batcher(
+            self._infer, self.args.max_batch_size, self.args.batch_wait_timeout_s
+        )
         self.batch_sizes: Counter[int] = Counter()
         self.failures = 0
         self.requests = 0
@@ -102,7 +90,6 @@ class Service:
         if self.failures >= 3:
             raise RuntimeError(f"{self.failures} inference failures in a row")
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _infer(self, images: list[torch.Tensor]) -> list[np.ndarray]:
         self.batch_sizes[len(images)] += 1
         try:
@@ -114,11 +101,7 @@ class Service:
         return list(probs)
 
     async def _probabilities(self, images: list[torch.Tensor]) -> np.ndarray:
-        if not self._in_replica:  # in-process (tests): serve.batch needs a replica context
-            return (
-                await asyncio.to_thread(self.backend.probabilities, torch.stack(images))
-            ).astype(np.float32)
-        rows = await asyncio.gather(*(self._infer(img) for img in images))
+        rows = await asyncio.gather(*(self._batcher(img) for img in images))
         return np.stack(rows).astype(np.float32)
 
     def _auth(self, request: Request) -> None:

@@ -1,8 +1,7 @@
 """Hostile input against the Serve app's FastAPI routes, in-process (no Ray, seconds).
 
-`make_api(Service(args))` is the very app each Serve replica builds; only cross-request
-batching (`@serve.batch`, which needs a replica context) is bypassed in-process. Every case
-here was a 500, a blocked event loop or an accepted-but-wrong input before issue 10.
+`make_api(Service(args))` is the very app each Serve replica builds, batching included.
+Every case here was a 500, a blocked event loop or an accepted-but-wrong input before issue 10.
 """
 
 from __future__ import annotations

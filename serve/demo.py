@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,12 +22,6 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 CHUNK = 64  # images per HTTP request: the app's default max_images
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -74,7 +67,7 @@ def demo(
     from modresnet.data import load_cifar10
     from modresnet.images import encode_png
     from modresnet.inference import Predictor
-    from serve.app import deploy, start, wait_ready
+    from serve.app import deploy, free_port, serve_env, start, wait_ready
     from serve.args import APP_NAME, ServeArgs
 
     predictor = Predictor.from_path(run)  # exactly what `modresnet evaluate RUN` loads
@@ -88,40 +81,48 @@ def demo(
     )
     cifar = load_cifar10(data_cfg)
     test, classes = cifar.test, cifar.classes
-    local = predictor.probabilities(test.x).argmax(1)
-    local_labels = [classes[int(i)] for i in local]
     truth = [classes[int(i)] for i in test.y]
-    pngs = [encode_png(test.x[i]) for i in range(len(test))]
+
+    def local_side() -> tuple[list[str], list[bytes]]:
+        labels = [classes[int(i)] for i in predictor.probabilities(test.x).argmax(1)]
+        return labels, [encode_png(test.x[i]) for i in range(len(test))]
 
     log_file = Path(run) / "ray.log"
-    port = port or _free_port()
-    # its own Ray, even with RAY_ADDRESS set
-    owns = connect("local", log_file=log_file, num_cpus=2) == "embedded"
-    try:
-        start("127.0.0.1", port)
-        url = f"http://127.0.0.1:{port}"
-        deploy(
-            ServeArgs.model_validate(
-                {"checkpoint": str(run), "backend": backend, "max_replicas": 1}
+    port = port or free_port()
+    with ThreadPoolExecutor(1) as pool:
+        # The local evaluation and the PNGs are made while Ray and Serve start (mostly waiting
+        # on other processes): the serve step's wall time drops by about their cost.
+        local = pool.submit(local_side)
+        os.environ.update(serve_env("haproxy"))  # the ingress `modresnet serve` starts with
+        # its own Ray, even with RAY_ADDRESS set
+        owns = connect("local", log_file=log_file, num_cpus=2) == "embedded"
+        try:
+            start("127.0.0.1", port)
+            url = f"http://127.0.0.1:{port}"
+            deploy(
+                ServeArgs.model_validate(
+                    {"checkpoint": str(run), "backend": backend, "max_replicas": 1}
+                )
             )
-        )
-        wait_ready(url, timeout=300, sha256=loaded.sha256)
-        print_fn(
-            f"serving {loaded.sha256[:12]} ({backend}) at {url}: sending all "
-            f"{len(pngs):,} test images as PNG files, {CHUNK} per POST /predict"
-        )
-        labels = _http_labels(url, pngs)
-    finally:
-        if owns:
-            # Delete the app (its replicas drain), then stop the Ray this process started.
-            # serve.shutdown() would also kill the controller while its own graceful_shutdown
-            # task runs, and Ray reports that task as failed ("will be retried").
-            try:
-                serve.delete(APP_NAME)
-            finally:
-                ray.shutdown()
-        else:
-            serve.shutdown()
+            local_labels, pngs = local.result()
+            wait_ready(url, timeout=300, sha256=loaded.sha256)
+            print_fn(
+                f"serving {loaded.sha256[:12]} ({backend}) at {url}: sending all "
+                f"{len(pngs):,} test images as PNG files, {CHUNK} per POST /predict"
+            )
+            labels = _http_labels(url, pngs)
+        finally:
+            if owns:
+                # Delete the app (its replicas drain), then stop the Ray this process started.
+                # serve.shutdown() would also kill the controller while its own
+                # graceful_shutdown task runs, and Ray reports that task as failed ("will be
+                # retried").
+                try:
+                    serve.delete(APP_NAME)
+                finally:
+                    ray.shutdown()
+            else:
+                serve.shutdown()
 
     rows = [
         {"file": f"test{i}.png", "true": truth[i], "predicted": labels[i]}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import threading
 from collections import Counter
 from pathlib import Path
@@ -23,19 +22,13 @@ httpx = pytest.importorskip("httpx")
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
-from serve.app import deploy, serve_env, start, wait_ready  # noqa: E402
+from serve.app import deploy, free_port, serve_env, start, wait_ready  # noqa: E402
 from serve.args import ServeArgs  # noqa: E402
 
 KEY_ENV, KEY = "MODRESNET_TEST_API_KEY", "test-key-4f1c"
 N_IMAGES = 12
 KILL_FAILURE_BOUND = 12  # at most the killed replica's in-flight + queued requests
 BODY_TIMEOUT_S = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _replicas(app: str = "modresnet") -> int:
@@ -129,7 +122,7 @@ def serve_two_apps(runs):
             object_store_memory=200 * 1024**2,
             log_to_driver=False,
         )
-    port = _free_port()
+    port = free_port()
     try:
         start("127.0.0.1", port)
         url = f"http://127.0.0.1:{port}"

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -33,12 +32,6 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.pop("RAY_ADDRESS", None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load(url: str, files: list[bytes], concurrency: int, total: int) -> dict:
@@ -206,7 +199,7 @@ def main() -> None:
     from modresnet import config as configs
     from modresnet.data import load_cifar10
     from modresnet.images import encode_png
-    from serve.app import ServeArgs, deploy, serve_env, start, wait_ready
+    from serve.app import ServeArgs, deploy, free_port, serve_env, start, wait_ready
 
     data_dir = os.environ.get("MODRESNET_DATA", str(REPO.parent / "shared" / "data"))
     checkpoint = args.checkpoint
@@ -236,7 +229,7 @@ def main() -> None:
     os.environ.update(serve_env(args.ingress))  # before ray.init: Serve reads it at import
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        port = _free_port()
+        port = free_port()
         start("127.0.0.1", port)
         url = f"http://127.0.0.1:{port}"
         deploy(

@@ -333,3 +333,16 @@ def test_rotation_accepts_every_listed_key(checkpoint, monkeypatch):
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             assert c.get("/model", headers=headers).status_code == status, key
         assert c.get("/v2/health/ready").status_code == 200
+
+
+def test_serve_port_is_outside_rays_port_ranges():
+    """Ray's worker ports are 10002-19999 and its other servers take ephemeral ports: a port
+    from either range can be taken by a starting Ray before Serve binds it."""
+    from pathlib import Path
+
+    from serve.app import free_port
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(20000 <= p < low for p in ports), ports
+    assert len(ports) > 1  # random, so two Serves started together do not pick the same one

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 
 import pytest
 import torch
+from cluster_helpers import wandb_history
 from process_helpers import kill_driver_at_snapshot, raylet_pids, train_workers_under
 from ray_train_helpers import (
     CLI,
@@ -188,10 +190,16 @@ def test_ddp_two_workers_match_one_worker_at_double_batch(tmp_path, small_cifar,
     assert not torch.allclose(init, a["weights"][first])  # training did move the weights
 
 
-# --------------------------------------- (d) + (f) driver SIGKILL, rerun resumes, W&B offline
+# ------------------------- (d) + (f) driver SIGKILL, rerun resumes, W&B offline, cwd lost
 
 
 def test_driver_killed_then_same_command_resumes_with_same_wandb_run(tmp_path):
+    """The driver is SIGKILLed once Ray's snapshot exists; the same command resumes at the next
+    epoch into the same W&B run. The rerun's working directory is then deleted once its last
+    epoch is printed (what a Ray job's working_dir cleanup did, issue 11): the final W&B step
+    fails inside wandb.init (os.getcwd()), which must cost one warning line and nothing of the
+    finished run (the epochs are in W&B already; the final W&B record itself is checked in
+    test_cluster.py)."""
     epochs = 4
     cmd = [
         *CLI,
@@ -228,26 +236,35 @@ def test_driver_killed_then_same_command_resumes_with_same_wandb_run(tmp_path):
     snapshot = json.loads((run / "ray" / "checkpoint_manager_snapshot.json").read_text())
     assert snapshot  # Ray recorded at least one checkpoint before the driver died
 
-    second = subprocess.run(
-        cmd, capture_output=True, text=True, env=wandb_env, cwd=REPO, timeout=300
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    second = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=wandb_env, cwd=cwd
     )
-    assert second.returncode == 0, (first_out[-2000:], second.stdout[-3000:], second.stderr[-3000:])
-    lines = [ln for ln in second.stdout.splitlines() if ln.startswith("epoch ")]
+    out = []
+    for line in second.stdout:
+        out.append(line)
+        if line.startswith(f"epoch   {epochs}/{epochs}"):
+            shutil.rmtree(cwd)  # the driver is now past training, before its final W&B step
+    text = "".join(out)
+    assert second.wait(timeout=300) == 0, (first_out[-2000:], text[-4000:])
+    lines = [ln for ln in out if ln.startswith("epoch ")]
     resumed_from = int(lines[0].split()[1].split("/")[0])
-    assert resumed_from > 1, second.stdout  # resumed at the next epoch, not from scratch
-    assert "resuming the unfinished Ray run" in second.stdout
+    assert resumed_from > 1, text  # resumed at the next epoch, not from scratch
+    assert "resuming the unfinished Ray run" in text
+    assert "Traceback" not in text
+    warnings = [line for line in out if "W&B could not record the test result" in line]
+    assert len(warnings) == 1 and "FileNotFoundError" in warnings[0], text
+    assert "FileNotFoundError" in (run / "ray.log").read_text()  # the traceback went there
     assert_run_dir(run, epochs)
 
     # W&B offline: every run directory under <run>/wandb has the run id = the run name.
     runs = sorted((run / "wandb").glob("offline-run-*"))
-    assert len(runs) >= 3, runs  # first worker run, resumed worker run, driver's final log
+    assert len(runs) >= 2, runs  # first worker run, resumed worker run
     assert all(p.name.endswith("-resume-me") for p in runs), runs
-    # wandb 0.31 offline keeps history only in the binary run-<id>.wandb record log, where
-    # metric keys appear verbatim: a resumed worker run logged epochs, the driver the test.
-    records = [(p / "run-resume-me.wandb").read_bytes() for p in runs]
-    assert any(b"val_acc" in r and b"train_loss" in r for r in records[1:])
-    assert b"test_acc" in records[-1]
-    assert list((runs[-1] / "files" / "media" / "images").glob("curves_*.png"))
+    # the resumed run logged its epochs (the killed one's records may end mid-write)
+    logged = {h["epoch"] for h in wandb_history(run / "wandb") if "val_acc" in h}
+    assert logged >= set(range(resumed_from, epochs + 1)), logged
 
 
 # ------------------------------------------------------------ shared embedded Ray (a, c, g)

@@ -1,4 +1,4 @@
-"""Helpers of the cluster tests (test_cluster*.py, test_jobs_wandb.py): the CLI as a
+"""Helpers of the cluster tests (test_cluster*.py, test_ray_train.py): the CLI as a
 subprocess, HTTP with a token, offline W&B history, a free loopback port."""
 
 from __future__ import annotations

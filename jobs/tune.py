@@ -81,6 +81,18 @@ def run_trial(params: dict, job: TuneJob) -> None:
     assembled.fit(on_epoch)
 
 
+TRIAL_CPU = 0.01  # what a data-parallel trial holds itself: it only drives its TorchTrainer
+
+
+def worker_cpus(cpus_per_trial: float, workers: int) -> float:
+    """The CPUs each worker of a data-parallel trial reserves: its share of --cpus-per-trial,
+    less the trial's own TRIAL_CPU, so that the trial and one worker fit in one share. A trial
+    of N CPUs then fits on one N-CPU node and on N one-CPU nodes alike (a whole share per
+    worker plus the trial fits neither: it waited forever on a cluster of 1-CPU nodes)."""
+    share = cpus_per_trial / workers
+    return max(share - TRIAL_CPU, share / 2)
+
+
 def _run_train_trial(config: Config, job: TuneJob) -> None:
     """A data-parallel trial: a TorchTrainer over jobs.train's worker loop. Its Train run is
     named after the trial, so a restored trial resumes that run from its last checkpoint."""
@@ -92,17 +104,17 @@ def _run_train_trial(config: Config, job: TuneJob) -> None:
     from jobs.train_worker import train_loop_per_worker
 
     workers = job.workers_per_trial
-    # The trial itself holds 0.01 CPU (see _trainable); the workers share the rest, so a
-    # trial of --cpus-per-trial N fits in N CPUs (whole CPUs per worker above one).
-    per_worker_cpu = (job.cpus_per_trial - 0.01) / workers
-    if per_worker_cpu >= 1:
-        per_worker_cpu = float(int(job.cpus_per_trial // workers))
+    per_worker_cpu = worker_cpus(job.cpus_per_trial, workers)
     per_worker_gpu = job.gpus_per_trial / workers
     trial_id = tune.get_context().get_trial_id()
     resources = {"CPU": per_worker_cpu, **({"GPU": per_worker_gpu} if per_worker_gpu else {})}
     TorchTrainer(
         train_loop_per_worker,  # type: ignore[arg-type]  # Ray's stub wants -> None
-        train_loop_config={"config": config.to_dict(), "threads": per_worker_cpu, "wandb": None},
+        train_loop_config={
+            "config": config.to_dict(),
+            "threads": job.cpus_per_trial / workers,
+            "wandb": None,
+        },
         torch_config=TorchConfig(backend="nccl" if per_worker_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=bool(per_worker_gpu), resources_per_worker=resources
@@ -164,7 +176,7 @@ def _trainable(job: TuneJob):
     from ray import tune
 
     if job.workers_per_trial > 1:  # the trial only drives a TorchTrainer; its workers hold the CPUs
-        resources = {"cpu": 0.01}
+        resources = {"cpu": TRIAL_CPU}
     else:
         resources = {"cpu": job.cpus_per_trial, "gpu": job.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(run_trial, job=job), resources)

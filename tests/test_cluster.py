@@ -155,7 +155,12 @@ def test_train_job_with_wandb_succeeds_logs_every_epoch_and_spreads_over_both_wo
 
 
 @pytest.mark.ray
-def test_tune_job_with_wandb_succeeds_and_each_trial_logs_every_epoch(cluster, tmp_path):
+def test_data_parallel_tune_job_with_wandb_succeeds_and_each_trial_logs_every_epoch(
+    cluster, tmp_path
+):
+    """--workers-per-trial 2: each trial is a 2-worker TorchTrainer over both worker nodes (1
+    CPU each), so the second trial runs only once the first has given its CPUs back (its
+    placement group freed); W&B gets every epoch of every trial through Tune."""
     env = {**cluster.env, **cluster.exports, "WANDB_MODE": "offline"}
     sub = cli(
         "jobs",
@@ -172,6 +177,10 @@ def test_tune_job_with_wandb_succeeds_and_each_trial_logs_every_epoch(cluster, t
         "--grace-period",
         "2",
         "--concurrent",
+        "1",
+        "--workers-per-trial",
+        "2",
+        "--cpus-per-trial",
         "2",
         "--storage",
         str(tmp_path),

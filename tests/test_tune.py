@@ -1,5 +1,6 @@
 """`modresnet tune`: real searches on Ray over real CIFAR-10 subsets with the debug model:
-Optuna + ASHA (the module's search), FIFO killed and resumed, PBT, data-parallel trials.
+Optuna + ASHA (the module's search), FIFO killed and resumed, PBT. Data-parallel trials run
+as a job on a real 3-node cluster (test_cluster.py).
 
 The searches run the CLI in a subprocess (as a user would), so one can be killed mid-way and
 resumed. The space varies the learning rate over orders of magnitude: the tiny lrs stay at
@@ -266,39 +267,3 @@ def test_pbt_clones_better_trials_and_each_trains_with_its_own_lr(tmp_path):
     assert clones >= 1
     assert json.loads((exp / "summary.json").read_text())["pbt_exploits"] == clones
     assert (exp / "trials.png").stat().st_size > 10_000
-
-
-@pytest.mark.ray
-def test_data_parallel_trials_run_one_after_another(tmp_path):
-    """--workers-per-trial 2: each trial is a 2-worker TorchTrainer; the second must get the
-    CPUs back from the first (its placement group is freed), not wait forever."""
-    (tmp_path / "space.yaml").write_text(SPACE)
-    _tune(
-        "--preset",
-        "debug",
-        "--subset",
-        "200",
-        "--set",
-        "data.val_subset=100",
-        "--set",
-        "data.test_subset=100",
-        "--max-epochs",
-        "1",
-        "--samples",
-        "2",
-        "--concurrent",
-        "1",
-        "--workers-per-trial",
-        "2",
-        "--cpus-per-trial",
-        "2",
-        "--space",
-        str(tmp_path / "space.yaml"),
-        "--no-wandb",
-        "--storage",
-        str(tmp_path / "runs"),
-        "--name",
-        "ddp",
-    )
-    rows = _leaderboard(tmp_path / "runs" / "ddp")
-    assert len(rows) == 2 and all(r["epochs"] == "1" for r in rows), rows

@@ -186,3 +186,15 @@ def test_a_restored_checkpoint_is_a_clone_only_when_another_trial_wrote_it():
     assert tune_search.donor(path, "ab12c_00002") is None
     optuna_path = "/r/s/run_trial_33643cb0_1_flip=0.5_2026/checkpoint_000001"
     assert tune_search.donor(optuna_path, "33643cb0") is None  # Optuna's ids have no `_`
+
+
+@pytest.mark.parametrize("cpus, workers", [(2, 2), (4, 2), (3, 3), (1, 2), (0.5, 2)])
+def test_a_data_parallel_trial_fits_one_node_and_one_cpu_nodes_alike(cpus, workers):
+    """A trial holds TRIAL_CPU and each of its workers worker_cpus(): with --cpus-per-trial N
+    that fits one N-CPU node, and also N/workers-CPU nodes each holding one worker, the trial
+    beside one of them (it once needed 0.01 CPU more than a 1-CPU node has, and waited)."""
+    from jobs.tune import TRIAL_CPU, worker_cpus
+
+    each = worker_cpus(cpus, workers)
+    assert 0 < each and TRIAL_CPU + workers * each <= cpus  # one node of N CPUs
+    assert TRIAL_CPU + each <= cpus / workers  # a node of one share: the trial and a worker

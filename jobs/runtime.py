@@ -39,6 +39,10 @@ RAY_ENV = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # worker prints stay plain (no Ray prefix)
     # Tune warns when syncing the experiment state takes a few seconds: it does on 2 cores
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Train's controller polls its workers (their start, reports, the end of the run) every
+    # 2 s by default, and a run waits on those polls: a 3-epoch 2-worker debug run took
+    # 29.6-30.4 s, 24.2 s at 0.5 s with the same img/s (0.1 s: 22.7 s, ~10 % fewer img/s).
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
 EMBEDDED_OBJECT_STORE_BYTES = 256 * 1024**2
 _RAY_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)d -- %(message)s"

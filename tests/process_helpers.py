@@ -74,15 +74,18 @@ def kill_driver_at_snapshot(
     driver: subprocess.Popen, snapshot_exists: Callable[[], bool], poll_s: float, where: str = ""
 ) -> None:
     """Wait (at most 240 s) until Ray's checkpoint snapshot exists, then SIGKILL the CLI driver
-    (started with start_new_session=True, stdout piped as text) and the embedded Ray session it
-    started. Fails with the driver's output if it exits first; `where` goes into the message."""
+    (started with start_new_session=True, stdout piped as text) with its process group, and
+    the embedded Ray session it started. Fails with the driver's output if it exits first;
+    `where` goes into the message."""
     try:
         deadline = time.time() + 240
         while time.time() < deadline and not snapshot_exists():
             assert driver.poll() is None, driver.stdout.read()[-3000:]
             time.sleep(poll_s)
         assert snapshot_exists(), f"no checkpoint{where} within 240 s"
-        os.kill(driver.pid, signal.SIGKILL)
+        # the whole process group at once: the driver and the Ray it started, whose workers
+        # would otherwise train on (and checkpoint) until Ray noticed the driver had died
+        os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
         if driver.poll() is None:

@@ -199,8 +199,8 @@ def test_driver_killed_then_same_command_resumes_with_same_wandb_run(tmp_path):
     epoch is printed (what a Ray job's working_dir cleanup did, issue 11): the final W&B step
     fails inside wandb.init (os.getcwd()), which must cost one warning line and nothing of the
     finished run (the epochs are in W&B already; the final W&B record itself is checked in
-    test_cluster.py)."""
-    epochs = 4
+    test_cluster.py). Eight short epochs, so the kill lands well before the last one."""
+    epochs = 8
     cmd = [
         *CLI,
         "train",

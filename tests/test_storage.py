@@ -112,7 +112,7 @@ def test_train_on_ray_to_s3_resumes_from_the_bucket_then_evaluates_and_predicts(
     staging holds nothing Ray needs); the published run holds every epoch exactly once with
     Ray's checkpoints beside it under <run>/ray/; the same command again says the run is
     finished (nothing trained twice); evaluate / predict read the run straight from the bucket."""
-    epochs, uri = 3, f"s3://{BUCKET}/runs"
+    epochs, uri = 6, f"s3://{BUCKET}/runs"  # short epochs: the kill must land before the last
     cmd = [
         *CLI,
         "train",

@@ -52,12 +52,18 @@ def serve_app(
     if not ray.is_initialized() and resolve_address(address) is None:
         os.environ.update(serve_env(ingress))  # before Ray starts: its processes inherit it
     owns = connect(address) == "embedded"  # else Serve outlives this process
-    start(host, port)
+    serving = owns and block
+    if serving:
+        # From here on a stop shuts Serve down, even mid-deploy: Ray's own SIGTERM handler
+        # aborts the process, which can leave a just-reloaded HAProxy holding the port.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _interrupt)
     url = (
         f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         + route_prefix.rstrip("/")
     )
     try:
+        start(host, port)
         rolling = name in serve.status().applications
         info(("rolling the running app over to " if rolling else "deploying ") + args.checkpoint)
         try:
@@ -77,18 +83,22 @@ def serve_app(
             check_auth_enforced(url)
             info("auth: on (an unauthenticated /predict gets 401)")
         info(f"serving {sha[:12]} ({args.backend}) at {url}  (docs: {url}/docs)")
-        if owns and block:
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
+        if serving:
             info("press Ctrl-C to stop")
-            stop.wait()
-            info("shutting down: draining in-flight requests")
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        if not serving:
+            raise
+        info("shutting down: draining in-flight requests")
     finally:
-        if owns and block:
+        if serving:
             serve.shutdown()
             ray.shutdown()
     return url
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def check_auth_enforced(url: str) -> None:

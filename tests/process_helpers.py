@@ -33,6 +33,24 @@ def _all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
+def group_members(pgid: int, wait_s: float = 15.0) -> list[str]:
+    """Command lines of the processes still in process group `pgid` after up to wait_s."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = []
+        for pid in _all_pids():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                left.append(_cmdline(pid))
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
 def descendants(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for pid in _all_pids():

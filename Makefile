@@ -23,7 +23,7 @@ install: $(STAMP)
 
 # The main job on an embedded local Ray, sized to a few minutes on 2 CPU cores: train (Ray
 # Train, 2 workers; the `demo` preset: the `fast` recipe on the `debug` flavor, 12,000
-# images, 8 epochs), a small ASHA search, then serve the trained model, classify the whole
+# images, 5 epochs), a small ASHA search, then serve the trained model, classify the whole
 # test set over HTTP and close with a summary.
 DEMO := demo-$(shell date +%Y%m%d-%H%M%S)
 

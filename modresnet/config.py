@@ -316,7 +316,7 @@ def fast15() -> Config:
 def demo() -> Config:
     """`make demo`'s run, sized to a few minutes on 2 CPU cores: the `fast` recipe on the
     `debug` flavor (same topology, 1/8 width, ~44k parameters) over 12,000 stratified training
-    images for 8 epochs, tested on the full 10,000-image test set. EMA and TTA are off, so the
+    images for 5 epochs, tested on the full 10,000-image test set. EMA and TTA are off, so the
     test accuracy is what `modresnet evaluate` and the served model give. The paper's model
     and recipe are the `paper` preset."""
     base = fast()
@@ -325,7 +325,7 @@ def demo() -> Config:
         model=FLAVORS["debug"],
         augment=AugmentConfig(crop_padding=4, flip=0.5),  # no cutout on a short run
         data=DataConfig(subset=12000, val_subset=1000),
-        train=dataclasses.replace(base.train, epochs=8, batch_size=32, ema_decay=0.0, tta=False),
+        train=dataclasses.replace(base.train, epochs=5, batch_size=32, ema_decay=0.0, tta=False),
     )
 
 

@@ -211,9 +211,11 @@ def test_make_demo_learns_serves_and_prints_no_ray_noise(tmp_path, data_dir):
     run = next(p for p in runs.iterdir() if p.name.startswith("demo-"))
     tune = runs / f"tune-{run.name}"
     test = json.loads((run / "test.json").read_text())
+    # 62.43 % measured here with 5 epochs, the same with ONEDNN_MAX_CPU_ISA=AVX2 (2 workers,
+    # 1 thread each): a margin of 12 points
     assert test["n"] == 10000 and test["test_acc"] >= 0.50, test
     assert "training ModifiedResNet (debug flavor" in output  # what is trained, labelled
-    assert len(re.findall(r"^epoch +\d+/8 ", output, re.M)) == 8  # every epoch shown
+    assert len(re.findall(r"^epoch +\d+/5 ", output, re.M)) == 5  # every epoch shown
     assert f"learning curves: {run / 'curves.png'}" in output and (run / "curves.png").exists()
     agree = re.search(
         r"over HTTP: ([\d.]+)% of 10,000 test images correct; `modresnet "

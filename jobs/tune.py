@@ -194,6 +194,11 @@ def _tuner_parts(job: TuneJob, callbacks: list, verbose: bool = True):
         num_samples=job.samples,
         scheduler=tune_search.scheduler(job, space),
         search_alg=tune_search.search_alg(job, space),
+        # The next trial runs in the finished one's process: no new Python importing torch
+        # per trial (every trial of a search asks for the same resources). Not under PBT: an
+        # exploit in a reused process restored a donor checkpoint that the donor's retention
+        # had deleted meanwhile, and the clone failed.
+        reuse_actors=job.scheduler != "pbt",
     )
     run_config = tune.RunConfig(
         name=job.name,

@@ -24,6 +24,7 @@ from tune_helpers import (
     _env,
     _leaderboard,
     _results,
+    _terminated,
     _trial_dirs,
     _tune,
     _tune_cmd,
@@ -138,6 +139,14 @@ def test_exported_best_model_evaluates_and_predicts(search, tmp_path, small_cifa
     assert len(json.loads(result.output)[0]["top_k"]) == 3
 
 
+def _between_epochs(exp: Path) -> dict[str, bool]:
+    """Trial id -> whether it reported some epochs of its 3 but not the last."""
+    return {
+        t: bool(r) and r[-1]["epoch"] in (1, 2)
+        for t, r in ((t, _results(d)) for t, d in _trial_dirs(exp).items())
+    }
+
+
 @pytest.mark.ray
 def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     (tmp_path / "space.yaml").write_text(SPACE)
@@ -176,23 +185,25 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            reported = {t: _results(d) for t, d in _trial_dirs(exp).items()}
-            done = [t for t, r in reported.items() if r and r[-1].get("epoch") == 3]
-            started = [t for t, r in reported.items() if r and r[-1].get("epoch") < 3]
-            if done and started:
-                time.sleep(1.0)  # let the experiment state record it
-                os.killpg(proc.pid, signal.SIGSTOP)  # freeze the search, then read it
-                reported = {t: _results(d) for t, d in _trial_dirs(exp).items()}
-                finished = {t: len(r) for t, r in reported.items() if r and r[-1].get("epoch") == 3}
-                partial = {t for t, r in reported.items() if r and r[-1].get("epoch") in (1, 2)}
-                break
-            time.sleep(0.5)
+            # Freeze the search once its saved state records a finished trial and another
+            # trial is between epochs, then read it. Trials take seconds (their process is
+            # reused): if the freeze caught a trial at its end, thaw and wait for the next.
+            if _terminated(exp) and any(_between_epochs(exp).values()):
+                os.killpg(proc.pid, signal.SIGSTOP)
+                trials = _trial_dirs(exp)
+                finished = {t: len(_results(trials[t])) for t in _terminated(exp)}
+                partial = {t for t, between in _between_epochs(exp).items() if between}
+                if finished and partial:
+                    break
+                os.killpg(proc.pid, signal.SIGCONT)
+            time.sleep(0.2)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
         proc.wait(timeout=60)
         log.close()
     assert finished and partial, (tmp_path / "first.txt").read_text()[-3000:]
+    assert not partial & finished.keys()
     assert not (exp / "leaderboard.csv").exists()  # it really died mid-search
 
     resumed = subprocess.run(

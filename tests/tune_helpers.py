@@ -88,3 +88,17 @@ def _results(trial_dir: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _terminated(exp: Path) -> set[str]:
+    """Trials the search's saved state records as finished: what a resume trusts. A state
+    file caught mid-write reads as none."""
+    states = sorted(exp.glob("experiment_state-*.json"))
+    try:
+        data = json.loads(states[-1].read_text()) if states else {}
+        trials = [
+            json.loads(e[0]) if isinstance(e[0], str) else e[0] for e in data.get("trial_data", [])
+        ]
+    except (OSError, ValueError):
+        return set()
+    return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}

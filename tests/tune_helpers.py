@@ -90,15 +90,18 @@ def _results(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _terminated(exp: Path) -> set[str]:
-    """Trials the search's saved state records as finished: what a resume trusts. A state
-    file caught mid-write reads as none."""
+def _saved_trials(exp: Path) -> dict[str, tuple[str, int]]:
+    """Trial id -> (status, last epoch) as the search's saved state records them: what a
+    resume starts from. A state file caught mid-write reads as empty."""
     states = sorted(exp.glob("experiment_state-*.json"))
+    out = {}
     try:
         data = json.loads(states[-1].read_text()) if states else {}
-        trials = [
-            json.loads(e[0]) if isinstance(e[0], str) else e[0] for e in data.get("trial_data", [])
-        ]
-    except (OSError, ValueError):
-        return set()
-    return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
+        for trial, meta in data.get("trial_data", []):
+            trial = json.loads(trial) if isinstance(trial, str) else trial
+            meta = json.loads(meta) if isinstance(meta, str) else meta
+            epoch = (meta.get("last_result") or {}).get("epoch", 0)
+            out[trial["trial_id"]] = (trial["status"], epoch)
+    except (OSError, ValueError, KeyError):
+        return {}
+    return out

@@ -21,12 +21,17 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _ppid(pid: int) -> int | None:
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name: state, ppid, pgrp, ...; [] once it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
+        return []
+
+
+def _ppid(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None
 
 
 def _all_pids() -> list[int]:
@@ -37,15 +42,11 @@ def group_members(pgid: int, wait_s: float = 15.0) -> list[str]:
     """Command lines of the processes still in process group `pgid` after up to wait_s."""
     deadline = time.monotonic() + wait_s
     while True:
-        left = []
-        for pid in _all_pids():
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                left.append(_cmdline(pid))
+        left = [
+            _cmdline(pid)
+            for pid, fields in ((pid, _stat(pid)) for pid in _all_pids())
+            if fields and int(fields[2]) == pgid and fields[0] != "Z"
+        ]
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.5)

@@ -153,8 +153,8 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     storage, name = tmp_path / "runs", "killed"
     exp = storage / name
     log = (tmp_path / "first.txt").open("w")
-    # One trial at a time and no early stops (FIFO), so the kill lands after trial 0 finished
-    # and while trial 1 is between epochs: one finished, one half-done, one not started.
+    # One trial at a time and no early stops (FIFO), so the kill lands after a trial finished
+    # and while the next is between epochs: one finished, one half-done.
     pairs = list(zip(COMMON[::2], COMMON[1::2], strict=True))
     args = [x for flag, value in pairs if flag != "--concurrent" for x in (flag, value)]
     proc = subprocess.Popen(

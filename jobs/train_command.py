@@ -121,10 +121,13 @@ def train(
     wandb: Wandb = True,
 ) -> None:
     """Train ModifiedResNet on CIFAR-10 into a run directory (Ray Train; --local: in-process)."""
+    from modresnet import names
     from modresnet import storage as object_storage
     from modresnet.commands import train_in_process
     from modresnet.rundir import default_storage
 
+    if name is not None:
+        names.name(name, "--name")
     if resume and not name:
         raise UserError("--resume needs --name NAME of the run to continue")
     preset = preset or "paper"

@@ -40,7 +40,7 @@ from jobs.search_space import applicable_nested, trial_config
 from jobs.tune_job import JOB_FILE, TuneJob, TuneSetupError
 from jobs.tune_results import TuneOutcome, summarize, sync_wandb_dirs
 from jobs.tune_search import donor, retune, saved_config
-from modresnet import checkpoint
+from modresnet import checkpoint, names
 from modresnet.assembly import assemble
 from modresnet.config import Config
 from modresnet.engine import Record, TrainingState
@@ -250,7 +250,8 @@ def run_search(
             object_storage.check_writable(remote)
             if object_storage.exists(remote.join(JOB_FILE)):
                 raise TuneSetupError(f"{remote} already holds a search; choose another --name")
-            shutil.rmtree(exp, ignore_errors=True)  # staging of an earlier, unpublished try
+            staged = names.inside(Path(job.storage), exp, "--name")
+            shutil.rmtree(staged, ignore_errors=True)  # staging of an earlier, unpublished try
         if exp.exists() and any(exp.iterdir()):
             raise TuneSetupError(
                 f"{exp} already holds a search; continue it with --resume "

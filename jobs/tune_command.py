@@ -200,9 +200,14 @@ def tune(
     from jobs import tune as tuning
     from jobs.search_space import DEFAULT_SPACE, load_space
     from jobs.tune_job import new_job, read_job
+    from modresnet import names
     from modresnet import storage as object_storage
     from modresnet.errors import UserError
     from modresnet.rundir import default_storage
+
+    for flag, value in (("--name", name), ("--resume", resume)):
+        if value is not None:
+            names.name(value, flag)
 
     where = object_storage.parse(storage) or default_storage()
     remote_root = where if isinstance(where, object_storage.Location) else None

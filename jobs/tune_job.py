@@ -20,6 +20,7 @@ from jobs.search_space import SearchSpace, parse_space
 if TYPE_CHECKING:
     from modresnet.storage import Location
 from modresnet import config as configs
+from modresnet import names
 from modresnet.config import Config, ConfigError
 from modresnet.errors import UserError
 from modresnet.fields import coerce
@@ -178,11 +179,14 @@ class TuneJob(SearchSettings):
             except ConfigError as err:
                 raise TuneSetupError(f"{source}: {err}") from None
         try:
+            names.name(kwargs["name"], "name")
             job = cls(**kwargs)
             job.search_space()
             job.remote_experiment()
         except InvalidSetting as err:
             raise TuneSetupError(f"{source}: {err.field}: {err.problem}") from None
+        except names.UnsafeNameError as err:
+            raise TuneSetupError(f"{source}: {err}") from None
         except ConfigError as err:
             raise TuneSetupError(f"{source}: space: {err}") from None
         if mode is not None and mode != job.mode:
@@ -236,7 +240,7 @@ def new_job(
     remote: str | None = None,
 ) -> TuneJob:
     """A new search of `space` around `base`, whose trials train max_epochs at most."""
-    exp = storage / name
+    exp = storage / names.name(name, "--name")
     job = TuneJob(
         **{f.name: getattr(settings, f.name) for f in dataclasses.fields(SearchSettings)},
         name=name,

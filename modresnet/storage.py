@@ -13,6 +13,7 @@ GOOGLE_APPLICATION_CREDENTIALS for gs://. No Ray import here.
   reader that finds test.json finds the whole run.
 - `fetch_run(uri)`: download a run's best/ (and its small top-level files) into a local cache
   keyed by the URI and the weights' sha256 (reused while they match); returns the local path.
+  Nothing a bucket holds names a local path before `modresnet.names` has checked it.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, BinaryIO
 
+from modresnet import names
 from modresnet.errors import UserError
 
 if TYPE_CHECKING:
@@ -181,10 +183,75 @@ def cache_root() -> Path:
     )
 
 
+MAX_FILE = 1 << 30  # a run's largest file is its ~11 MB weights; a bucket may not fill the disk
+MAX_META = 1 << 20
+COMPLETE = ".complete"  # written last into a cache entry: the entry is whole and ours
+
+
+def _read_capped(src: pafs.NativeFile, out: BinaryIO, limit: int, what: str) -> None:
+    """Copy at most `limit` bytes, whatever size the store claimed for the object."""
+    copied = 0
+    while chunk := src.read(1 << 20):
+        copied += len(chunk)
+        if copied > limit:
+            raise StorageError(f"{what}: larger than {limit >> 20} MiB; not a modresnet run file")
+        out.write(chunk)
+
+
+def _listed_files(
+    loc: Location, fs: pafs.FileSystem, root: str, folder: str
+) -> list[tuple[PurePosixPath, pafs.FileInfo]]:
+    """The files directly in `folder` with their paths relative to `root`, every key checked
+    to be a path of safe names below `root` before it names anything local."""
+    import pyarrow.fs as pafs
+
+    out = []
+    for info in fs.get_file_info(pafs.FileSelector(folder)):
+        if info.type != pafs.FileType.File:
+            continue
+        if not info.path.startswith(root + "/"):
+            raise StorageError(f"{loc.uri}: the store listed {info.path!r}, outside {root}/")
+        rel = names.relative_key(info.path[len(root) + 1 :], loc.uri)
+        if info.size is not None and info.size > MAX_FILE:
+            raise StorageError(
+                f"{loc.uri}/{rel}: {info.size:,} bytes, larger than {MAX_FILE >> 20} MiB; "
+                f"not a modresnet run file"
+            )
+        out.append((rel, info))
+    return out
+
+
+def _remote_sha(loc: Location, fs: pafs.FileSystem, path: str, rel: str) -> str:
+    try:
+        with fs.open_input_stream(path) as f:
+            raw = f.read(MAX_META + 1)
+        meta = json.loads(raw) if len(raw) <= MAX_META else None
+    except Exception as err:  # noqa: BLE001 - the store, or a file that is not JSON
+        raise StorageError(f"{loc.uri}: cannot read {rel} ({_first_line(err)})") from None
+    sha = meta.get("sha256") if isinstance(meta, dict) else None
+    return names.sha256(sha, f"{loc.uri}/{rel}: sha256")
+
+
+def _cache_entry(loc: Location, sha: str) -> Path:
+    """cache_root()/<last part of the URI, made safe>-<hash of the URI>-<sha256[:12]>."""
+    label = re.sub(r"[^A-Za-z0-9_-]", "-", loc.path.rsplit("/", 1)[-1])[:48] or "run"
+    key = hashlib.sha256(loc.uri.encode()).hexdigest()[:16]
+    root = cache_root()
+    return names.inside(root, root / f"{label}-{key}-{sha[:12]}", "cache entry")
+
+
+def _is_complete(entry: Path) -> bool:
+    return entry.is_dir() and not entry.is_symlink() and (entry / COMPLETE).is_file()
+
+
 def fetch_run(loc: Location) -> Path:
     """A local copy of the run (or checkpoint folder) at `loc`: best/ and the top-level files
     of a run directory, or the files of a checkpoint folder. Cached under
-    ~/.cache/modresnet/remote-runs (or $MODRESNET_CACHE) by URI and weights sha256."""
+    ~/.cache/modresnet/remote-runs (or $MODRESNET_CACHE) by URI and weights sha256.
+
+    Everything the bucket says is untrusted: the sha256 must be 64 hex digits, every key a
+    path of safe names, every file under MAX_FILE, and the entry is only ever created (a
+    download into a fresh temp folder renamed into place), never removed or replaced."""
     import pyarrow.fs as pafs
 
     from modresnet.checkpoint import META, WEIGHTS
@@ -198,39 +265,34 @@ def fetch_run(loc: Location) -> Path:
         raise StorageError(
             f"{loc.uri}: not a modresnet run or checkpoint (no {WEIGHTS} in it or in best/)"
         )
-    meta_path = f"{root}/{ckpt}/{META}" if ckpt else f"{root}/{META}"
-    try:
-        with fs.open_input_stream(meta_path) as f:
-            sha = json.loads(f.read()).get("sha256", "")
-    except Exception as err:  # noqa: BLE001
-        raise StorageError(f"{loc.uri}: cannot read {META} ({_first_line(err)})") from None
-    key = hashlib.sha256(loc.uri.encode()).hexdigest()[:16]
-    target = cache_root() / f"{loc.path.rsplit('/', 1)[-1]}-{key}-{str(sha)[:12]}"
-    if (target / ".complete").exists():
+    meta_rel = f"{ckpt}/{META}" if ckpt else META
+    sha = _remote_sha(loc, fs, f"{root}/{meta_rel}", meta_rel)
+    target = _cache_entry(loc, sha)
+    if _is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent))
     try:
-        wanted = [
-            i
-            for i in fs.get_file_info(pafs.FileSelector(root, recursive=False))
-            if i.type == pafs.FileType.File
-        ]
+        wanted = _listed_files(loc, fs, root, root)
         if ckpt:
-            wanted += [
-                i
-                for i in fs.get_file_info(pafs.FileSelector(f"{root}/{ckpt}"))
-                if i.type == pafs.FileType.File
-            ]
-        for info in wanted:
-            rel = info.path[len(root) :].lstrip("/")
-            dest = tmp / rel
+            wanted += _listed_files(loc, fs, root, f"{root}/{ckpt}")
+        for rel, info in wanted:
+            dest = names.inside(tmp, tmp / rel, loc.uri)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            with fs.open_input_stream(info.path) as src, open(dest, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-        (tmp / ".complete").write_text(loc.uri + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+            with fs.open_input_stream(info.path) as src, open(dest, "xb") as out:
+                _read_capped(src, out, MAX_FILE, f"{loc.uri}/{rel}")
+        if _remote_sha(loc, pafs.LocalFileSystem(), str(tmp / meta_rel), meta_rel) != sha:
+            raise StorageError(f"{loc.uri}: {meta_rel} changed while downloading; try again")
+        (tmp / COMPLETE).write_text(loc.uri + "\n")
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not _is_complete(target):  # another fetch may have just put the same entry there
+                raise StorageError(
+                    f"{target} exists and is not a complete modresnet cache entry; "
+                    f"move it out of the way (or set MODRESNET_CACHE) and try again"
+                ) from None
+            shutil.rmtree(tmp)
     except Exception as err:  # noqa: BLE001
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, UserError):

@@ -10,8 +10,10 @@ import asyncio
 import base64
 import binascii
 import itertools
-from collections.abc import Mapping, Sequence
-from typing import Any
+import re
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -21,8 +23,26 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from modresnet.inference import top_k
 from serve import jsonlimits, v2binary
+from serve.args import ServeArgs
 from serve.decode import DecodeError, DecodePool
 from serve.schemas import InferRequest, LabelProbability, PredictJson
+
+T = TypeVar("T")
+
+IMAGE_VALUES = 32 * 32 * 3
+# A v2 JSON body may need, per value, a float32 written as Python writes a float (at most
+# 22 characters: 0.00012345678901234568), its ", " and its share of the brackets; and, for
+# the rest (id, parameters, outputs, the tensor's name, shape, datatype), 64 KiB and 1,024
+# values. A body larger than that for `max_images` images is refused unread (413).
+V2_VALUE_BYTES = 32
+V2_ENVELOPE_BYTES = 64 * 1024
+V2_ENVELOPE_VALUES = 1024
+PREDICT_ENVELOPE_VALUES = 16
+# JSON up to this size parses on the event loop (under a millisecond); larger bodies parse on
+# one thread per replica, so the loop keeps answering and at most one parse's objects exist.
+INLINE_JSON_BYTES = 64 * 1024
+_PARSER = ThreadPoolExecutor(1, thread_name_prefix="json")
+_BYTE_COUNT = re.compile(r"[0-9]{1,15}")  # not isdigit() ("²") nor int() ("٣", "+1", "1_0")
 
 
 class ApiError(Exception):
@@ -32,26 +52,38 @@ class ApiError(Exception):
         self.message = message
 
 
-async def read_body(request: Request, limit: int, timeout_s: float = 10.0) -> bytes:
+def byte_count(request: Request, name: str) -> int | None:
+    """The header `name` as a byte count (ASCII digits only, sent at most once), or None."""
+    values = request.headers.getlist(name)
+    if not values:
+        return None
+    title = "-".join(part.capitalize() for part in name.split("-"))
+    if len(values) > 1:
+        raise ApiError(400, f"{title} header sent {len(values)} times: send it once")
+    value = values[0].strip(" \t")
+    if not _BYTE_COUNT.fullmatch(value):
+        raise ApiError(
+            400, f"{title} header {value[:20]!r} is not a byte count (1-15 ASCII digits)"
+        )
+    return int(value)
+
+
+async def read_body(request: Request, limit: int, timeout_s: float = 10.0, why: str = "") -> bytes:
     """The request body, refusing (413) more than `limit` bytes without buffering them, and
-    (408) a body that has not fully arrived `timeout_s` after the request started."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise ApiError(
-                    413,
-                    f"request body of {int(declared):,} bytes is over the limit of {limit:,} bytes",
-                )
-        except ValueError:
-            raise ApiError(400, "Content-Length header is not an integer") from None
+    (408) a body that has not fully arrived `timeout_s` after the request started. `why`
+    ends the 413's message (what the limit follows from)."""
+    declared = byte_count(request, "content-length")
+    if declared is not None and declared > limit:
+        raise ApiError(
+            413, f"request body of {declared:,} bytes is over the limit of {limit:,} bytes{why}"
+        )
     chunks, size = [], 0
     try:
         async with asyncio.timeout(timeout_s):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(413, f"request body is over the limit of {limit:,} bytes")
+                    raise ApiError(413, f"request body is over the limit of {limit:,} bytes{why}")
                 chunks.append(chunk)
     except TimeoutError:
         raise ApiError(
@@ -69,16 +101,27 @@ async def read_body(request: Request, limit: int, timeout_s: float = 10.0) -> by
     return body
 
 
+async def _parse(json_bytes: int, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on the event loop if it parses at most INLINE_JSON_BYTES of JSON, else on
+    the replica's JSON thread."""
+    if json_bytes <= INLINE_JSON_BYTES:
+        return fn(*args)
+    return await asyncio.get_running_loop().run_in_executor(_PARSER, fn, *args)
+
+
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def _json(body: bytes) -> Any:
+def _json(body: bytes, max_values: int, what: str) -> Any:
+    """`body` parsed with the JSON limits; `what` says where `max_values` comes from."""
     try:
-        return jsonlimits.loads(body)
+        return jsonlimits.loads(body, max_values=max_values)
+    except jsonlimits.TooManyValues as err:
+        raise ApiError(413, f"JSON body refused: {err} ({what})") from None
     except jsonlimits.JsonLimitError as err:
         raise ApiError(400, f"JSON body refused: {err}") from None
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+    except ValueError as err:  # pydantic_core.from_json: syntax, encoding
         raise ApiError(400, f"body is not valid JSON ({err})") from None
 
 
@@ -133,10 +176,7 @@ async def parse_predict(
             names.append(f.filename)
         return await _decode_all(decoder, items), names, k
     if media == "application/json":
-        try:
-            req = PredictJson.model_validate(_json(body))
-        except ValidationError as err:
-            raise ApiError(400, _validation_message(err)) from None
+        req = await _parse(len(body), _predict_json, body, max_images)
         if not req.images:
             raise ApiError(400, "images: the list is empty")
         if len(req.images) > max_images:
@@ -159,16 +199,61 @@ async def parse_predict(
     )
 
 
+def _predict_json(body: bytes, max_images: int) -> PredictJson:
+    try:
+        return PredictJson.model_validate(
+            _json(body, max_images + PREDICT_ENVELOPE_VALUES, f"at most {max_images} images")
+        )
+    except ValidationError as err:
+        raise ApiError(400, _validation_message(err)) from None
+
+
+def v2_json_limits(max_images: int) -> tuple[int, int]:
+    """(bytes, values) the JSON of a v2 request of `max_images` images may need at most."""
+    values = max_images * IMAGE_VALUES
+    return V2_ENVELOPE_BYTES + values * V2_VALUE_BYTES, V2_ENVELOPE_VALUES + values
+
+
+async def read_infer(request: Request, args: ServeArgs) -> tuple[InferRequest, torch.Tensor]:
+    """Read and parse a v2 request, its size bounded by what `args.max_images` images need:
+    JSON at most `v2_json_limits`; with binary tensor data, that JSON plus 4 bytes a value."""
+    json_limit = min(v2_json_limits(args.max_images)[0], args.max_body_bytes)
+    why = f" (what a v2 request of {args.max_images} images needs"
+    json_size = byte_count(request, v2binary.HEADER)
+    if json_size is None:
+        limit, why = json_limit, why + ": send fewer images, or the tensor as binary data)"
+    else:
+        declared = byte_count(request, "content-length")
+        if declared is not None and json_size > declared:
+            raise ApiError(
+                400,
+                f"Inference-Header-Content-Length {json_size:,} does not fit a body of "
+                f"{declared:,} bytes",
+            )
+        why += ": send fewer images)"
+        if json_size > json_limit:
+            raise ApiError(
+                413, f"JSON part of {json_size:,} bytes is over the limit of {json_limit:,}{why}"
+            )
+        binary_limit = args.max_images * IMAGE_VALUES * v2binary.DTYPES["FP32"].itemsize
+        limit = min(json_size + binary_limit, args.max_body_bytes)
+    body = await read_body(request, limit, args.body_timeout_s, why)
+    return await _parse(
+        len(body) if json_size is None else json_size, parse_infer, request, body, args.max_images
+    )
+
+
 def parse_infer(
     request: Request, body: bytes, max_images: int
 ) -> tuple[InferRequest, torch.Tensor]:
     """An Open Inference Protocol v2 request (JSON, or JSON + binary tensor data) -> uint8
     N x 3 x 32 x 32. One input, `input`: its datatype (UINT8 or FP32) and shape ([N,32,32,3]
-    or [N,3,32,32]) say how to read it."""
+    or [N,3,32,32]) say how to read it. read_infer runs it off the event loop for large
+    bodies: it reads nothing of `request` but its (already parsed) headers."""
     media = _media_type(request)
-    header = request.headers.get(v2binary.HEADER)
+    json_size = byte_count(request, v2binary.HEADER)
     binary = b""
-    if header is not None:
+    if json_size is not None:
         if media not in ("application/json", "application/octet-stream", ""):
             raise ApiError(
                 415,
@@ -176,7 +261,7 @@ def parse_infer(
                 f"use application/octet-stream",
             )
         try:
-            body, binary = v2binary.split_body(body, header)
+            body, binary = v2binary.split_body(body, json_size)
         except v2binary.BinaryError as err:
             raise ApiError(400, str(err)) from None
     elif media not in ("application/json", ""):
@@ -187,38 +272,22 @@ def parse_infer(
             f"Inference-Header-Content-Length header)",
         )
     try:
-        req = InferRequest.model_validate(_json(body))
+        req = InferRequest.model_validate(
+            _json(
+                body,
+                v2_json_limits(max_images)[1],
+                f"what a v2 request of {max_images} images needs",
+            )
+        )
     except ValidationError as err:
         raise ApiError(400, _validation_message(err)) from None
-    if len(req.inputs) != 1 or req.inputs[0].name != "input":
-        raise ApiError(
-            400, f"expected exactly one input named 'input'; got {[t.name for t in req.inputs]}"
-        )
-    for out in req.outputs or []:
-        if out.get("name") != "probabilities":
-            raise ApiError(
-                400, f"unknown output {out.get('name')!r}; this model has 'probabilities'"
-            )
     tensor = req.inputs[0]
     shape = tensor.shape
-    if (
-        len(shape) != 4
-        or shape[0] < 1
-        or not (shape[1:] == [32, 32, 3] or shape[1:] == [3, 32, 32])
-    ):
-        raise ApiError(
-            400,
-            f"input shape {shape}: expected [N,32,32,3] (NHWC) or [N,3,32,32] (NCHW) with N >= 1",
-        )
     if shape[0] > max_images:
         raise ApiError(413, f"{shape[0]} images in one request; the limit is {max_images}")
-    if tensor.datatype not in ("UINT8", "FP32"):
-        raise ApiError(
-            400, f"input datatype {tensor.datatype!r}: expected UINT8 (0..255) or FP32 (0..1)"
-        )
     expected = int(np.prod(shape))
+    size = tensor.parameters.binary_data_size if tensor.parameters else None
     try:
-        size = v2binary.binary_size(tensor.parameters)
         if size is not None:
             if tensor.data is not None:
                 raise v2binary.BinaryError("input has both `data` and binary_data_size: send one")

@@ -173,8 +173,7 @@ class Service:
     async def infer(self, request: Request) -> schemas.InferResponse | Response:
         """Open Inference Protocol v2: input `input` UINT8/FP32 [N,32,32,3] or [N,3,32,32]."""
         self._auth(request)
-        body = await api.read_body(request, self.args.max_body_bytes, self.args.body_timeout_s)
-        req, x = api.parse_infer(request, body, self.args.max_images)
+        req, x = await api.read_infer(request, self.args)
         probs = await self._probabilities(list(x))
         self.requests += 1
         response = schemas.InferResponse(

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from serve.schemas import RequestedOutput, RequestParameters
+
 HEADER = "inference-header-content-length"
 DTYPES: dict[str, np.dtype[Any]] = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
 
@@ -25,27 +27,15 @@ class BinaryError(ValueError):
     """The binary framing is wrong; the message says how."""
 
 
-def split_body(body: bytes, header_value: str) -> tuple[bytes, bytes]:
-    """(JSON part, binary part) of a body sent with Inference-Header-Content-Length."""
-    value = header_value.strip()
-    if not value.isdigit() or len(value) > 12:
-        raise BinaryError(f"Inference-Header-Content-Length {value[:20]!r} is not a byte count")
-    n = int(value)
-    if n == 0 or n > len(body):
+def split_body(body: bytes, json_size: int) -> tuple[bytes, bytes]:
+    """(JSON part, binary part) of a body whose Inference-Header-Content-Length is
+    `json_size` (already read as a byte count, see api.byte_count)."""
+    if json_size == 0 or json_size > len(body):
         raise BinaryError(
-            f"Inference-Header-Content-Length {n} does not fit a body of {len(body)} bytes"
+            f"Inference-Header-Content-Length {json_size:,} does not fit a body of "
+            f"{len(body):,} bytes"
         )
-    return body[:n], body[n:]
-
-
-def binary_size(parameters: dict[str, Any] | None) -> int | None:
-    """`binary_data_size` of a tensor, validated; None if the tensor's data is in the JSON."""
-    if not parameters or "binary_data_size" not in parameters:
-        return None
-    size = parameters["binary_data_size"]
-    if type(size) is not int or size < 0:
-        raise BinaryError(f"binary_data_size must be a non-negative integer; got {size!r}")
-    return size
+    return body[:json_size], body[json_size:]
 
 
 def tensor_from_bytes(data: bytes, datatype: str, expected: int) -> np.ndarray:
@@ -59,10 +49,12 @@ def tensor_from_bytes(data: bytes, datatype: str, expected: int) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype)
 
 
-def wants_binary_output(request_parameters: dict | None, outputs: list[dict] | None) -> bool:
+def wants_binary_output(
+    request_parameters: RequestParameters | None, outputs: list[RequestedOutput] | None
+) -> bool:
     if outputs:
-        return any(bool((o.get("parameters") or {}).get("binary_data")) for o in outputs)
-    return bool((request_parameters or {}).get("binary_data_output"))
+        return any(o.parameters is not None and o.parameters.binary_data for o in outputs)
+    return request_parameters is not None and request_parameters.binary_data_output
 
 
 def encode_response(response: dict, arrays: dict[str, np.ndarray]) -> tuple[bytes, int]:

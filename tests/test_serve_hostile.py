@@ -49,8 +49,13 @@ def _service(checkpoint, **kw) -> Service:
 
 
 @pytest.fixture(scope="module")
-def app(checkpoint):
-    return make_api(_service(checkpoint, max_images=8, max_body_bytes=2 * 1024 * 1024))
+def service(checkpoint):
+    return _service(checkpoint, max_images=8, max_body_bytes=2 * 1024 * 1024)
+
+
+@pytest.fixture(scope="module")
+def app(service):
+    return make_api(service)
 
 
 @pytest.fixture()
@@ -116,12 +121,81 @@ def test_hostile_json_is_400_with_a_reason(client, path, body, fragment):
 )
 def test_json_limits_are_linear_time(client, body):
     """The depth/number pre-scan must not be the DoS: a quadratic string scanner took a
-    minute on 80 KB of escaped quotes."""
+    minute on 80 KB of escaped quotes. (/predict: a v2 body this size is refused unread.)"""
     start = time.perf_counter()
-    r = client.post(INFER, content=body, headers=JSON)
+    r = client.post("/predict", content=body, headers=JSON)
     took = time.perf_counter() - start
     assert r.status_code == 400, r.text[:200]
     assert took < 2.0, took
+
+
+def test_json_scan_in_blocks_is_one_pass_and_small(monkeypatch):
+    """The pre-scan reads a body in blocks carrying strings, escapes, depth and digit runs
+    across their edges, so what it finds does not depend on the block size, and its memory is
+    a few blocks whatever the body (it was ~16 bytes per byte of a digit-dense body)."""
+    import tracemalloc
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from serve import jsonlimits
+
+    def found(body: bytes, block: int) -> tuple[int, int, int, str]:
+        monkeypatch.setattr(jsonlimits, "BLOCK_BYTES", block)
+        scan = jsonlimits._scan(body)
+        return scan.max_depth, scan.max_digits, scan.commas, scan.constant
+
+    @given(st.lists(st.sampled_from(list(b'"\\[]{},09 aNI')), max_size=80).map(bytes))
+    @settings(max_examples=500, deadline=None, derandomize=True, database=None)
+    def same(body):
+        whole = found(body, 1 << 20)
+        for block in (1, 2, 3, 7):
+            assert found(body, block) == whole, (body, block)
+
+    same()
+    monkeypatch.setattr(jsonlimits, "BLOCK_BYTES", 256 * 1024)
+    body = b"0 " * 3_000_000 + b'"' + b"\\n" * 1_000_000  # 6 MB and 2 MB of digit and escape runs
+    tracemalloc.start()
+    with pytest.raises(ValueError):
+        jsonlimits.loads(body)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * 1024**2, f"{peak / 1024**2:.0f} MiB"
+
+
+def test_v2_body_over_what_max_images_needs_is_413(client):
+    """The app's max_images is 8: its v2 JSON may be 64 KiB + 8 x 3072 values x 32 bytes, and
+    hold 1,024 + 8 x 3072 values; binary data adds 4 bytes a value. Each is refused before
+    anything is parsed: from the headers, while reading, or by counting the values."""
+    from serve.api import v2_json_limits
+
+    limit, values = v2_json_limits(8)
+    assert (limit, values) == (65_536 + 8 * 3072 * 32, 1024 + 8 * 3072)
+    head = b'{"inputs":[{"name":"input","shape":[8,32,32,3],"datatype":"UINT8","data":['
+    over = head + b"0" * (limit + 1 - len(head))
+    binary = {"Inference-Header-Content-Length": "60", "content-type": "application/octet-stream"}
+
+    def chunks():
+        for i in range(0, len(over), 65536):
+            yield over[i : i + 65536]
+
+    cases = [
+        (dict(content=over, headers=JSON), "over the limit of 851,968 bytes"),
+        (dict(content=chunks(), headers=JSON), "over the limit of 851,968 bytes"),
+        (dict(content=head + b"0," * values + b"0]}]}", headers=JSON), "the limit is 25,600"),
+        (
+            dict(content=b"{}", headers={**binary, "Inference-Header-Content-Length": "900000"}),
+            "does not fit",
+        ),
+        (dict(content=b"0" * (60 + 8 * 3072 * 4 + 1), headers=binary), "over the limit of"),
+    ]
+    for kwargs, fragment in cases:
+        r = client.post(INFER, **kwargs)
+        assert r.status_code in (400, 413), (fragment, r.status_code, r.text[:300])
+        assert fragment in r.json()["error"], r.json()
+        assert r.status_code == 400 or "images needs" in r.json()["error"], r.json()
+    r = client.post(INFER, content=head + b"0," * (values - 101) + b"0]}]}", headers=JSON)
+    assert r.status_code == 400 and "has 25500 values" in r.json()["error"], r.text[:300]
 
 
 def test_hostile_top_k_in_query_and_form(client):
@@ -138,6 +212,66 @@ def test_strict_v2_accepts_numbers_of_the_datatype(client):
         r = client.post(INFER, content=_v2(last, datatype), headers=JSON)
         assert r.status_code == 200, (datatype, r.text)
         assert r.json()["outputs"][0]["shape"] == [1, 10]
+
+
+def _infer_with(**changes) -> dict:
+    """A valid v2 JSON request with top-level keys, or the input's (`input_KEY`), changed."""
+    tensor = {"name": "input", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072}
+    request: dict = {"inputs": [tensor]}
+    for key, value in changes.items():
+        (tensor if key.startswith("input_") else request)[key.removeprefix("input_")] = value
+    return request
+
+
+@pytest.mark.parametrize(
+    "body,fragment",
+    [
+        (
+            _infer_with(outputs=[{"name": "probabilities", "parameters": "x"}]),
+            "outputs.0.parameters",
+        ),
+        (
+            _infer_with(outputs=[{"name": "probabilities", "parameters": {"binary_data": "no"}}]),
+            "binary_data",
+        ),
+        (
+            _infer_with(outputs=[{"name": "probabilities", "parameters": {"binary_data": 1}}]),
+            "binary_data",
+        ),
+        (
+            _infer_with(outputs=[{"name": "probabilities", "parameters": {"classification": 3}}]),
+            "classification extension is not supported",
+        ),
+        (_infer_with(outputs=["probabilities"]), "outputs.0"),
+        (_infer_with(outputs=[{"name": 5}]), "outputs.0.name"),
+        (_infer_with(outputs=[{"name": "logits"}]), "'probabilities'"),
+        (_infer_with(parameters="x"), "parameters"),
+        (_infer_with(parameters={"binary_data_output": "false"}), "binary_data_output"),
+        (_infer_with(parameters={"priority": {"a": 1}}), "parameters.priority"),
+        (_infer_with(id=5), "id"),
+        (_infer_with(input_parameters="x"), "inputs.0.parameters"),
+        (_infer_with(input_parameters={"binary_data_size": "3072"}), "binary_data_size"),
+        (_infer_with(input_parameters={"binary_data_size": -1}), "binary_data_size"),
+        (_infer_with(input_parameters={"tag": [1]}), "inputs.0.parameters.tag"),
+        (_infer_with(input_shape=["1", 32, 32, 3]), "inputs.0.shape.0"),
+        (_infer_with(input_shape=[1.0, 32, 32, 3]), "inputs.0.shape.0"),
+        (_infer_with(input_shape=[True, 32, 32, 3]), "inputs.0.shape.0"),
+        (_infer_with(input_shape=[1, 32, 32]), "expected [N,32,32,3]"),
+        (_infer_with(input_datatype=5), "inputs.0.datatype"),
+        (_infer_with(input_datatype="INT8"), "'UINT8' or 'FP32'"),
+        (_infer_with(input_name=7), "inputs.0.name"),
+        (_infer_with(input_datatyp="UINT8"), "datatyp"),
+        (_infer_with(inputs=[]), "inputs"),
+    ],
+)
+def test_v2_fields_are_typed_and_refused_before_inference(client, service, body, fragment):
+    """Every nested field of a v2 request is checked by the schema: a wrong one is a 400
+    naming it, before any inference runs (a bad output parameter used to be a 500 after)."""
+    batches = sum(service.batch_sizes.values())
+    r = client.post(INFER, json=body)
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    assert fragment in r.json()["error"], r.json()
+    assert sum(service.batch_sizes.values()) == batches
 
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])

@@ -1,10 +1,16 @@
 """Inference backends for the Serve replicas: eager torch (the Predictor every other command
 uses) or ONNX Runtime on a graph exported from the same checkpoint.
 
-The export (2-10 s) happens once per checkpoint, not per replica start: the graph is cached
-beside the checkpoint as `onnx/<key>.onnx`, the key a sha256 over the weights' sha256, the
-model config, the normalization and the exporter version (`onnx_cache_path`). A replica
-that finds it loads it in milliseconds; a read-only checkpoint folder just means exporting.
+The export (2-10 s) happens once per checkpoint and node, not per replica start. Derived graphs
+(the ONNX export; the int8 model of serve/quantize.py) live in a cache keyed by the weights'
+sha256, `$MODRESNET_CACHE/derived/<sha256>/` (default ~/.cache/modresnet), so a checkpoint
+folder is never written after training. Each graph is stored under its own content hash,
+`<kind>-<key>-<graph sha256>.onnx`, then its sidecar `<kind>-<key>.json` (the weights' sha256,
+the graph's sha256, the int8 accuracy report) replaces the previous one: the sidecar is the commit
+point, so a reader meets a complete old pair or a complete new one. `key` covers what else shapes
+the graph (model config, normalization, exporter and torch versions). Loading checks both
+sha256 on the very bytes it hands to ONNX Runtime; a mismatch re-exports (onnx) or is an error
+naming `serve.quantize` (int8), never a silent use.
 
 Both take uint8 N x 3 x 32 x 32 and return float32 N x classes probabilities, and both put
 normalization inside, so the HTTP layer never sees model details. Measured on this 2-core CPU
@@ -22,13 +28,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from modresnet import names
 from modresnet.augment import normalize, to_float
 from modresnet.checkpoint import LoadedModel
+from modresnet.errors import UserError
 from modresnet.inference import Predictor
 
 BACKENDS = ("onnx", "torch", "int8")
@@ -88,14 +96,30 @@ def export_onnx(loaded: LoadedModel) -> bytes:
 
 
 EXPORT_VERSION = 1  # bump when export_onnx changes what it writes
+GRAPH_FORMAT = "modresnet-derived-graph"
 log = logging.getLogger(__name__)
 
 
-def onnx_cache_path(loaded: LoadedModel) -> Path:
-    key = hashlib.sha256(
+class GraphError(UserError, ValueError):
+    """A cached graph that does not match its sidecar or the weights it claims to come from."""
+
+
+def cache_home() -> Path:
+    """$MODRESNET_CACHE, else ~/.cache/modresnet."""
+    return Path(os.environ.get("MODRESNET_CACHE") or Path.home() / ".cache" / "modresnet")
+
+
+def derived_dir(loaded: LoadedModel) -> Path:
+    """The folder of the graphs derived from these weights."""
+    sha = names.sha256(loaded.sha256, f"{loaded.path / 'model.json'} sha256")
+    return cache_home() / "derived" / sha
+
+
+def graph_key(loaded: LoadedModel) -> str:
+    """What besides the weights shapes an exported graph, hashed."""
+    return hashlib.sha256(
         json.dumps(
             {
-                "weights_sha256": loaded.sha256,
                 "model": loaded.config.to_dict()["model"],
                 "mean": list(loaded.config.data.mean),
                 "std": list(loaded.config.data.std),
@@ -104,53 +128,153 @@ def onnx_cache_path(loaded: LoadedModel) -> Path:
             },
             sort_keys=True,
         ).encode()
-    ).hexdigest()
-    return Path(loaded.path) / "onnx" / f"{key}.onnx"
+    ).hexdigest()[:16]
+
+
+def sidecar_path(loaded: LoadedModel, kind: str) -> Path:
+    return derived_dir(loaded) / f"{kind}-{graph_key(loaded)}.json"
+
+
+def _graph_path(loaded: LoadedModel, kind: str, sha: str) -> Path:
+    return derived_dir(loaded) / f"{kind}-{graph_key(loaded)}-{sha}.onnx"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `path` so no reader ever sees it torn: a temp file of a unique name beside it
+    (replicas starting together write the same graph at once), fsync, os.replace, fsync the
+    folder."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def _named_sha(sidecar: Path) -> str | None:
+    """The graph sha256 a sidecar names, None if it names none (missing, damaged)."""
+    try:
+        value = json.loads(sidecar.read_bytes()).get("sha256")
+        return names.sha256(value, str(sidecar))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def store_graph(
+    loaded: LoadedModel, kind: str, data: bytes, extra: dict[str, Any] | None = None
+) -> Path:
+    """Cache `data` as the `kind` graph of these weights; returns the graph's path. The graph
+    file goes first, then the sidecar that names it; the graph the old sidecar named goes last
+    (a reader that still holds the old sidecar retries)."""
+    folder = derived_dir(loaded)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sha = hashlib.sha256(data).hexdigest()
+    graph, sidecar = _graph_path(loaded, kind, sha), sidecar_path(loaded, kind)
+    for path in (graph, sidecar):
+        names.inside(cache_home(), path, f"{kind} graph")
+    previous = _named_sha(sidecar)
+    meta = {
+        "format": GRAPH_FORMAT,
+        "kind": kind,
+        "key": graph_key(loaded),
+        "weights_sha256": loaded.sha256,
+        "sha256": sha,
+        "bytes": len(data),
+        **(extra or {}),
+    }
+    write_atomic(graph, data)
+    write_atomic(sidecar, json.dumps(meta, indent=1).encode())
+    if previous is not None and previous != sha:
+        _graph_path(loaded, kind, previous).unlink(missing_ok=True)
+    return graph
+
+
+def load_graph(loaded: LoadedModel, kind: str) -> tuple[bytes, dict[str, Any]] | None:
+    """The verified bytes and sidecar of the cached `kind` graph; None if there is none.
+    Raises GraphError for a sidecar or graph that does not check out."""
+    sidecar = sidecar_path(loaded, kind)
+    for _ in range(3):  # a rewrite removes the graph an older sidecar named: read again
+        try:
+            meta = json.loads(sidecar.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            raise GraphError(f"{sidecar}: unreadable ({err})") from None
+        expected = {
+            "format": GRAPH_FORMAT,
+            "kind": kind,
+            "key": graph_key(loaded),
+            "weights_sha256": loaded.sha256,
+        }
+        if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in expected.items()):
+            raise GraphError(f"{sidecar}: not the sidecar of a {kind} graph of these weights")
+        try:
+            sha = names.sha256(meta.get("sha256"), f"{sidecar} sha256")
+        except names.UnsafeNameError as err:
+            raise GraphError(str(err)) from None
+        graph = _graph_path(loaded, kind, sha)
+        try:
+            data = graph.read_bytes()
+        except FileNotFoundError:
+            continue
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha:
+            raise GraphError(
+                f"{graph}: sha256 {actual[:12]}... does not match the {sha[:12]}... in "
+                f"{sidecar.name}; the file was changed or damaged after it was written"
+            )
+        return data, meta
+    raise GraphError(f"{sidecar}: names {graph.name}, which is missing")
 
 
 def cached_onnx(loaded: LoadedModel) -> tuple[bytes, bool]:
-    """(ONNX bytes, whether they came from the cache); exports and caches on a miss."""
-    path = onnx_cache_path(loaded)
+    """(ONNX bytes, whether they came from the cache); exports and caches on a miss, and
+    instead of a cached graph that does not check out."""
     try:
-        return path.read_bytes(), True
-    except OSError:
-        pass
+        found = load_graph(loaded, "onnx")
+    except GraphError as err:
+        log.warning("%s; exporting the ONNX graph again", err)
+        found = None
+    if found is not None:
+        return found[0], True
     data = export_onnx(loaded)
-    try:  # atomic: replicas starting together each write a whole file, the last one wins
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+    try:
+        store_graph(loaded, "onnx", data)
     except OSError as err:
         log.warning(
-            "cannot cache the ONNX export at %s (%s); every replica start will export again",
-            path,
+            "cannot cache the ONNX export in %s (%s); every replica start will export again",
+            derived_dir(loaded),
             err,
         )
     return data, False
+
+
+def _session(data: bytes, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 class OnnxBackend:
     name = "onnx"
 
     def __init__(self, loaded: LoadedModel, threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
         start = time.perf_counter()
         data, self.cached = cached_onnx(loaded)
-        try:
-            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        except Exception:  # a damaged cache file: export afresh, overwrite it
-            if not self.cached:
-                raise
-            onnx_cache_path(loaded).unlink(missing_ok=True)
-            data, self.cached = cached_onnx(loaded)
-            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        self.session = _session(data, threads)
         self.export_s = time.perf_counter() - start
         self._lock = threading.Lock()
 
@@ -162,31 +286,31 @@ class OnnxBackend:
 
 class Int8Backend(OnnxBackend):
     """The int8 model `python -m serve.quantize RUN` made (static quantization calibrated on
-    the validation split; its accuracy report lies beside it)."""
+    the validation split; its accuracy report is in its sidecar)."""
 
     name = "int8"
 
     def __init__(self, loaded: LoadedModel, threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        from serve.quantize import int8_paths
-
-        path, report = int8_paths(loaded)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"--backend int8: no int8 model for this checkpoint at {path}. Make it once with "
-                f"`python -m serve.quantize {loaded.path}` (calibrates on the validation split, "
-                f"prints the accuracy drop), or serve with --backend onnx"
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
         start = time.perf_counter()
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            found = load_graph(loaded, "int8")
+        except GraphError as err:
+            raise GraphError(
+                f"--backend int8: {err}. Make it again with `python -m serve.quantize "
+                f"{loaded.path}`, or serve with --backend onnx"
+            ) from None
+        if found is None:
+            raise FileNotFoundError(
+                f"--backend int8: no int8 model for this checkpoint at "
+                f"{sidecar_path(loaded, 'int8')}. Make it once with `python -m serve.quantize "
+                f"{loaded.path}` (calibrates on the validation split, prints the accuracy drop) "
+                f"on a node whose $MODRESNET_CACHE the replicas read, or serve with --backend onnx"
+            )
+        data, meta = found
+        self.session = _session(data, threads)
         self.export_s = time.perf_counter() - start
         self.cached = True
-        self.report = json.loads(report.read_text()) if report.exists() else {}
+        self.report = meta.get("report", {})
         self._lock = threading.Lock()
 
 

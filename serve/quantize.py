@@ -8,15 +8,17 @@ built for that pair. With int8 activations (S8S8) the same model ran slower than
 
     python -m serve.quantize RUN [--calibration 1000] [--max-drop 0.3]
 
-writes `onnx/<key>.int8.onnx` and `onnx/<key>.int8.json` (the accuracies) beside the
-checkpoint, where the int8 backend finds them. Exit 2 (with the reason) if the data is
-missing or the drop is over --max-drop points; the file is then not written.
+caches the int8 graph, with the accuracies in its sidecar, where the int8 backend finds it: the
+derived-graph cache of serve/backends.py ($MODRESNET_CACHE/derived/<weights sha256>/), written
+atomically, so a replica starting meanwhile loads the old model or the new one. Replicas on other
+nodes find it when MODRESNET_CACHE names a folder they share. Exit 2 (with the reason) if the data
+is missing or the drop is over --max-drop points; nothing is then written.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
 import sys
 import tempfile
 import time
@@ -33,10 +35,11 @@ MAX_DROP_POINTS = 0.3
 
 
 def int8_paths(loaded: LoadedModel) -> tuple[Path, Path]:
-    from serve.backends import onnx_cache_path
+    """The int8 model's sidecar (present once the model is complete; it names the graph file)
+    and the folder that holds both."""
+    from serve.backends import derived_dir, sidecar_path
 
-    base = onnx_cache_path(loaded)
-    return base.with_suffix(".int8.onnx"), base.with_suffix(".int8.json")
+    return sidecar_path(loaded, "int8"), derived_dir(loaded)
 
 
 def _session(model: bytes | str, threads: int = 2):
@@ -73,7 +76,7 @@ def quantize(
     )
 
     from modresnet.data import load_cifar10
-    from serve.backends import cached_onnx
+    from serve.backends import cached_onnx, store_graph
 
     data_cfg = loaded.config.data
     if data_dir is not None:
@@ -137,11 +140,10 @@ def quantize(
             f"the limit of {max_drop}: not written. Try --calibration with more "
             f"images, or serve with --backend onnx"
         )
-    model_path, report_path = int8_paths(loaded)
-    model_path.parent.mkdir(exist_ok=True)
-    model_path.write_bytes(int8)
-    report_path.write_text(json.dumps(report, indent=1))
-    info(f"wrote {model_path}")
+    graph = store_graph(
+        loaded, "int8", int8, {"source_sha256": hashlib.sha256(fp32).hexdigest(), "report": report}
+    )
+    info(f"wrote {graph}")
     return report
 
 

@@ -5,8 +5,11 @@ HTTP routes (FastAPI). Free of Serve's deployment machinery, so tests run it in-
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import hmac
 import os
+import re
 import socket
 import time
 from collections import Counter
@@ -17,8 +20,9 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve import api, schemas, v2binary
 from serve.api import ApiError, error_response
@@ -26,6 +30,65 @@ from serve.args import ServeArgs
 from serve.batcher import Batcher
 
 PAGE = (Path(__file__).parent / "page.html").read_text()
+
+
+def _inline_source(tag: str) -> str:
+    """The CSP source that allows the page's one inline <script> or <style>, and nothing else
+    inline: the sha256 of its text."""
+    found = re.search(rf"<{tag}>(.*?)</{tag}>", PAGE, re.S)
+    assert found is not None, f"page.html has no <{tag}>"
+    digest = hashlib.sha256(found.group(1).encode()).digest()
+    return f"'sha256-{base64.b64encode(digest).decode()}'"
+
+
+# Every response of the app carries these: the page runs only its own script and style, loads
+# images only from itself (and the blob: preview of the user's file), talks only to its own
+# origin and is never framed; no response is cached or sniffed, no URL leaks as a Referer.
+CSP = (
+    f"default-src 'self'; script-src {_inline_source('script')}; "
+    f"style-src {_inline_source('style')}; img-src 'self' blob:; object-src 'none'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+_RAW_HEADERS = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+
+class SecurityHeaders:
+    """ASGI middleware that adds SECURITY_HEADERS to every HTTP response it passes, errors and
+    404s included (pure ASGI: no per-request task or body buffering)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *_RAW_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def add_security_headers(app: FastAPI) -> None:
+    """SECURITY_HEADERS on every response of `app`. A 500 is sent by Starlette's outermost
+    middleware, past any other, so its handler sets them itself."""
+    app.add_middleware(SecurityHeaders)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, err: Exception) -> JSONResponse:
+        response = error_response(500, "internal error; the replica's log has the traceback")
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -236,7 +299,19 @@ def make_api(svc: Service) -> FastAPI:
         version="1",
         description="CIFAR-10 ModifiedResNet classifier: /predict for image files, the "
         "Open Inference Protocol v2 under /v2, a web page at /.",
+        openapi_url=None,  # served below, behind the API key when there is one
+        docs_url=None,  # Swagger UI and ReDoc load third-party scripts: none on this origin
+        redoc_url=None,
     )
+    add_security_headers(app)
+
+    async def openapi(request: Request) -> JSONResponse:
+        svc._auth(request)
+        schema = app.openapi()
+        root_path = request.scope.get("root_path", "").rstrip("/")
+        if root_path:  # the route prefix, as FastAPI's own /openapi.json puts it
+            schema = {**schema, "servers": [{"url": root_path}]}
+        return JSONResponse(schema)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError):
@@ -253,6 +328,7 @@ def make_api(svc: Service) -> FastAPI:
     app.add_api_route(
         "/", svc.page, methods=["GET"], response_class=HTMLResponse, include_in_schema=False
     )
+    app.add_api_route("/openapi.json", openapi, methods=["GET"], include_in_schema=False)
     app.add_api_route(
         "/predict",
         svc.predict,

@@ -111,6 +111,9 @@ def serve_two_apps(runs):
     """Start Ray (unless running) and Serve on a free port with the `modresnet` and `secure`
     apps; yield their URL, auth header, port and main args; shut it all down after."""
     os.environ[KEY_ENV] = KEY  # before ray.init: replicas inherit the raylet's environment
+    own_cache = "MODRESNET_CACHE" not in os.environ  # the derived graphs: not in ~/.cache
+    if own_cache:
+        os.environ["MODRESNET_CACHE"] = str(runs[0].parent / "cache")
     owns = not ray.is_initialized()
     ingress = serve_env("haproxy")  # what `modresnet serve` runs by default
     if owns:
@@ -167,7 +170,7 @@ def serve_two_apps(runs):
         serve.shutdown()
         if owns:
             ray.shutdown()
-        for name in (KEY_ENV, *ingress):
+        for name in (KEY_ENV, *ingress, *(["MODRESNET_CACHE"] if own_cache else [])):
             os.environ.pop(name, None)
 
 

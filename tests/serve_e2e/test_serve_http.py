@@ -94,15 +94,30 @@ def test_v2_protocol(server, images, predictor):
         np.testing.assert_allclose(np.array(out["data"]).reshape(out["shape"]), expected, atol=1e-5)
 
 
-def test_model_info_and_docs(server, predictor):
-    info = httpx.get(server["url"] + "/model").json()
+def test_model_info_openapi_and_headers(server, predictor):
+    url = server["url"]
+    info = httpx.get(url + "/model").json()
     assert info["sha256"] == predictor.loaded.sha256
     assert info["classes"] == list(predictor.classes)
     assert info["val_acc"] == predictor.loaded.meta["metrics"]["val_acc"]
     assert "test_acc" in info and info["config"]["model"]["widths"]
-    assert httpx.get(server["url"] + "/docs").status_code == 200
-    paths = httpx.get(server["url"] + "/openapi.json").json()["paths"]
+    assert httpx.get(url + "/docs").status_code == 404  # no third-party Swagger UI page
+    paths = httpx.get(url + "/openapi.json").json()["paths"]  # no auth on the main app
     assert {"/predict", "/v2/models/modresnet/infer", "/model"} <= set(paths)
+    assert httpx.get(url + "/secure/openapi.json").status_code == 401
+    r = httpx.get(url + "/secure/openapi.json", headers=server["auth"])
+    assert r.status_code == 200 and "/predict" in r.json()["paths"]
+    # the replica's headers arrive through Serve's ingress, on answers and errors alike
+    for r in (
+        httpx.get(url + "/model"),
+        httpx.get(url + "/secure/model"),
+        httpx.get(url + "/no-such-route"),
+        httpx.post(url + "/predict", content=b"x", headers={"content-type": "text/plain"}),
+    ):
+        assert r.headers.get("x-content-type-options") == "nosniff", (r.status_code, r.headers)
+        assert "frame-ancestors 'none'" in r.headers.get("content-security-policy", "")
+        assert r.headers.get("cache-control") == "no-store"
+        assert r.headers.get("referrer-policy") == "no-referrer"
 
 
 def test_cli_predict_url(server, images, predictor, tmp_path):

@@ -334,7 +334,11 @@ def test_web_page_in_chromium(server, images, predictor, tmp_path):
         )
         try:
             page = browser.new_page()
-            page.goto(server["url"] + "/secure")
+            console: list[str] = []
+            page.on("console", lambda m: console.append(m.text))
+            response = page.goto(server["url"] + "/secure")
+            assert response is not None
+            assert "script-src 'sha256-" in response.headers["content-security-policy"]
             page.fill("#key", KEY)
             page.dispatch_event("#key", "change")
             page.set_input_files("#file", str(png))
@@ -346,5 +350,8 @@ def test_web_page_in_chromium(server, images, predictor, tmp_path):
             assert labels == [w.label for w in want]
             np.testing.assert_allclose(widths, [100 * w.probability for w in want], atol=0.051)
             assert page.locator("#error").inner_text() == ""
+            # the page ran under its Content-Security-Policy, and kept the key nowhere
+            assert not [m for m in console if "Content Security Policy" in m], console
+            assert page.evaluate("sessionStorage.length + localStorage.length") == 0
         finally:
             browser.close()

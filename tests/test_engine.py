@@ -179,22 +179,31 @@ def test_resumed_schedule_has_the_uninterrupted_lr(schedule):
         assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-9)
 
 
-def test_every_optimizer_and_schedule_runs(small_cifar):
-    train = Split(small_cifar.train.x[:64], small_cifar.train.y[:64])
+def test_every_optimizer_and_schedule_learns(small_cifar):
+    """Each optimizer under each schedule lowers the loss and lifts accuracy on 256 real
+    images in 8 epochs (lr 1e-3 for Adam/AdamW, 0.05 for SGD). Measured at 6 epochs under 2
+    threads: the loss fell by 0.36-0.48 and accuracy rose by 0.16-0.26 from epoch 1 in every
+    pair; the thresholds keep half of the smallest."""
+    train = Split(small_cifar.train.x[:256], small_cifar.train.y[:256])
     for opt in ("adam", "adamw", "sgd"):
         for sched in ("plateau", "onecycle", "cosine", "constant"):
             cfg = configs.resolve(
                 "debug",
                 overrides={
                     "optim.name": opt,
+                    "optim.lr": 0.05 if opt == "sgd" else 1e-3,
                     "schedule.name": sched,
+                    "train.epochs": 8,
                     "train.batch_size": 32,
                     "train.label_smoothing": 0.1,
                 },
             )
+            cfg = dataclasses.replace(cfg, augment=AugmentConfig())
             state = _state(cfg, len(train))
             engine.fit(state, train, train, cfg, CPU, on_epoch=lambda r, s: None)
-            assert state.history[0]["train_loss"] > 0
+            first, last = state.history[0], state.history[-1]
+            assert last["train_loss"] < first["train_loss"] - 0.18, (opt, sched, state.history)
+            assert last["val_acc"] > first["val_acc"] + 0.08, (opt, sched, state.history)
 
 
 def test_tta_evaluates_the_mirror(small_cifar):

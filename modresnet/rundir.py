@@ -12,6 +12,7 @@
 
 Every file is written atomically (temp file, fsync, rename) and best/ and last/ are replaced
 whole by `checkpoint.replace_dir`; `RunDir.recover` repairs a replacement a crash interrupted.
+Once training ends nothing in best/ changes: the test result lives beside it in test.json.
 """
 
 from __future__ import annotations
@@ -177,11 +178,24 @@ class RunDir:
         )
 
 
+def test_result(checkpoint_dir: Path, sha256: str) -> dict[str, Any] | None:
+    """The run's test.json when `checkpoint_dir` is a run's best/ and the result scored these
+    weights (`sha256`); None for a bare checkpoint folder or an unfinished run."""
+    path = Path(checkpoint_dir)
+    if path.name != "best":
+        return None
+    try:
+        result = json.loads((path.parent / "test.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("sha256") == sha256 else None
+
+
 def finalize(
     run: RunDir, test: Split, classes: tuple[str, ...], device: torch.device
 ) -> dict[str, Any]:
-    """Evaluate best/ once on the test set; write test.json, curves.png and confusion.png;
-    record the test accuracy in best/'s sidecar (the weights and their sha are untouched)."""
+    """Evaluate best/ once on the test set; write test.json (with best/'s sha256, so it
+    names the weights it scored), curves.png and confusion.png. best/ is never rewritten."""
     loaded = checkpoint.load_model(run.best)
     scores = evaluate_checkpoint(loaded, test, device, tta=loaded.config.train.tta)
     acc = scores.acc
@@ -198,9 +212,6 @@ def finalize(
             c: float(matrix[i, i] / max(1, int(matrix[i].sum()))) for i, c in enumerate(classes)
         },
     }
-    meta = dict(loaded.meta)
-    meta["metrics"] = {**meta["metrics"], "test_acc": acc, "test_n": len(test)}
-    checkpoint.atomic_write_text(run.best / checkpoint.META, json.dumps(meta, indent=2))
     checkpoint.atomic_write_text(run.test_file, json.dumps(result, indent=2))  # last: "finished"
     history = run.read_metrics()
     if history:

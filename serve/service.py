@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modresnet.rundir import test_result
 from serve import api, schemas, v2binary
 from serve.api import ApiError, error_response
 from serve.args import ServeArgs
@@ -268,13 +269,14 @@ class Service:
         self._auth(request)
         cfg = self.loaded.config
         metrics = self.loaded.meta.get("metrics", {})
+        test = test_result(self.loaded.path, self.loaded.sha256) or {}
         return {
             "sha256": self.loaded.sha256,
             "classes": list(self.classes),
             "path": str(self.loaded.path),
             "epoch": self.loaded.meta.get("epoch"),
             "val_acc": metrics.get("val_acc"),
-            "test_acc": metrics.get("test_acc"),
+            "test_acc": test.get("test_acc"),
             "config": {
                 "model": {k: v for k, v in cfg.to_dict()["model"].items()},
                 "mean": list(cfg.data.mean),

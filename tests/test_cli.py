@@ -73,6 +73,13 @@ def test_train_writes_a_complete_run(trained):
     assert [m["epoch"] for m in metrics] == [1, 2]
     fields = {"train_loss", "val_loss", "train_acc", "val_acc", "lr", "images_per_s"}
     assert fields <= set(metrics[0])
+    from modresnet.rundir import test_result
+
+    meta = json.loads((run_dir / "best" / "model.json").read_text())
+    assert "test_acc" not in meta["metrics"], "finalize rewrote best/ after training"
+    test = json.loads((run_dir / "test.json").read_text())
+    assert test_result(run_dir / "best", meta["sha256"]) == test  # what /model reports
+    assert test_result(run_dir / "best", "0" * 64) is None  # a result of other weights
 
 
 def test_resume_continues_at_the_next_epoch(tmp_path, data_dir):

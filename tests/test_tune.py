@@ -127,7 +127,7 @@ def test_exported_best_model_evaluates_and_predicts(search, tmp_path, small_cifa
         assert (run / name).exists(), name
     test = json.loads((run / "test.json").read_text())
     meta = json.loads((run / "best" / "model.json").read_text())
-    assert meta["metrics"]["test_acc"] == test["test_acc"] and test["n"] == 200
+    assert test["sha256"] == meta["sha256"] and test["n"] == 200
     runner = CliRunner()
     result = runner.invoke(app, ["evaluate", str(run), "--subset", "100"])
     assert result.exit_code == 0, result.output

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from jobs.runtime import is_secret_name
 from modresnet.errors import UserError
 
 SUPPORTED_RAY = "2.60"  # major.minor the private APIs below were read in
@@ -62,12 +63,13 @@ def flushing_wandb_callback() -> type:
     as long as its trial, with no restarts: Ray's restartable actor, handed a Queue actor
     handle, made its core worker log an error line for every search (ray#53727).
 
+    Its actors get no runtime_env: Ray's callback puts the driver's WANDB_API_KEY into theirs,
+    readable through the State API; they read the key of the node they run on.
+
     `search` (a dict: search, scheduler, max_epochs) goes into every run's config, and
     `clean` (flat config -> the values that apply) drops fields the trial's optimizer does
     not use; a trial that ends before max_epochs logs `early_stop` (ASHA's stop)."""
     check_ray_version()
-    import os
-
     import ray
     from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem, _WandbLoggingActor
     from ray.air.util.node import _force_on_current_node
@@ -98,10 +100,9 @@ def flushing_wandb_callback() -> type:
             self, trial: Any, exclude_results: list[str], **wandb_init_kwargs: Any
         ) -> None:
             if not self._remote_logger_class:
-                env = {k: os.environ[k] for k in ("WANDB_API_KEY",) if k in os.environ}
                 pinned: dict[str, Any] = dict(_force_on_current_node())  # type: ignore[arg-type]
                 self._remote_logger_class = ray.remote(  # type: ignore[assignment]
-                    num_cpus=0, **pinned, runtime_env={"env_vars": env}, max_restarts=0
+                    num_cpus=0, **pinned, max_restarts=0
                 )(self._logger_actor_cls)
             wandb_init_kwargs["config"] = self._config(wandb_init_kwargs.get("config") or {})
             super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
@@ -120,6 +121,17 @@ def flushing_wandb_callback() -> type:
             super().log_trial_end(trial, failed)
 
     return FlushingWandbLoggerCallback
+
+
+def keep_secrets_out_of_trials() -> None:
+    """Ray Tune copies the driver's AWS credentials (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+    ...) into the runtime_env of every trial actor, which the State API shows; take every
+    secret off the list it copies, so a trial reads its node's own, as every Ray process does."""
+    check_ray_version()
+    from ray.tune.execution import class_cache
+
+    names = class_cache.ENV_VARS_TO_PROPAGATE
+    class_cache.ENV_VARS_TO_PROPAGATE = {n for n in names if not is_secret_name(n)}
 
 
 def restored_run_config(tuner: Any) -> Any:

@@ -18,12 +18,20 @@ explicit value in the environment wins); no other module writes os.environ.
 W&B (`wandb_policy`), one rule for train and tune: on by default, online with
 WANDB_API_KEY, otherwise offline (upload later with `wandb sync`); `--no-wandb` or
 WANDB_MODE=disabled turns it off.
+
+Secrets (WANDB_API_KEY, MODRESNET_API_KEY, RAY_AUTH_TOKEN, AWS_SECRET_ACCESS_KEY, ...) never
+travel in a runtime_env, job metadata or Serve args: Ray shows all three through its State API
+and dashboard, and its runtime-env agent writes runtime envs into its log. Every Ray process
+reads them from its node's environment (the shell that ran `modresnet cluster up` or
+`ray start`, the launcher's env, a Kubernetes Secret); a process that must log to W&B online
+and finds no key there fails with one line saying so (`check_wandb_key`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator, Mapping
@@ -45,6 +53,7 @@ RAY_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
 EMBEDDED_OBJECT_STORE_BYTES = 256 * 1024**2
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 _RAY_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)d -- %(message)s"
 
 
@@ -72,6 +81,12 @@ def env_override(values: Mapping[str, str | None]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = old
+
+
+def is_secret_name(name: str) -> bool:
+    """The one rule for what must never travel in a runtime_env: a name that looks like a
+    credential (WANDB_API_KEY, RAY_AUTH_TOKEN, AWS_SECRET_ACCESS_KEY, ...)."""
+    return SECRET_NAME.search(name) is not None
 
 
 def apply_ray_env() -> None:
@@ -213,6 +228,11 @@ def connect(
 # --------------------------------------------------------------------------- W&B
 
 WandbMode = Literal["online", "offline", "disabled"]
+WANDB_WORKER_VARS = ("WANDB_SILENT", "WANDB_PROJECT")  # with WANDB_MODE: all a worker is sent
+
+
+class WandbKeyError(UserError):
+    """W&B logs online, but a Ray node that logs has no API key in its environment."""
 
 
 @dataclass(frozen=True)
@@ -227,12 +247,12 @@ class WandbPolicy:
         return self.mode != "disabled"
 
     def worker_env(self) -> dict[str, str]:
-        """What Ray workers on other nodes need to log the same way (the key, if any, comes
-        from the driver's environment, never from a file)."""
+        """The W&B settings Ray workers on other nodes need to log the same way. Never the
+        API key: a runtime_env is readable through Ray's State API, so each node reads the
+        key from its own environment (`check_wandb_key`)."""
         if not self.enabled:
             return {}
-        names = ("WANDB_API_KEY", "WANDB_SILENT", "WANDB_PROJECT")
-        env = {k: os.environ[k] for k in names if k in os.environ}
+        env = {k: os.environ[k] for k in WANDB_WORKER_VARS if k in os.environ}
         return {**env, "WANDB_MODE": self.mode}
 
 
@@ -256,3 +276,42 @@ def use_wandb_env(policy: WandbPolicy) -> None:
     an API key unless WANDB_MODE says offline."""
     if policy.mode == "offline":
         os.environ["WANDB_MODE"] = "offline"
+
+
+def check_wandb_key(where: str) -> None:
+    """Fail a Ray process that must log to W&B online when its node has no WANDB_API_KEY of
+    its own (the driver's key is never sent to it), naming the node and the fix."""
+    if os.environ.get("WANDB_API_KEY"):
+        return
+    import ray
+
+    node = ray.util.get_node_ip_address() if ray.is_initialized() else socket.gethostname()
+    raise WandbKeyError(
+        f"W&B logs online (WANDB_API_KEY is set for the driver) but {where} on Ray node "
+        f"{node} has no WANDB_API_KEY: set it in the environment of every Ray node (export "
+        f"it before `modresnet cluster up` or `ray start`; on KubeRay, from a Secret in the "
+        f"pod env), or log offline with WANDB_MODE=offline"
+    )
+
+
+def check_wandb_key_on_this_node(policy: WandbPolicy) -> None:
+    """With W&B online on a cluster, check before the search starts that this driver's node,
+    where the W&B logging actors run, has a key of its own (`check_wandb_key`)."""
+    if policy.mode != "online":
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    probe = ray.remote(num_cpus=0, max_retries=0)(_key_problem).options(scheduling_strategy=here)
+    problem = ray.get(probe.remote("the W&B logging of the search"))
+    if problem:
+        raise WandbKeyError(problem)
+
+
+def _key_problem(where: str) -> str | None:
+    try:
+        check_wandb_key(where)
+    except WandbKeyError as err:
+        return str(err)
+    return None

@@ -103,11 +103,18 @@ def _progress_callback(queue):
     from ray.train import UserCallback
 
     class EpochProgress(UserCallback):
-        """Runs in the Train controller; forwards rank 0's epoch record to the driver."""
+        """Runs in the Train controller; forwards rank 0's epoch record to the driver, and
+        ends the run at a worker's UserError (a node without its W&B key): an error raised
+        here is a controller error, which Train does not retry as it does a worker's."""
 
         def after_report(self, run_context, metrics, checkpoint):
             if metrics:
                 queue.put(dict(metrics[0]))
+
+        def after_exception(self, run_context, worker_exceptions):
+            for error in worker_exceptions.values():
+                if isinstance(error, UserError):
+                    raise error
 
     return EpochProgress()
 
@@ -273,7 +280,7 @@ def _train_ray_locked(
 
         printer = threading.Thread(target=pump, daemon=True)
         printer.start()
-        result = trainer.fit()
+        result = _fit(trainer)
         deadline = time.monotonic() + 10
         while printer.is_alive() and not queue.empty() and time.monotonic() < deadline:
             stop.wait(0.2)  # let the last epoch line out before the summary
@@ -322,6 +329,22 @@ def _train_ray_locked(
         stop.set()
         if connection != "existing":
             ray.shutdown()
+
+
+def _fit(trainer):
+    """trainer.fit(), with a worker's UserError as its one line instead of Ray's report of
+    every worker's traceback (from the controller, `EpochProgress`, or from the workers)."""
+    from ray.train import TrainingFailedError
+
+    try:
+        return trainer.fit()
+    except TrainingFailedError as err:
+        causes = [getattr(err, "controller_failure", None)]
+        causes += list(getattr(err, "worker_failures", {}).values())
+        for cause in causes:
+            if isinstance(cause, UserError):
+                raise RayTrainSetupError(str(cause)) from None
+        raise
 
 
 def _one_line(err: BaseException) -> str:

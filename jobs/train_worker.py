@@ -3,6 +3,7 @@
 It assembles the run as the local path does (`modresnet.assembly.assemble`; DDP from
 `ray.train.torch.prepare_model` goes in as `wrap`), resumes from `ray.train.get_checkpoint()`
 and reports every epoch to Ray with a checkpoint folder in the core format (rank 0 writes it).
+Rank 0 logs to W&B; online, with its node's own WANDB_API_KEY, checked before anything else.
 Tune's data-parallel trials run the same function.
 """
 
@@ -13,6 +14,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from jobs.runtime import check_wandb_key
 from modresnet import checkpoint
 from modresnet.assembly import assemble
 from modresnet.config import Config, from_dict
@@ -43,6 +45,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, int]:
     from ray.train.torch import get_device, prepare_model
 
     rank = ray.train.get_context().get_world_rank()
+    wb = loop_config.get("wandb")
+    if wb and rank == 0 and wb["mode"] is None:  # online: with this node's own key
+        check_wandb_key("the Ray Train worker of rank 0")
     resumed = ray.train.get_checkpoint()
     with resumed.as_directory() if resumed is not None else nullcontext() as d:
         assembled = assemble(
@@ -53,7 +58,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, int]:
             resume_from=Path(d) if d is not None else None,
         )
 
-    wb = loop_config.get("wandb")
     wandb_run = wandb_init(wb, config.to_dict()) if wb and rank == 0 else None
 
     def on_epoch(record: Record, state: TrainingState) -> None:

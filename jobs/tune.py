@@ -34,8 +34,19 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from jobs.ray_private import flushing_wandb_callback, restored_run_config
-from jobs.runtime import connect, quiet_tune_output, use_wandb_env, wandb_policy
+from jobs.ray_private import (
+    flushing_wandb_callback,
+    keep_secrets_out_of_trials,
+    restored_run_config,
+)
+from jobs.runtime import (
+    WandbPolicy,
+    check_wandb_key_on_this_node,
+    connect,
+    quiet_tune_output,
+    use_wandb_env,
+    wandb_policy,
+)
 from jobs.search_space import applicable_nested, trial_config
 from jobs.tune_job import JOB_FILE, TuneJob, TuneSetupError
 from jobs.tune_results import TuneOutcome, summarize, sync_wandb_dirs
@@ -146,11 +157,12 @@ class TuneOptions:
     upload_timeout: int = 60
 
 
-def _wandb_callbacks(options: TuneOptions, job: TuneJob, info: Callable[[str], None]) -> list:
+def _wandb_callbacks(
+    wandb: WandbPolicy, options: TuneOptions, job: TuneJob, info: Callable[[str], None]
+) -> list:
     """One W&B run per trial, by the policy all commands share (jobs.runtime.wandb_policy),
     grouped by search, tagged and configured with its search algorithm and scheduler."""
     group = job.name
-    wandb = wandb_policy(options.wandb)
     project = os.environ.get("WANDB_PROJECT", options.wandb_project)
     if not wandb.enabled:
         info(wandb.reason)
@@ -272,10 +284,15 @@ def run_search(
 
     from jobs.tune_progress import ProgressCallback, TrialTable
 
-    callbacks = _wandb_callbacks(options, job, info) + [ProgressCallback()]
+    wandb = wandb_policy(options.wandb)
+    callbacks = _wandb_callbacks(wandb, options, job, info) + [ProgressCallback()]
     connection = connect(options.address, log_file=exp / "ray.log")
     try:
         import ray
+
+        if connection != "embedded":  # a Ray this process started has this process's env
+            check_wandb_key_on_this_node(wandb)
+        keep_secrets_out_of_trials()
 
         cpus = ray.cluster_resources().get("CPU", 0)
         if job.cpus_per_trial > cpus:

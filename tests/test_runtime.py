@@ -38,7 +38,30 @@ def test_one_wandb_rule(monkeypatch, requested, env, mode):
     assert policy.reason.startswith("W&B")
     worker = policy.worker_env()
     assert worker.get("WANDB_MODE") == (None if mode == "disabled" else mode)
-    assert worker.get("WANDB_API_KEY") == (env.get("WANDB_API_KEY") if policy.enabled else None)
+    assert "WANDB_API_KEY" not in worker  # each node reads its own (a runtime_env is public)
+
+
+def test_workers_get_the_wandb_settings_never_the_key(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "the-key")
+    monkeypatch.setenv("WANDB_PROJECT", "p")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    worker = runtime.wandb_policy(None).worker_env()
+    assert worker == {"WANDB_MODE": "online", "WANDB_PROJECT": "p", "WANDB_SILENT": "true"}
+    assert "the-key" not in repr(worker)
+
+
+def test_a_node_without_its_own_wandb_key_is_one_line_naming_the_fix(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    runtime.check_wandb_key("rank 0")  # the node has one: nothing to say
+    monkeypatch.delenv("WANDB_API_KEY")
+    with pytest.raises(runtime.WandbKeyError) as err:
+        runtime.check_wandb_key("the Ray Train worker of rank 0")
+    assert isinstance(err.value, UserError)
+    message = str(err.value)
+    assert "\n" not in message and "the Ray Train worker of rank 0" in message
+    fixes = ("WANDB_API_KEY", "modresnet cluster up", "ray start", "Secret", "WANDB_MODE=offline")
+    assert [fix for fix in fixes if fix not in message] == []
 
 
 def test_offline_policy_tells_rays_callback_in_the_environment(monkeypatch):
@@ -93,6 +116,7 @@ def test_every_private_helper_checks_the_version_first(monkeypatch):
     calls = [
         ray_private.reload_auth_config,
         ray_private.flushing_wandb_callback,
+        ray_private.keep_secrets_out_of_trials,
         lambda: ray_private.restored_run_config(object()),
         lambda: ray_private.result_grid_trials(object()),
         lambda: ray_private.jobs_client("http://127.0.0.1:1", None, RuntimeError),
@@ -100,3 +124,20 @@ def test_every_private_helper_checks_the_version_first(monkeypatch):
     for call in calls:
         with pytest.raises(ray_private.UnsupportedRayError, match="Ray 3.0.0 is installed"):
             call()
+
+
+def test_tune_trial_actors_get_no_secret_of_the_driver(monkeypatch):
+    # Ray Tune copies AWS credentials from the driver into each trial actor's runtime_env
+    from ray.tune.execution.class_cache import _ActorClassCache
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "the-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "the-token")
+    ray_private.keep_secrets_out_of_trials()
+
+    class Trainable:
+        pass
+
+    options = repr(_ActorClassCache().get(Trainable)._default_options)
+    assert "runtime_env" in options
+    assert [s for s in ("the-key-id", "the-secret", "the-token") if s in options] == []

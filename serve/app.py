@@ -107,7 +107,10 @@ class Health:
     def __serve_build_asgi_app__(self) -> FastAPI:
         from fastapi.responses import JSONResponse
 
+        from serve.service import add_security_headers
+
         app = FastAPI(title="modresnet health", openapi_url=None, docs_url=None, redoc_url=None)
+        add_security_headers(app)
 
         @app.get("/live")
         def live() -> dict:

@@ -82,7 +82,7 @@ def serve_app(
         if args.api_key_required:
             check_auth_enforced(url)
             info("auth: on (an unauthenticated /predict gets 401)")
-        info(f"serving {sha[:12]} ({args.backend}) at {url}  (docs: {url}/docs)")
+        info(f"serving {sha[:12]} ({args.backend}) at {url}  (OpenAPI: {url}/openapi.json)")
         if serving:
             info("press Ctrl-C to stop")
             threading.Event().wait()

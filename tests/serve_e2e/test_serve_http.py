@@ -113,6 +113,7 @@ def test_model_info_openapi_and_headers(server, predictor):
         httpx.get(url + "/secure/model"),
         httpx.get(url + "/no-such-route"),
         httpx.post(url + "/predict", content=b"x", headers={"content-type": "text/plain"}),
+        httpx.get(url + "/v2/health/ready"),  # the health app, a deployment of its own
     ):
         assert r.headers.get("x-content-type-options") == "nosniff", (r.status_code, r.headers)
         assert "frame-ancestors 'none'" in r.headers.get("content-security-policy", "")

@@ -14,11 +14,14 @@ Cost bounds, because the Serve app decodes untrusted uploads:
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from modresnet.errors import UserError
 
@@ -30,6 +33,78 @@ MAX_JPEG_SCANS = 64  # libjpeg's progressive default writes 10; mozjpeg ~ 10-20
 
 class ImageError(UserError, ValueError):
     """The bytes are not an image we can classify; the message says why."""
+
+
+# What Pillow raises on hostile bytes: the types its own fuzz test expects (OSError,
+# SyntaxError, ValueError, MemoryError, NotImplementedError; EOFError from seeking), and
+# what its pure-Python header and metadata parsers fail with when the fields they index,
+# look up, unpack or divide by are wrong (struct.error, TypeError and AttributeError were
+# found by tests/test_image_fuzz.py, kept in tests/regressions/images/). Only Pillow calls
+# and their glue run under `_refusing`; a bug of ours there would refuse every image, which
+# the valid images of tests/test_images.py would show.
+_CORRUPT = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    MemoryError,
+    NotImplementedError,
+    struct.error,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    ZeroDivisionError,
+    OverflowError,
+)
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+@contextmanager
+def _refusing() -> Iterator[None]:
+    """Any failure of Pillow on the bytes -> one ImageError line (a 400 in Serve)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # "Corrupt EXIF data" and the like: about the sender's bytes, not worth a log line
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+            yield
+    except UnidentifiedImageError:
+        raise ImageError(
+            "not an image in an accepted format (PNG, JPEG, WebP, BMP, GIF); "
+            "convert it to PNG or JPEG"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            "image declares too many pixels (a decompression bomb?); refusing to decode it"
+        ) from None
+    except _CORRUPT as err:
+        detail = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ImageError(
+            f"truncated or corrupt image ({detail}); re-save it as PNG or JPEG"
+        ) from None
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF Orientation. Not `ImageOps.exif_transpose`: that also re-encodes the
+    EXIF block into the copy it returns, and a hostile block fails there (struct.error,
+    TypeError, AttributeError). Orientation is metadata: an EXIF block Pillow cannot parse
+    (as it already tolerates in JPEG), or an Orientation that is not one integer 1..8,
+    means upright, and the pixels are classified as they are."""
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation)
+    except _CORRUPT:
+        orientation = None
+    method = _ORIENTATION.get(orientation) if type(orientation) is int else None
+    return img if method is None else img.transpose(method)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -53,21 +128,8 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Parse the header only (cheap): the format is allowed, the size and scans in bounds."""
     if not data:
         raise ImageError("empty image: the request carried no bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=FORMATS)
-    except UnidentifiedImageError:
-        raise ImageError(
-            "not an image in an accepted format (PNG, JPEG, WebP, BMP, GIF); "
-            "convert it to PNG or JPEG"
-        ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(
-            "image declares too many pixels (a decompression bomb?); refusing to decode it"
-        ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ImageError(f"truncated or corrupt image ({err})") from None
+    with _refusing():
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
     if img.width * img.height > max_pixels:
         raise ImageError(
             f"image declares {img.width}x{img.height} pixels, over the "
@@ -92,27 +154,15 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """An image from `open_image` (header read, limits checked) -> uint8 3 x 32 x 32 RGB."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            if img.format in ("JPEG", "MPO"):
-                img.draft(img.mode, (4 * SIDE, 4 * SIDE))
-            img.seek(0)
-            img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(
-            "image declares too many pixels (a decompression bomb?); refusing to decode it"
-        ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ImageError(f"truncated or corrupt image ({err})") from None
-    try:
-        img = ImageOps.exif_transpose(img) if img.mode != "CMYK" else img
-        rgb = _to_rgb(img)
+    with _refusing():
+        if img.format in ("JPEG", "MPO"):
+            img.draft(img.mode, (4 * SIDE, 4 * SIDE))
+        img.seek(0)
+        img.load()
+        rgb = _to_rgb(_upright(img))
         if rgb.size != (SIDE, SIDE):
             rgb = rgb.resize((SIDE, SIDE), Image.Resampling.BICUBIC, reducing_gap=3.0)
         arr = np.asarray(rgb, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, EOFError) as err:
-        raise ImageError(f"truncated or corrupt image ({err})") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 

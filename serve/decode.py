@@ -48,6 +48,12 @@ INLINE_BYTES = 16 * 1024
 INLINE_PIXELS = 64 * 64
 
 
+def _shown(name: str) -> str:
+    """A client's filename as it may appear in an error: printable and short, so the message
+    stays one line whatever the multipart header held."""
+    return name if name.isprintable() and len(name) <= 80 else ascii(name[:80])
+
+
 def _decode(data: bytes, max_pixels: int, budget: int) -> tuple[torch.Tensor, int]:
     """One trip to the pool per image: header, budget check, then the decode."""
     img = open_image(data, max_pixels)
@@ -97,11 +103,11 @@ class DecodePool:
                     done = await self._run(_decode, data, self.max_pixels, budget, name=name)
                 tensor, pixels = done
             except ImageError as err:
-                raise DecodeError(400, f"{name}: {err}") from None
+                raise DecodeError(400, f"{_shown(name)}: {err}") from None
             except _OverBudget as err:
                 raise DecodeError(
                     413,
-                    f"{name}: {err.args[0]:,} pixels; this request has "
+                    f"{_shown(name)}: {err.args[0]:,} pixels; this request has "
                     f"{budget:,} of its {self.request_pixels:,}-pixel "
                     f"decoding budget left: send fewer or smaller images",
                 ) from None
@@ -126,7 +132,7 @@ class DecodePool:
             )  # consume it: no "never retrieved"
             raise DecodeError(
                 413,
-                f"{name}: decoding took over {self.timeout_s:g} s; send a "
+                f"{_shown(name)}: decoding took over {self.timeout_s:g} s; send a "
                 f"smaller image (it is classified at 32x32 anyway)",
             ) from None
 

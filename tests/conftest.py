@@ -74,3 +74,22 @@ def small_cifar(data_dir: Path) -> Cifar10:
 def debug_config(data_dir: Path) -> configs.Config:
     """The tiny debug recipe, pointed at the real data."""
     return configs.resolve("debug", overrides={"data.data_dir": str(data_dir)})
+
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory) -> Path:
+    """A real checkpoint of the untrained debug model, for tests about HTTP and files rather
+    than accuracy: no data set needed, so they stay in the fast tier."""
+    import torch
+
+    from modresnet.checkpoint import save_model
+    from modresnet.model import build_model
+
+    cfg = configs.resolve("debug")
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("random-checkpoint") / "ckpt"
+    save_model(path, build_model(cfg.model), cfg, CLASSES, 1, {"val_acc": 0.1})
+    return path

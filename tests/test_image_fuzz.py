@@ -28,10 +28,7 @@ from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 from starlette.testclient import TestClient
 
-from modresnet import config as configs
-from modresnet.checkpoint import save_model
 from modresnet.images import ImageError, decode_image
-from modresnet.model import build_model
 from serve.args import ServeArgs
 from serve.service import Service, make_api
 
@@ -458,16 +455,10 @@ def test_decode_image_returns_an_image_or_one_line_error(data):
     assert_decodes_or_refuses(data)
 
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
+def client(random_checkpoint):
     """The Serve app in-process (no Ray), on a checkpoint of the untrained debug model."""
-    cfg = configs.resolve("debug")
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("fuzz") / "ckpt"
-    save_model(path, build_model(cfg.model), cfg, CLASSES, 1, {"val_acc": 0.1, "test_acc": 0.1})
+    path = random_checkpoint
     args = ServeArgs(checkpoint=str(path), backend="torch", max_images=4)
     with TestClient(make_api(Service(args.model_dump())), raise_server_exceptions=False) as c:
         yield c

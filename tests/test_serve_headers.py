@@ -11,14 +11,10 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
-from modresnet import config as configs
-from modresnet.checkpoint import save_model
 from modresnet.images import encode_png
-from modresnet.model import build_model
 from serve.args import ServeArgs
 from serve.service import Service, make_api
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 KEY_ENV, KEY = "MODRESNET_TEST_HEADERS_KEY", "headers-key-81d2"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 PNG = encode_png(torch.zeros(3, 32, 32, dtype=torch.uint8))
@@ -26,12 +22,8 @@ INFER = "/v2/models/modresnet/infer"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    cfg = configs.resolve("debug")
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("headers") / "ckpt"
-    save_model(path, build_model(cfg.model), cfg, CLASSES, 1, {})
-    return path
+def checkpoint(random_checkpoint):
+    return random_checkpoint
 
 
 def _client(checkpoint, monkeypatch, auth: bool) -> TestClient:

@@ -20,28 +20,19 @@ import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
-from modresnet import config as configs
-from modresnet.checkpoint import save_model
 from modresnet.images import encode_png
-from modresnet.model import build_model
 
 pytest.importorskip("ray")
 
 from serve.args import ServeArgs  # noqa: E402
 from serve.service import Service, make_api  # noqa: E402
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 INFER = "/v2/models/modresnet/infer"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, data_dir):
-    """A real checkpoint of the debug model (random weights: these tests are about HTTP)."""
-    cfg = configs.resolve("debug", overrides={"data.data_dir": str(data_dir)})
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("hostile") / "ckpt"
-    save_model(path, build_model(cfg.model), cfg, CLASSES, 1, {"val_acc": 0.1, "test_acc": 0.1})
-    return path
+def checkpoint(random_checkpoint):
+    return random_checkpoint
 
 
 def _service(checkpoint, **kw) -> Service:

@@ -12,20 +12,14 @@ import threading
 import time
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from modresnet import config as configs
-from modresnet.checkpoint import save_model
-from modresnet.model import build_model
 
 uvicorn = pytest.importorskip("uvicorn")
 
 from serve.args import ServeArgs  # noqa: E402
 from serve.service import Service, make_api  # noqa: E402
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 INFER = "/v2/models/modresnet/infer"
 HEAD = json.dumps(
     {
@@ -44,11 +38,8 @@ RIGHT = str(len(HEAD)).encode()
 
 
 @pytest.fixture(scope="module", params=["httptools", "h11"])
-def server(request, tmp_path_factory):
-    cfg = configs.resolve("debug")
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("v2-headers") / "ckpt"
-    save_model(path, build_model(cfg.model), cfg, CLASSES, 1, {})
+def server(request, random_checkpoint):
+    path = random_checkpoint
     svc = Service(ServeArgs(checkpoint=str(path), backend="torch", body_timeout_s=1).model_dump())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

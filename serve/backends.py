@@ -14,7 +14,7 @@ naming `serve.quantize` (int8), never a silent use.
 
 Both take uint8 N x 3 x 32 x 32 and return float32 N x classes probabilities, and both put
 normalization inside, so the HTTP layer never sees model details. Measured on this 2-core CPU
-box with one thread per replica (tests/benchmarks/serve_backends.py, README "Measured"):
+box with one thread per replica (tests/benchmarks/serve_backends.py, docs/benchmarks.md):
 ONNX Runtime is faster or on par at the small batches a server sees, so it is the CPU default.
 """
 

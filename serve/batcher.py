@@ -4,7 +4,7 @@ everything that queued while it ran (Triton's dynamic batching with no delay).
 Why not `@serve.batch`: it forms a batch as soon as requests arrive and queues it behind the
 one running, so the model runs many small batches back to back. Measured here at
 concurrency 32 (one fp32 replica, 2 cores): batches of 4 while 28 images waited, and 74 % of
-the in-process ceiling; with this batcher, batches of 16 and 87-90 % (README "Speed")."""
+the in-process ceiling; with this batcher, batches of 16 and 87-90 % (docs/serving.md, "Speed")."""
 
 from __future__ import annotations
 

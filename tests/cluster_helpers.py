@@ -1,14 +1,15 @@
 """Helpers of the cluster tests (test_cluster*.py, test_ray_train.py): the CLI as a
-subprocess, HTTP with a token, offline W&B history, a free loopback port."""
+subprocess, HTTP with a token (jobs/http.py: never through a redirect), offline W&B history, a
+free loopback port."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from jobs import http as token_http
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
@@ -26,12 +27,7 @@ def cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProc
 
 
 def http(url: str, token: str | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
+    return token_http.get(url, token, timeout=10)
 
 
 def wandb_history(wandb_dir: Path) -> list[dict]:

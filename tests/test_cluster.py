@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from cluster_helpers import CLIENT_VARS, cli, free_port, http, wandb_history
+from cluster_helpers import CLIENT_VARS, REPO, cli, free_port, http, wandb_history
 
 # ------------------------------------------------------------------------------------------
 # the cluster
@@ -152,6 +152,15 @@ def test_train_job_with_wandb_succeeds_logs_every_epoch_and_spreads_over_both_wo
     ]
     workers = {n["node_id"] for n in nodes(cluster) if not n["is_head_node"]}
     assert {a["node_id"] for a in actors} == workers
+
+    # the job's working_dir, as the head unpacked it, is the allowlist and nothing else
+    from jobs.submit import shipped_files
+
+    temp_dir = Path(cluster.state["temp_dir"])
+    unpacked = list(temp_dir.glob("session_latest/runtime_resources/working_dir_files/*/"))
+    assert len(unpacked) == 1, unpacked
+    files = {str(p.relative_to(unpacked[0])) for p in unpacked[0].rglob("*") if p.is_file()}
+    assert files - {f for f in files if "__pycache__" in f} == {str(p) for p in shipped_files(REPO)}
 
 
 @pytest.mark.ray
@@ -340,18 +349,33 @@ def test_the_jobs_api_listens_on_loopback_only_and_other_listeners_are_known(clu
 
 @pytest.mark.ray
 def test_cluster_down_stops_exactly_its_own_processes(cluster):
+    import subprocess
+
     from jobs.cluster_procs import alive, own_processes, processes
     from jobs.cluster_state import ClusterState
 
     state = ClusterState(**cluster.state)
     ours = own_processes(state)
     assert len(ours) > 5
+    # decoys naming the cluster's temp dir: ours (a user following the raylet's log in another
+    # terminal) and another user's (root only: setpriv); neither is the cluster's to stop
+    log = f"{state.temp_dir}/session_latest/logs/raylet.out"
+    decoys = [subprocess.Popen(["tail", "-f", log], stdout=subprocess.DEVNULL)]
+    if os.geteuid() == 0:
+        nobody = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
+        decoys.append(subprocess.Popen([*nobody, "tail", "-F", log], stderr=subprocess.DEVNULL))
     others = [p for p in processes() if p not in ours and p.pid != os.getpid()]
-    down = cli("cluster", "down", env=cluster.env, timeout=120)
-    assert down.returncode == 0, down.stderr
+    try:
+        down = cli("cluster", "down", env=cluster.env, timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert [d.poll() for d in decoys] == [None] * len(decoys)  # both still running
+    finally:
+        for d in decoys:
+            d.kill()
+            d.wait()
     assert own_processes(state) == []
     assert not [p for p in ours if alive(p.pid, p.start)]
-    assert not any(state.temp_dir + "/" in p.cmdline for p in processes())
+    assert not any(state.temp_dir + "/" in p.cmdline for p in processes())  # decoys gone too
     # nothing else was touched: our parent shell and any other Ray on the machine live on
     assert alive(os.getppid())
     parent = [p for p in others if p.pid == os.getppid()]

@@ -1,10 +1,12 @@
-"""What goes to a cluster, checked without one: the working_dir upload (.rayignore), the
-cluster launcher YAMLs against Ray's own schema, and the Dockerfile."""
+"""What goes to a cluster, checked without one: the working_dir upload (an allowlist, staged by
+jobs/submit.py), the cluster launcher YAMLs against Ray's own schema, and the Dockerfile."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -12,36 +14,79 @@ import pytest
 from cluster_helpers import REPO
 
 # ------------------------------------------------------------------------------------------
-# the upload: .rayignore keeps the working_dir package small (no cluster needed)
+# the upload: only the allowlist leaves the machine (no cluster needed)
+
+SENTINEL = "do-not-upload-4f1c9e"
+NEVER_SHIPPED = {
+    ".env": f"WANDB_API_KEY={SENTINEL}",
+    "key.pem": f"-----BEGIN PRIVATE KEY-----{SENTINEL}",
+    ".aws/credentials": f"[default]\naws_secret_access_key = {SENTINEL}",
+    "modresnet/.env": SENTINEL,
+    "modresnet/key.pem": SENTINEL,
+    "serve/.aws/credentials": SENTINEL,
+    "jobs/.hidden.py": SENTINEL,
+    "cluster/kuberay/secret.env": SENTINEL,
+    "data/cifar-10-batches-py/data_batch_1": SENTINEL,
+    ".venv/bin/python": SENTINEL,
+    ".git/HEAD": SENTINEL,
+    "runs/demo/best/model.safetensors": SENTINEL,
+    "modresnet/__pycache__/cli.cpython-311.pyc": SENTINEL,
+    "notes.txt": SENTINEL,
+}
 
 
-@pytest.mark.ray  # reads Ray's packaging code / schema, no Ray instance
-def test_rayignore_keeps_the_package_small(tmp_path):
-    from ray._private.runtime_env.packaging import _get_ignore_file, create_package
+def _checkout(root: Path, outside: Path) -> Path:
+    """A copy of this checkout's source plus files that must never leave the machine, and
+    symlinks out of it (a file and a folder) inside the shipped packages."""
+    from jobs.submit import SHIPPED_DIRS, SHIPPED_FILES
 
-    ignored = _get_ignore_file(REPO, ".rayignore")
-    assert ignored is not None, ".rayignore missing at the repo root"
-    for path in (
-        ".git/HEAD",
-        ".venv/bin/python",
-        "data/cifar-10-batches-py/data_batch_1",
-        "runs/demo/best/model.safetensors",
-        "checkpoints/x.pt",
-        "wandb/run-1/files",
-        "model.onnx",
-        "modresnet-runs/a/metrics.jsonl",
-    ):
-        assert ignored(REPO / path), f"{path} would be uploaded"
-    for path in ("modresnet/cli.py", "jobs/submit.py", "serve/app.py", "pyproject.toml"):
-        assert not ignored(REPO / path), f"{path} would be left out"
-    # .rayignore alone (without .gitignore) must keep it small
+    root.mkdir()
+    for name in (*SHIPPED_DIRS, *SHIPPED_FILES, "tests", "README.md", "Makefile", ".gitignore"):
+        entry = REPO / name
+        if entry.is_dir():
+            shutil.copytree(entry, root / entry.name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(entry, root / entry.name)
+    for rel, text in NEVER_SHIPPED.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    outside.mkdir()
+    (outside / "stolen.py").write_text(SENTINEL)
+    (root / "modresnet" / "leak.py").symlink_to(outside / "stolen.py")
+    (root / "jobs" / "linked").symlink_to(outside, target_is_directory=True)
+    return root
+
+
+@pytest.mark.ray  # Ray's packaging code, no Ray instance
+def test_only_the_allowlist_leaves_the_machine(tmp_path):
+    from ray._private.runtime_env.packaging import create_package
+
+    from jobs.submit import SHIPPED_DIRS, SHIPPED_FILES, SHIPPED_SUFFIXES, staged_working_dir
+
+    checkout = _checkout(tmp_path / "checkout", tmp_path / "outside")
     pkg = tmp_path / "pkg.zip"
-    create_package(str(REPO), pkg, include_gitignore=False)
-    size = pkg.stat().st_size
-    assert size < 10 * 1024**2, f"working_dir package is {size / 1024**2:.1f} MiB"
-    names = zipfile.ZipFile(pkg).namelist()
-    assert any(n.endswith("modresnet/cli.py") for n in names)
-    assert not [n for n in names if re.search(r"(^|/)(\.git|\.venv|runs|data|wandb)/", n)]
+    with staged_working_dir(checkout) as working_dir:  # what `jobs submit` hands to Ray
+        create_package(str(working_dir), pkg, include_gitignore=True)
+    with zipfile.ZipFile(pkg) as z:
+        names = {n for n in z.namelist() if not n.endswith("/")}
+        assert not [n for n in names if SENTINEL.encode() in z.read(n)]
+    assert not {n for n in names if n.startswith(tuple(NEVER_SHIPPED))}
+    assert "modresnet/leak.py" not in names and not [n for n in names if "linked" in n]
+    for name in names:  # the packages' source and configs, the project metadata: nothing else
+        top = name.split("/")[0]
+        assert name in SHIPPED_FILES or (top in SHIPPED_DIRS and name.endswith(SHIPPED_SUFFIXES))
+    # ...and all a job needs: every file of the packages git would commit, the project's metadata
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "--cached", "--others", "--exclude-standard"]
+        + ["modresnet", "jobs", "serve"],
+        capture_output=True,
+        text=True,
+    )
+    if listed.returncode == 0:
+        needed = {f for f in listed.stdout.split() if (REPO / f).is_file()}
+        assert needed <= names, f"not shipped (extend SHIPPED_SUFFIXES?): {needed - names}"
+    assert {"pyproject.toml", "constraints.txt", "modresnet/cli.py", "cluster/aws.yaml"} <= names
+    assert pkg.stat().st_size < 2 * 1024**2, f"package is {pkg.stat().st_size / 1024**2:.1f} MiB"
 
 
 # ------------------------------------------------------------------------------------------

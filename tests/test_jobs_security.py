@@ -1,6 +1,8 @@
 """Credentials stay where they belong: the Jobs client's token never travels over plain http to
-another machine (unless --insecure-token), never follows a redirect, and `tune --resume`
-refuses an experiment folder someone else could have written (it unpickles Ray's state).
+another machine (unless --insecure-token), goes only to an address parsed strictly (a DNS name
+or an IP literal), never follows a redirect (the Jobs client's and `modresnet cluster`'s
+requests alike), and `tune --resume` refuses an experiment folder someone else could have
+written (it unpickles Ray's state).
 
 Real HTTP servers on this machine record what reaches them; no mocks."""
 
@@ -17,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs import submit
-from modresnet.rundir import UnsafeStorageError, check_private_storage
+from jobs import http, submit
+from modresnet.ownership import UnsafeStorageError, check_private_storage
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token-for-the-test"
@@ -120,13 +122,108 @@ def test_no_request_carrying_the_token_follows_a_redirect(redirected, tmp_path, 
     monkeypatch.setenv("MODRESNET_HOME", str(tmp_path))
     try:
         # /api/version: our own reachability check (urllib); /api/jobs/: Ray's SDK (requests)
-        with pytest.raises(submit.JobsError, match=r"redirect \(HTTP 307\)"):
+        with pytest.raises(http.RedirectError, match=rf"redirect \(HTTP 307\) to {elsewhere.url}"):
             submit.list_jobs(server.url)
         assert server.seen and all(auth == f"Bearer {TOKEN}" for _, auth in server.seen)
         assert elsewhere.seen == []  # nothing, with or without the token, went on
     finally:
         server.close()
         elsewhere.close()
+
+
+def test_cluster_requests_with_the_token_follow_no_redirect(tmp_path):
+    """`modresnet cluster up|status` poll their dashboard with the token: a redirect there (a
+    port since taken by something else) is an error naming where it pointed, never followed."""
+    from jobs.cluster import alive_nodes
+    from jobs.cluster_state import ClusterState
+
+    elsewhere = Recorder("127.0.0.1", lambda path: (200, {}, b"{}"))
+    server = Recorder("127.0.0.1", lambda path: (302, {"Location": f"{elsewhere.url}{path}"}, b""))
+    state = ClusterState(
+        home=str(tmp_path),
+        temp_dir="/tmp/mrray-gone0000",
+        token_path=str(tmp_path / "auth_token"),
+        node_ip="127.0.0.1",
+        gcs_port=1,
+        dashboard_port=server.server.server_address[1],
+        client_port=3,
+        workers=0,
+        cpus_per_node=1,
+        head_cpus=0,
+    )
+    try:
+        with pytest.raises(http.RedirectError, match=rf"redirect \(HTTP 302\) to {elsewhere.url}"):
+            alive_nodes(state, TOKEN)
+        assert server.seen == [("/api/v0/nodes?limit=1000&detail=1", f"Bearer {TOKEN}")]
+        assert elsewhere.seen == []
+    finally:
+        server.close()
+        elsewhere.close()
+
+
+def test_loopback_is_localhost_or_a_literal_loopback_ip_and_nothing_else():
+    for host in ("localhost", "LOCALHOST", "127.0.0.1", "127.255.3.4", "::1", "[::1]"):
+        assert http.is_loopback(host), host
+    others = ("evil.localhost", "localhost.evil.example", "127.0.0.1.nip.io", "::ffff:127.0.0.1")
+    for host in others:
+        assert not http.is_loopback(host), host  # names resolve anywhere; ::ffff: is not ::1
+
+
+@pytest.mark.parametrize(
+    "address, problem",
+    [
+        ("http://evil.example\\@127.0.0.1:8265", "not allowed"),  # requests: evil.example
+        ("http://user@127.0.0.1:8265", "not allowed"),
+        ("http://127.0.0.1:8265@evil.example", "not allowed"),
+        ("http://evil.example/@127.0.0.1:8265", "not allowed"),
+        ("http://127.0.0.1:8265/evil", "not a scheme, host and port alone"),
+        ("http://evil.example?@127.0.0.1:8265", "not allowed"),
+        ("http://evil.example#@127.0.0.1:8265", "not allowed"),
+        ("http://127.0.0.1 :8265", "not allowed"),
+        ("http://127.0.0.1\n:8265", "not allowed"),
+        ("http://[::1%25lo]:8265", "not allowed"),
+        ("http://127.1:8265", "neither a DNS name nor a dotted-quad"),  # 127.0.0.1 to inet_aton
+        ("http://2130706433:8265", "neither a DNS name nor a dotted-quad"),
+        ("http://0x7f.0.0.1:8265", "neither a DNS name nor a dotted-quad"),
+        ("http://127.000.000.001:8265", "neither a DNS name nor a dotted-quad"),
+        ("http://-evil.example:8265", "neither a DNS name nor an IP"),
+        ("http://ev!l.example:8265", "not allowed"),
+        ("http://\u0661\u0662\u0667.0.0.1:8265", "not allowed"),  # Arabic-Indic digits
+        ("http://127.0.0.1:99999", "not in 1..65535"),
+        ("http://[1::2::3]:8265", "not an IPv6 address"),
+    ],
+)
+def test_addresses_are_parsed_strictly(address, problem):
+    with pytest.raises(submit.JobsError, match=problem) as err:
+        submit.resolve_address(address)
+    assert "expected http(s)://HOST[:PORT]" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_url_two_http_clients_read_differently_gets_no_token(tmp_path):
+    """`http://evil.example\\@127.0.0.1:PORT`: urllib (and the token-transport check) saw the
+    host 127.0.0.1, requests connects to evil.example. Refused before anything is sent."""
+    server = Recorder("127.0.0.1", lambda path: (404, {}, b"not ray"))
+    port = server.server.server_address[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_TOKEN=TOKEN, MODRESNET_HOME=str(tmp_path))
+    try:
+        r = cli("jobs", "list", "--address", f"http://evil.example\\@127.0.0.1:{port}", env=env)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "not allowed (no userinfo" in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert server.seen == []
+    finally:
+        server.close()
+
+
+def test_well_formed_addresses_are_kept():
+    assert submit.resolve_address("127.0.0.1:8265") == "http://127.0.0.1:8265"
+    assert submit.resolve_address("https://Ray.Example.com/") == "https://ray.example.com"
+    assert submit.resolve_address("http://[::1]:8265") == "http://[::1]:8265"
+    assert submit.resolve_address("http://localhost.:8265") == "http://localhost:8265"
+    submit.check_token_transport("http://[::1]:8265", TOKEN)  # loopback: fine
+    with pytest.raises(submit.JobsError, match="refusing to send the cluster token"):
+        submit.check_token_transport("http://evil.localhost:8265", TOKEN)
 
 
 @pytest.mark.ray  # Ray's Jobs SDK, no Ray instance

@@ -30,7 +30,7 @@ from jobs import cluster_state as local_cluster
 from jobs import http
 from jobs.http import is_loopback, parse_address
 from jobs.ray_private import JobsHttpError, jobs_client
-from jobs.runtime import env_override
+from jobs.runtime import env_override, is_secret_name
 from modresnet.errors import UserError
 
 COMMANDS = ("train", "tune", "serve")
@@ -38,7 +38,6 @@ COMMANDS = ("train", "tune", "serve")
 # anything that looks like a credential: set WANDB_API_KEY on the cluster nodes instead).
 FORWARD_VARS = ("MODRESNET_DATA", "MODRESNET_RUNS")
 FORWARD_PREFIXES = ("WANDB_",)
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 EXIT_CODES = {"SUCCEEDED": 0, "RUNNING": 0, "PENDING": 0, "FAILED": 1, "STOPPED": 1}
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 CONNECT_TIMEOUT_S = 5.0
@@ -231,7 +230,7 @@ def job_env() -> dict[str, str]:
     env = {}
     for name, value in os.environ.items():
         if name in FORWARD_VARS or name.startswith(FORWARD_PREFIXES):
-            if SECRET_NAME.search(name):
+            if is_secret_name(name):
                 print(
                     f"note: not forwarding {name} (secrets must not go into the job's "
                     f"runtime_env); set it on the cluster nodes instead",
@@ -248,7 +247,7 @@ def parse_env(items: list[str] | None) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
             raise JobsError(f"--env {item!r}: expected NAME=VALUE")
-        if SECRET_NAME.search(key):
+        if is_secret_name(key):
             raise JobsError(
                 f"--env {key}: refusing to put a secret into the job's runtime_env "
                 f"(it is readable through the Jobs API); set it on the cluster nodes"

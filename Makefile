@@ -32,7 +32,6 @@ demo: install
 	@$(BIN)/modresnet train --preset demo --workers 2 --storage $(RUNS) --name $(DEMO)
 	@echo
 	@echo "== 2/3 tune: a 4-trial ASHA search, 3 epochs at most, on 4,000 images"
-	@# optim.nesterov=false: the space samples adam, which a Nesterov base makes invalid.
 	@$(BIN)/modresnet tune --preset demo --subset 4000 \
 		--samples 4 --max-epochs 3 --concurrent 2 --storage $(RUNS) --name tune-$(DEMO)
 	@echo

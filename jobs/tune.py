@@ -326,7 +326,7 @@ def run_search(
             TrialTable(job, console=console, enabled=not verbose),
             warnings.catch_warnings(),
         ):
-            # a fresh process per trial is deliberate (torch state, threads): not advice
+            # PBT runs each trial in a fresh process on purpose (reuse_actors above): not advice
             warnings.filterwarnings("ignore", "Consider boosting PBT performance")
             grid = tuner.fit()
         if not job.remote:  # in object storage Tune uploaded each trial folder itself

@@ -199,6 +199,8 @@ def applicable_nested(config: dict, base_optimizer: str) -> dict:
 
 
 def flatten(nested: dict) -> dict[str, Any]:
+    """{section: {field: value}} (a config's to_dict(), a trial's sampled point) as
+    {"section.field": value}, the keys of --set and the search space; the one flattener."""
     return {
         f"{s}.{k}": v
         for s, fields in nested.items()

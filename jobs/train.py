@@ -28,11 +28,11 @@ import torch
 
 from jobs.runtime import connect, resolve_address, wandb_policy
 from jobs.train_worker import train_loop_per_worker, wandb_init
-from modresnet import checkpoint
 from modresnet.config import Config
 from modresnet.data import load_cifar10
-from modresnet.errors import UserError
-from modresnet.rundir import RunDir, finalize
+from modresnet.errors import UserError, one_line
+from modresnet.evaluation import finalize
+from modresnet.rundir import RunDir, RunExistsError, write_run_dir
 
 RAY_SUBDIR = "ray"  # Ray Train run storage: <storage>/<name>/ray
 
@@ -119,26 +119,6 @@ def _progress_callback(queue):
     return EpochProgress()
 
 
-def _copy_checkpoint(src: Path, dst: Path, model_only: bool) -> None:
-    with checkpoint.atomic_dir(dst) as tmp:
-        for f in src.iterdir():
-            if f.is_file() and (not model_only or f.name in (checkpoint.WEIGHTS, checkpoint.META)):
-                shutil.copy2(f, tmp / f.name)
-
-
-def write_run_dir(run: RunDir, config: Config, latest: Path, best: Path) -> list[dict]:
-    """The core run directory from Ray's checkpoints: history from the latest, best/ from the
-    best by val_acc, last/ with the resumable state."""
-    import json
-
-    run.create(config)
-    history = json.loads((latest / checkpoint.STATE_META).read_text())["history"]
-    run.write_metrics(history)
-    _copy_checkpoint(best, run.best, model_only=True)
-    _copy_checkpoint(latest, run.last, model_only=False)
-    return history
-
-
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # what Ray Train resumes a run from
 
 
@@ -208,10 +188,7 @@ def _train_ray_locked(
             f"finished an epoch); start it again under a new --name"
         )
     elif (has_run or has_ray or finished) and not resume:
-        raise RayTrainSetupError(
-            f"run directory {remote or run_path} already holds a run; pass --resume "
-            f"to continue it, or choose another --name"
-        )
+        raise RunExistsError.at(remote or run_path)
     check_storage(run_path.parent)
     wandb = wandb_policy(options.wandb)
     info(wandb.reason)
@@ -307,7 +284,8 @@ def _train_ray_locked(
             _append_traceback(run_path / "ray.log")
             raise RayTrainSetupError(
                 f"training finished and {run_path} holds its checkpoints and metrics, but the "
-                f"test evaluation failed ({_one_line(err)}); `modresnet evaluate {run_path}` "
+                f"test evaluation failed ({type(err).__name__}: {one_line(err)}); "
+                f"`modresnet evaluate {run_path}` "
                 f"evaluates it once that is fixed (traceback in {run_path / 'ray.log'})"
             ) from None
         if wb is not None:
@@ -316,7 +294,8 @@ def _train_ray_locked(
             except Exception as err:  # W&B is a copy; the run directory is complete
                 _append_traceback(run_path / "ray.log")
                 info(
-                    f"warning: W&B could not record the test result ({_one_line(err)}); the "
+                    "warning: W&B could not record the test result "
+                    f"({type(err).__name__}: {one_line(err)}); the "
                     f"run directory {run_path} is complete and W&B holds every epoch"
                 )
         if remote is not None:
@@ -345,11 +324,6 @@ def _fit(trainer):
             if isinstance(cause, UserError):
                 raise RayTrainSetupError(str(cause)) from None
         raise
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def _append_traceback(path: Path) -> None:

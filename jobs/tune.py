@@ -55,7 +55,7 @@ from modresnet import checkpoint, names
 from modresnet.assembly import assemble
 from modresnet.config import Config
 from modresnet.engine import Record, TrainingState
-from modresnet.rundir import check_private_storage
+from modresnet.ownership import check_private_storage
 
 # --------------------------------------------------------------------------- trial side
 

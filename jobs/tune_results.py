@@ -16,13 +16,13 @@ import torch
 
 from jobs.ray_private import result_grid_trials
 from jobs.search_space import applicable, flatten, trial_config
-from jobs.train import write_run_dir
 from jobs.tune_job import TuneJob
-from modresnet import checkpoint
+from modresnet import checkpoint, files
 from modresnet.config import Config
 from modresnet.data import load_cifar10
 from modresnet.errors import UserError
-from modresnet.rundir import RunDir, finalize
+from modresnet.evaluation import finalize
+from modresnet.rundir import RunDir, write_run_dir
 
 BEST_RUN = "best-run"
 
@@ -119,7 +119,7 @@ def _reported(result) -> list[dict]:
 def _history(reported: list[dict], latest: Path | None) -> list[dict]:
     """The epochs behind the trial's latest weights (after a PBT clone: the donor's first)."""
     if latest is not None and checkpoint.has_training_state(latest):
-        return json.loads((latest / checkpoint.STATE_META).read_text())["history"]
+        return checkpoint.training_history(latest)
     last: dict[int, dict] = {int(r["epoch"]): r for r in reported}
     return [last[e] for e in sorted(last)]
 
@@ -325,7 +325,7 @@ def export_best(row: TrialRow, exp: Path) -> tuple[RunDir, dict]:
     """The best trial as a core run directory, and its test accuracy (evaluated once)."""
     if row.best is None or row.latest is None:
         raise UserError(f"best trial {row.trial_id} left no checkpoint to export")
-    with checkpoint.atomic_dir(exp / BEST_RUN) as tmp:
+    with files.atomic_dir(exp / BEST_RUN) as tmp:
         staged = RunDir(tmp)
         write_run_dir(staged, row.config, row.latest, row.best)
         data = load_cifar10(row.config.data)

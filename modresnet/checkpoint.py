@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -25,9 +21,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from modresnet.config import Config, ConfigError, from_dict
-from modresnet.engine import TrainingState, unwrap
-from modresnet.errors import UserError
+from modresnet.errors import UserError, one_line
 from modresnet.model import ModifiedResNet, build_model
+from modresnet.parallel import unwrap
+
+if TYPE_CHECKING:  # the engine imports the inference path, which loads checkpoints
+    from modresnet.engine import Record, TrainingState
 
 FORMAT = "modresnet-checkpoint"
 VERSION = 1
@@ -159,8 +158,7 @@ def load_model(path: str | Path) -> LoadedModel:
         model.load_state_dict(tensors)
     except RuntimeError as err:
         raise CheckpointError(
-            f"{directory / WEIGHTS}: weights do not fit the model in its "
-            f"config ({str(err).splitlines()[0]})"
+            f"{directory / WEIGHTS}: weights do not fit the model in its config ({one_line(err)})"
         ) from None
     model.eval()
     return LoadedModel(model, config, meta, directory)
@@ -228,6 +226,12 @@ def has_training_state(directory: Path) -> bool:
     return (Path(directory) / STATE_META).exists()
 
 
+def training_history(directory: Path) -> list[Record]:
+    """The epoch records behind a resumable checkpoint's weights, from its training state."""
+    history: list[Record] = json.loads((Path(directory) / STATE_META).read_text())["history"]
+    return history
+
+
 def load_training_state(directory: Path, state: TrainingState) -> TrainingState:
     """Restore `state` (built fresh from the same config) in place and return it."""
     directory = Path(directory)
@@ -245,91 +249,6 @@ def load_training_state(directory: Path, state: TrainingState) -> TrainingState:
         raise CheckpointError(
             f"{directory}: the training state does not fit this config or "
             f"was written by another modresnet version "
-            f"({str(err).splitlines()[0]}); start a new run"
+            f"({one_line(err)}); start a new run"
         ) from None
     return state
-
-
-def _fsync_path(path: Path) -> None:
-    """Flush a file's data, or a folder's entries (names created/renamed in it), to disk."""
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so a crash leaves either the old or the new content, never a torn one:
-    write a temp file beside it, fsync, rename over, fsync the folder."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move a fully written folder into place so a crash never leaves a half checkpoint.
-
-    The one atomic-folder write of the project: fsync every file in `src` and `src` itself,
-    rename `dst` to `dst.old`, rename `src` to `dst`, fsync the parent, then delete the old
-    copy. A crash at any point leaves a state `recover_dir` repairs: between the renames `dst`
-    is missing and `dst.old` holds the previous complete version."""
-    src, dst = Path(src), Path(dst)
-    for f in src.rglob("*"):
-        if f.is_file():
-            _fsync_path(f)
-    _fsync_path(src)
-    old = dst.with_name(dst.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dst.exists():
-        dst.rename(old)
-    src.rename(dst)
-    _fsync_path(dst.parent)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-@contextmanager
-def atomic_dir(dest: Path) -> Iterator[Path]:
-    """A fresh `dest.tmp` folder to write into, that replaces `dest` whole (`replace_dir`)
-    when the block ends and is removed if it raises: readers only ever see a complete old or
-    new `dest`. A crash inside the block leaves `dest.tmp`, which `recover_dir` deletes."""
-    dest = Path(dest)
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, dest)
-
-
-def recover_dir(dst: Path) -> str | None:
-    """Repair what a crash inside `replace_dir` (or while writing `dst.tmp`) left behind.
-
-    `dst` missing with `dst.old` present: the crash came between the two renames; `dst.old` is
-    the last complete version and goes back into place (the newer `dst.tmp` may be complete
-    too, but nothing says so, so it is dropped and its epoch is trained again). `dst` present:
-    leftover `dst.old` / `dst.tmp` are stale and deleted. Returns what it did, or None."""
-    dst = Path(dst)
-    old, tmp = dst.with_name(dst.name + ".old"), dst.with_name(dst.name + ".tmp")
-    done = None
-    if not dst.exists() and old.exists():
-        old.rename(dst)
-        _fsync_path(dst.parent)
-        done = f"restored {dst.name}/ from {old.name}/ (a crash interrupted its last update)"
-    elif old.exists():
-        shutil.rmtree(old)
-        done = f"removed the stale {old.name}/"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-        done = (done + "; " if done else "") + f"removed the unfinished {tmp.name}/"
-    return done

@@ -20,6 +20,7 @@ import torch
 
 from modresnet.config import DataConfig
 from modresnet.errors import UserError
+from modresnet.files import hold_lock
 
 ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -118,11 +119,10 @@ def _read_batch(path: Path, md5: str) -> dict[str, Any]:
 
 
 def _download(root: Path) -> None:
-    from filelock import FileLock
     from torchvision.datasets.utils import download_and_extract_archive
 
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".download.lock")):
+    with hold_lock(root / ".download.lock"):
         if (root / FOLDER / META_FILE[0]).exists():
             return
         try:

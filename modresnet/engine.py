@@ -13,20 +13,21 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, ReduceLROnPlateau
 
-from modresnet.augment import augment, normalize, to_float
+from modresnet.augment import augment
 from modresnet.config import Config
 from modresnet.data import Split
-from modresnet.device import FP32, Precision, autocast, device_precision, inference_precision
+from modresnet.device import FP32, Precision, autocast, device_precision
 from modresnet.ema import WeightEMA
+from modresnet.inference import predict_logits, score
 from modresnet.optim import build_optimizer, build_scheduler
+from modresnet.parallel import all_reduce, rank_and_world, unwrap
 
 # (step, steps, loss): the loss stays a device tensor; reading it is a host sync, so a
 # progress bar should do that rarely (the CLI does it at most a few times a second).
@@ -34,17 +35,6 @@ BatchCallback = Callable[[int, int, torch.Tensor], None]
 Record = dict[str, Any]  # one epoch's metrics, as metrics.jsonl holds them
 
 _SCHEDULE_LENGTH = ("T_max",)  # kept from the new config on resume, so epochs may grow
-
-
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model under a DistributedDataParallel wrapper."""
-    return getattr(model, "module", model)
 
 
 def steps_per_epoch(train_size: int, batch_size: int, world_size: int) -> int:
@@ -155,22 +145,6 @@ def build_state(
     )
 
 
-def _prepare(x: torch.Tensor, config: Config) -> torch.Tensor:
-    x = normalize(x, config.data.mean, config.data.std)
-    if config.train.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-def _all_reduce(values: list[float], device: torch.device) -> list[float]:
-    _, world = rank_and_world()
-    if world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 def epoch_permutation(n: int, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
     """This rank's share of a per-epoch shuffle; every rank draws the same permutation."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -228,7 +202,7 @@ def train_one_epoch(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    total_loss, total_correct, total_seen = _all_reduce(
+    total_loss, total_correct, total_seen = all_reduce(
         [float(loss_sum), float(correct), float(seen)], device
     )
     return {
@@ -237,36 +211,6 @@ def train_one_epoch(
         "images_per_s": total_seen / seconds if seconds > 0 else 0.0,
         "train_images": int(total_seen),
     }
-
-
-@torch.inference_mode()
-def predict_logits(
-    model: nn.Module, x: torch.Tensor, config: Config, device: torch.device, tta: bool = False
-) -> torch.Tensor:
-    """Logits for a uint8 batch of any length, in eval mode, optionally averaged with the
-    horizontal mirror (flip test-time augmentation)."""
-    model.eval()
-    precision = inference_precision(config, device)
-    outs = []
-    for i in range(0, len(x), config.train.eval_batch_size):
-        xb = _prepare(to_float(x[i : i + config.train.eval_batch_size].to(device)), config)
-        with autocast(precision, device):
-            logits = model(xb).float()
-            if tta:
-                logits = (logits + model(xb.flip(3)).float()) / 2
-        outs.append(logits)
-    if not outs:
-        head = cast(nn.Linear, unwrap(model).linear)
-        return torch.zeros(0, head.out_features, device=device)
-    return torch.cat(outs)
-
-
-def score(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Summed cross-entropy and number of correct top-1 predictions: the one way every split
-    (validation every epoch, the test set at the end) is scored."""
-    y = y.to(logits.device)
-    loss = float(F.cross_entropy(logits, y, reduction="sum")) if len(y) else 0.0
-    return loss, float((logits.argmax(1) == y).sum())
 
 
 def evaluate(
@@ -279,7 +223,7 @@ def evaluate(
     loss, correct = score(
         predict_logits(model, split.x[lo:hi], config, device, tta), split.y[lo:hi]
     )
-    loss, correct, count = _all_reduce([loss, correct, float(hi - lo)], device)
+    loss, correct, count = all_reduce([loss, correct, float(hi - lo)], device)
     return {"loss": loss / max(count, 1), "acc": correct / max(count, 1), "n": int(count)}
 
 

@@ -1,15 +1,20 @@
-"""The one test-set evaluation: what a finished run records in test.json and what
-`modresnet evaluate` prints are the same numbers, scored as validation is (engine.score)."""
+"""The one test-set evaluation: what a finished run records in test.json (`finalize`) and
+what `modresnet evaluate` prints are the same numbers, scored as validation is
+(inference.score)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from modresnet.checkpoint import LoadedModel
+from modresnet import files
+from modresnet.checkpoint import LoadedModel, load_model
 from modresnet.data import Split
-from modresnet.engine import predict_logits, score
+from modresnet.inference import predict_logits, score
+from modresnet.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -36,3 +41,39 @@ def evaluate_checkpoint(
         tta=tta,
         predictions=logits.argmax(1).cpu(),
     )
+
+
+def finalize(
+    run: RunDir, test: Split, classes: tuple[str, ...], device: torch.device
+) -> dict[str, Any]:
+    """Evaluate best/ once on the test set; write test.json (with best/'s sha256, so it
+    names the weights it scored), curves.png and confusion.png. best/ is never rewritten."""
+    from modresnet import plots  # matplotlib: only a finishing run draws
+
+    loaded = load_model(run.best)
+    scores = evaluate_checkpoint(loaded, test, device, tta=loaded.config.train.tta)
+    acc = scores.acc
+    matrix = plots.confusion_matrix(test.y, scores.predictions, len(classes))
+    result = {
+        "test_acc": acc,
+        "test_loss": scores.loss,
+        "n": scores.n,
+        "tta": scores.tta,
+        "epoch": loaded.meta["epoch"],
+        "val_acc": loaded.meta["metrics"].get("val_acc"),
+        "sha256": loaded.sha256,
+        "per_class_acc": {
+            c: float(matrix[i, i] / max(1, int(matrix[i].sum()))) for i, c in enumerate(classes)
+        },
+    }
+    files.atomic_write_text(run.test_file, json.dumps(result, indent=2))  # last: "finished"
+    history = run.read_metrics()
+    if history:
+        plots.curves(history, run.path / "curves.png")
+    plots.confusion(
+        matrix,
+        classes,
+        run.path / "confusion.png",
+        f"Test confusion, accuracy {100 * acc:.2f}% (n={len(test)})",
+    )
+    return result

@@ -1,14 +1,58 @@
-"""Class probabilities from a checkpoint: one path for `predict`, `evaluate` and Serve."""
+"""The one inference path: logits of uint8 images in eval mode and their score, and class
+probabilities from a checkpoint. Validation, `evaluate`, `predict` and Serve all use it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from modresnet.augment import normalize, to_float
 from modresnet.checkpoint import LoadedModel, load_model
-from modresnet.engine import predict_logits
+from modresnet.config import Config
+from modresnet.device import autocast, inference_precision
+from modresnet.parallel import unwrap
+
+
+def _prepare(x: torch.Tensor, config: Config) -> torch.Tensor:
+    x = normalize(x, config.data.mean, config.data.std)
+    if config.train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, config: Config, device: torch.device, tta: bool = False
+) -> torch.Tensor:
+    """Logits for a uint8 batch of any length, in eval mode, optionally averaged with the
+    horizontal mirror (flip test-time augmentation)."""
+    model.eval()
+    precision = inference_precision(config, device)
+    outs = []
+    for i in range(0, len(x), config.train.eval_batch_size):
+        xb = _prepare(to_float(x[i : i + config.train.eval_batch_size].to(device)), config)
+        with autocast(precision, device):
+            logits = model(xb).float()
+            if tta:
+                logits = (logits + model(xb.flip(3)).float()) / 2
+        outs.append(logits)
+    if not outs:
+        head = cast(nn.Linear, unwrap(model).linear)
+        return torch.zeros(0, head.out_features, device=device)
+    return torch.cat(outs)
+
+
+def score(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Summed cross-entropy and number of correct top-1 predictions: the one way every split
+    (validation every epoch, the test set at the end) is scored."""
+    y = y.to(logits.device)
+    loss = float(F.cross_entropy(logits, y, reduction="sum")) if len(y) else 0.0
+    return loss, float((logits.argmax(1) == y).sum())
 
 
 def top_k(probabilities: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,17 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modresnet import checkpoint
+from modresnet import checkpoint, files
 from modresnet.assembly import assemble
 from modresnet.config import Config
 from modresnet.data import Cifar10
 from modresnet.engine import BatchCallback, EpochCallback, Record, TrainingState
-from modresnet.errors import UserError
-from modresnet.rundir import RunDir, finalize
-
-
-class RunExistsError(UserError, ValueError):
-    """A run of that name exists and the user did not ask to resume it."""
+from modresnet.evaluation import finalize
+from modresnet.rundir import RunDir, RunExistsError
 
 
 @dataclass(frozen=True)
@@ -35,9 +31,9 @@ def epoch_writer(run: RunDir, config: Config, classes: tuple[str, ...]) -> Epoch
         run.write_metrics(state.history)
         earlier = [m["val_acc"] for m in state.history[:-1]]
         if record["val_acc"] > max(earlier, default=-1):
-            with checkpoint.atomic_dir(run.best) as tmp:
+            with files.atomic_dir(run.best) as tmp:
                 checkpoint.save_model(tmp, state.eval_model(), config, classes, state.epoch, record)
-        with checkpoint.atomic_dir(run.last) as tmp:
+        with files.atomic_dir(run.last) as tmp:
             checkpoint.save_resumable(tmp, state, config, classes, record)
 
     return on_epoch
@@ -53,11 +49,7 @@ def train_local(
     info: Callable[[str], None] = print,
 ) -> LocalResult:
     run = RunDir(Path(run_path))
-    if run.exists() and not resume:
-        raise RunExistsError(
-            f"run directory {run.path} already holds a run; pass --resume to "
-            f"continue it, or choose another --name"
-        )
+    run.check_new(resume)
     with run.lock():
         return _train_locked(run, config, resume, data, on_batch, on_epoch_done, info)
 
@@ -73,11 +65,7 @@ def _train_locked(
 ) -> LocalResult:
     for line in run.recover():
         info(line)
-    if run.exists() and not resume:  # checked again under the lock: another process may have
-        raise RunExistsError(
-            f"run directory {run.path} already holds a run; pass --resume to "
-            f"continue it, or choose another --name"
-        )
+    run.check_new(resume)  # again under the lock: another process may have written it since
     if resume and not checkpoint.has_training_state(run.last):
         raise RunExistsError(
             f"--resume: {run.last / checkpoint.STATE_META} is missing, so run "

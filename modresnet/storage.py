@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
 from modresnet import names
-from modresnet.errors import UserError
+from modresnet.errors import UserError, one_line
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -73,14 +73,9 @@ class Location:
             fs, path = pafs.FileSystem.from_uri(self.uri)
         except Exception as err:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
             raise StorageError(
-                f"--storage {self.uri}: {_first_line(err)}{_hint(self.scheme)}"
+                f"--storage {self.uri}: {one_line(err)}{_hint(self.scheme)}"
             ) from None
         return fs, path.rstrip("/")
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def _hint(scheme: str) -> str:
@@ -124,7 +119,7 @@ def _info(loc: Location, fs: pafs.FileSystem, path: str) -> pafs.FileInfo:
         return fs.get_file_info(path)
     except Exception as err:  # noqa: BLE001 - credentials, endpoint, permissions
         raise StorageError(
-            f"{loc.uri}: cannot reach the object store ({_first_line(err)}){_hint(loc.scheme)}"
+            f"{loc.uri}: cannot reach the object store ({one_line(err)}){_hint(loc.scheme)}"
         ) from None
 
 
@@ -146,7 +141,7 @@ def check_writable(loc: Location) -> None:
         fs.delete_file(probe)
     except Exception as err:  # noqa: BLE001
         raise StorageError(
-            f"--storage {loc.uri}: cannot write there ({_first_line(err)}){_hint(loc.scheme)}"
+            f"--storage {loc.uri}: cannot write there ({one_line(err)}){_hint(loc.scheme)}"
         ) from None
 
 
@@ -171,7 +166,7 @@ def publish(local_run: Path, loc: Location) -> None:
                 shutil.copyfileobj(src, dst, 1 << 20)
     except Exception as err:  # noqa: BLE001
         raise StorageError(
-            f"uploading {local_run} to {loc.uri} failed ({_first_line(err)}); the "
+            f"uploading {local_run} to {loc.uri} failed ({one_line(err)}); the "
             f"run is complete in {local_run}"
         ) from None
 
@@ -227,7 +222,7 @@ def _remote_sha(loc: Location, fs: pafs.FileSystem, path: str, rel: str) -> str:
             raw = f.read(MAX_META + 1)
         meta = json.loads(raw) if len(raw) <= MAX_META else None
     except Exception as err:  # noqa: BLE001 - the store, or a file that is not JSON
-        raise StorageError(f"{loc.uri}: cannot read {rel} ({_first_line(err)})") from None
+        raise StorageError(f"{loc.uri}: cannot read {rel} ({one_line(err)})") from None
     sha = meta.get("sha256") if isinstance(meta, dict) else None
     return names.sha256(sha, f"{loc.uri}/{rel}: sha256")
 
@@ -297,7 +292,7 @@ def fetch_run(loc: Location) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, UserError):
             raise
-        raise StorageError(f"{loc.uri}: download failed ({_first_line(err)})") from None
+        raise StorageError(f"{loc.uri}: download failed ({one_line(err)})") from None
     return target
 
 

@@ -106,19 +106,6 @@ def test_training_state_keeps_its_on_disk_format(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_atomic_dir_replaces_the_folder_whole_or_not_at_all(tmp_path):
-    dest = tmp_path / "last"
-    with checkpoint.atomic_dir(dest) as tmp:
-        (tmp / "a").write_text("1")
-    assert (dest / "a").read_text() == "1" and not tmp.exists()
-    with pytest.raises(OSError):
-        with checkpoint.atomic_dir(dest) as tmp:
-            (tmp / "a").write_text("2")
-            raise OSError("disk full")
-    assert (dest / "a").read_text() == "1"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
-
-
 def test_top_k_orders_ties_by_class_index():
     from modresnet.inference import top_k
 

@@ -169,10 +169,23 @@ def test_help_imports_neither_torch_nor_ray():
 
 
 def test_only_the_composition_root_imports_jobs_and_serve():
-    upward = re.compile(r"^\s*(from|import) (jobs|serve)\b", re.MULTILINE)
-    for path in sorted((REPO / "modresnet").glob("*.py")):
+    upward = re.compile(r"^\s*(from|import) (jobs|serve|ray)\b", re.MULTILINE)
+    for path in sorted((REPO / "modresnet").rglob("*.py")):
         if path.name != "cli.py":
             assert not upward.search(path.read_text()), path
+
+
+def test_every_core_module_imports_first():
+    """No import cycle in the core: each module imports into a process that holds none."""
+    code = (
+        "import importlib, pkgutil, sys\nimport modresnet\n"
+        "for m in pkgutil.walk_packages(modresnet.__path__, 'modresnet.'):\n"
+        "    for name in [n for n in sys.modules if n.startswith('modresnet.')]:\n"
+        "        del sys.modules[name]\n"
+        "    importlib.import_module(m.name)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

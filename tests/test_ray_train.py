@@ -125,7 +125,7 @@ def _ddp_config(data_dir, batch: int) -> configs.Config:
 def _train_one_epoch(rank: int, world: int, port: int, data_dir: str, batch: int, x, y, out):
     import torch.distributed as dist
 
-    from modresnet import engine
+    from modresnet import engine, parallel
     from modresnet.data import Split
     from modresnet.model import build_model
 
@@ -144,7 +144,7 @@ def _train_one_epoch(rank: int, world: int, port: int, data_dir: str, batch: int
         torch.save(
             {
                 "weights": {
-                    k: v.clone() for k, v in engine.unwrap(state.model).state_dict().items()
+                    k: v.clone() for k, v in parallel.unwrap(state.model).state_dict().items()
                 },
                 "loss": metrics["train_loss"],
                 "images": metrics["train_images"],

@@ -3,31 +3,28 @@ from the settings it saved. Ray and torch are imported when the command runs."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, get_args
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from jobs.tune_job import Metric, Scheduler, Search
-from jobs.tune_job import SearchSettings as Defaults
+from jobs.search_space import flatten
+from jobs.tune_job import SearchSettings
 from modresnet.cli_common import Wandb, console, default_name, err_console, say, user_errors
-from modresnet.cli_config import ConfigFile, Preset, Sets, build_config, config_flags
+from modresnet.cli_config import (
+    ConfigFile,
+    Preset,
+    Sets,
+    build_config,
+    config_flags,
+    setting_flags,
+    with_flags,
+)
 
 if TYPE_CHECKING:
     from jobs.tune import TuneOptions
     from jobs.tune_job import TuneJob
     from modresnet.config import Config
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def describe(job: TuneJob) -> str:
@@ -63,8 +60,8 @@ def check_resume(
                 f"search {job.name} ({field} {getattr(job, field)}); {fix}"
             )
     if config is not None:
-        given = _flatten(config.with_overrides({"train.epochs": job.max_epochs}).to_dict())
-        saved = _flatten(job.base.to_dict())
+        given = flatten(config.with_overrides({"train.epochs": job.max_epochs}).to_dict())
+        saved = flatten(job.base.to_dict())
         for key, value in given.items():
             if value != saved[key]:
                 raise TuneSetupError(
@@ -79,89 +76,20 @@ def check_resume(
 
 
 @user_errors
+@with_flags(
+    setting_flags(SearchSettings, {"max_epochs": "the config's train.epochs"}),
+    into="settings",
+    after="space",
+)
 @config_flags("subset", "data_dir", "flavor", "seed", "device")
 def tune(
     overrides: dict[str, Any],
+    settings: dict[str, Any],
     preset: Preset = None,
     config_file: ConfigFile = None,
     sets: Sets = None,
     space: Annotated[
         Path | None, typer.Option(help="Search-space YAML (default jobs/search_space.yaml).")
-    ] = None,
-    search: Annotated[
-        str | None,
-        typer.Option(
-            help=f"How points are drawn: {' | '.join(get_args(Search))} (Optuna's TPE; "
-            f"default {Defaults.search})."
-        ),
-    ] = None,
-    scheduler: Annotated[
-        str | None,
-        typer.Option(
-            help=f"{' | '.join(get_args(Scheduler))}: stop weak trials (ASHA), clone strong "
-            f"ones and mutate lr/weight decay/augmentation (PBT), or run all to the max "
-            f"(default {Defaults.scheduler})."
-        ),
-    ] = None,
-    samples: Annotated[
-        int | None,
-        typer.Option(
-            help=f"Trials to run (the paper point counts as one; default {Defaults.samples})."
-        ),
-    ] = None,
-    max_epochs: Annotated[
-        int | None,
-        typer.Option(
-            help="Epochs of a trial that runs to the end (default: the config's train.epochs)."
-        ),
-    ] = None,
-    grace_period: Annotated[
-        int | None,
-        typer.Option(
-            help="ASHA: epochs before a trial can be stopped; PBT: epochs between exploits "
-            f"(default {Defaults.grace_period})."
-        ),
-    ] = None,
-    reduction_factor: Annotated[
-        int | None,
-        typer.Option(
-            help=f"ASHA: keep the top 1/N at every rung (default {Defaults.reduction_factor})."
-        ),
-    ] = None,
-    concurrent: Annotated[
-        int | None, typer.Option(help=f"Trials running at once (default {Defaults.concurrent}).")
-    ] = None,
-    metric: Annotated[
-        str | None, typer.Option(help=f"{' | '.join(get_args(Metric))} (default {Defaults.metric})")
-    ] = None,
-    include_paper: Annotated[
-        bool | None,
-        typer.Option("--include-paper", help="Run the paper's recipe as the first trial."),
-    ] = None,
-    workers_per_trial: Annotated[
-        int | None,
-        typer.Option(
-            help="Ray Train data-parallel workers per trial (default 1: train in the trial)."
-        ),
-    ] = None,
-    cpus_per_trial: Annotated[
-        float | None,
-        typer.Option(
-            help=f"CPUs per trial (fractions allowed; default {Defaults.cpus_per_trial:g})."
-        ),
-    ] = None,
-    gpus_per_trial: Annotated[
-        float | None,
-        typer.Option(
-            help=f"GPUs per trial (fractions allowed; default {Defaults.gpus_per_trial:g})."
-        ),
-    ] = None,
-    search_seed: Annotated[
-        int | None,
-        typer.Option(
-            help=f"Seed of the search: its draws, TPE, PBT's perturbations (default "
-            f"{Defaults.search_seed})."
-        ),
     ] = None,
     name: Annotated[
         str | None, typer.Option(help="Experiment name (default tune-PRESET-TIMESTAMP).")
@@ -211,29 +139,13 @@ def tune(
 
     where = object_storage.parse(storage) or default_storage()
     remote_root = where if isinstance(where, object_storage.Location) else None
-    if remote_root is not None and (resume or (workers_per_trial or 1) > 1):
+    if remote_root is not None and (resume or settings.get("workers_per_trial", 1) > 1):
         raise UserError(
             f"--storage {remote_root}: object storage takes new searches with one "
             f"worker per trial; --resume and --workers-per-trial > 1 need a "
             f"filesystem path (local or NFS)"
         )
     root = object_storage.local_root(where).resolve()
-    given = {
-        "search": search,
-        "scheduler": scheduler,
-        "samples": samples,
-        "max_epochs": max_epochs,
-        "grace_period": grace_period,
-        "reduction_factor": reduction_factor,
-        "concurrent": concurrent,
-        "metric": metric,
-        "include_paper": include_paper,
-        "workers_per_trial": workers_per_trial,
-        "cpus_per_trial": cpus_per_trial,
-        "gpus_per_trial": gpus_per_trial,
-        "search_seed": search_seed,
-    }
-    settings: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     config_given = bool(preset or config_file or sets or overrides)
     if resume:
         job = read_job(root / resume)
@@ -246,7 +158,7 @@ def tune(
         )
     else:
         cfg = build_config(preset, config_file, overrides, sets)
-        chosen = replace(Defaults(max_epochs=max_epochs or cfg.train.epochs), **settings)
+        chosen = SearchSettings(**{"max_epochs": cfg.train.epochs, **settings})
         cfg = cfg.with_overrides({"train.epochs": chosen.max_epochs})
         job = new_job(
             cfg,

@@ -8,22 +8,19 @@ versions wrote (they also stored `mode`, which follows from `metric`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import typing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
+
+from pydantic import ConfigDict, Field, model_validator
 
 from jobs.search_space import SearchSpace, parse_space
 
 if TYPE_CHECKING:
     from modresnet.storage import Location
-from modresnet import config as configs
 from modresnet import names
-from modresnet.config import Config, ConfigError
+from modresnet.config import Config, ConfigError, FieldError, Int, Loc, Settings, dotted
 from modresnet.errors import UserError
-from modresnet.fields import coerce
 
 JOB_FILE = "modresnet-tune.json"
 Metric = Literal["val_acc", "val_loss", "train_acc", "train_loss"]
@@ -51,64 +48,80 @@ class InvalidSetting(TuneSetupError):
         self.problem = problem
 
 
-@dataclass(frozen=True, kw_only=True)
-class SearchSettings:
-    """The search and trial resources: each field is the `tune` flag of the same name.
-    grace_period is ASHA's first rung, and PBT's interval between exploits."""
+class SearchSettings(Settings):
+    """The search and trial resources: each field is the `tune` flag of the same name, its
+    description that flag's help. grace_period is ASHA's first rung, and PBT's interval
+    between exploits."""
 
-    search: Search = "random"
-    scheduler: Scheduler = "asha"
-    samples: int = 8
-    max_epochs: int = 10
-    grace_period: int = 1
-    reduction_factor: int = 2
-    concurrent: int = 2
-    metric: Metric = "val_acc"
-    workers_per_trial: int = 1
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    include_paper: bool = False
-    search_seed: int = 0
+    model_config = ConfigDict(frozen=True)
+    label = "a search"
 
-    def __post_init__(self) -> None:
-        for name, choices in (("search", Search), ("scheduler", Scheduler)):
-            if getattr(self, name) not in typing.get_args(choices):
-                raise InvalidSetting(
-                    name,
-                    f"must be one of {', '.join(typing.get_args(choices))}; "
-                    f"got {getattr(self, name)!r}",
-                )
-        if self.metric not in METRICS:
-            raise InvalidSetting(
-                "metric", f"must be one of {', '.join(METRICS)}; got {self.metric!r}"
-            )
-        for name, low in (
-            ("samples", 1),
-            ("max_epochs", 1),
-            ("grace_period", 1),
-            ("reduction_factor", 2),
-            ("concurrent", 1),
-            ("workers_per_trial", 1),
-        ):
-            if getattr(self, name) < low:
-                raise InvalidSetting(name, f"must be at least {low}, got {getattr(self, name)}")
+    search: Annotated[Search, Field(description="How points are drawn (optuna: Optuna's TPE)")] = (
+        "random"
+    )
+    scheduler: Annotated[
+        Scheduler,
+        Field(
+            description="Stop weak trials (asha), clone strong ones and mutate their lr, "
+            "weight decay and augmentation (pbt), or run all to the max (fifo)"
+        ),
+    ] = "asha"
+    samples: Annotated[
+        Int, Field(ge=1, description="Trials to run (the paper point counts as one)")
+    ] = 8
+    max_epochs: Annotated[
+        Int, Field(ge=1, description="Epochs of a trial that runs to the end")
+    ] = 10
+    grace_period: Annotated[
+        Int,
+        Field(
+            ge=1,
+            description="ASHA: epochs before a trial can be stopped; PBT: epochs between exploits",
+        ),
+    ] = 1
+    reduction_factor: Annotated[
+        Int, Field(ge=2, description="ASHA: keep the top 1/N at every rung")
+    ] = 2
+    concurrent: Annotated[Int, Field(ge=1, description="Trials running at once")] = 2
+    metric: Annotated[Metric, Field(description="What ranks the trials")] = "val_acc"
+    workers_per_trial: Annotated[
+        Int,
+        Field(
+            ge=1, description="Ray Train data-parallel workers per trial (1: train in the trial)"
+        ),
+    ] = 1
+    cpus_per_trial: Annotated[
+        float, Field(gt=0, description="CPUs per trial (fractions allowed)")
+    ] = 1.0
+    gpus_per_trial: Annotated[
+        float, Field(ge=0, description="GPUs per trial (fractions allowed)")
+    ] = 0.0
+    include_paper: Annotated[
+        bool, Field(description="Run the paper's recipe as the first trial")
+    ] = False
+    search_seed: Annotated[
+        Int, Field(description="Seed of the search: its draws, TPE, PBT's perturbations")
+    ] = 0
+
+    @classmethod
+    def invalid(cls, path: Loc, problem: str) -> Exception:
+        return InvalidSetting(dotted(path), problem)
+
+    @model_validator(mode="after")
+    def _rungs(self) -> Self:
         if self.grace_period > self.max_epochs and self.scheduler != "fifo":
-            raise InvalidSetting(
-                "grace_period",
-                f"{self.grace_period} exceeds --max-epochs "
-                f"{self.max_epochs}; {self.scheduler.upper()} could never act on a trial",
+            raise FieldError(
+                ("grace_period",),
+                f"{self.grace_period} exceeds --max-epochs {self.max_epochs}; "
+                f"{self.scheduler.upper()} could never act on a trial",
             )
-        if self.cpus_per_trial <= 0:
-            raise InvalidSetting("cpus_per_trial", f"must be positive, got {self.cpus_per_trial}")
-        if self.gpus_per_trial < 0:
-            raise InvalidSetting("gpus_per_trial", f"must be >= 0, got {self.gpus_per_trial}")
+        return self
 
     @property
     def mode(self) -> Mode:
         return METRICS[self.metric]
 
 
-@dataclass(frozen=True, kw_only=True)
 class TuneJob(SearchSettings):
     """A whole search: where it lives, the base config and space, and its settings."""
 
@@ -147,11 +160,8 @@ class TuneJob(SearchSettings):
         return space
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["base"] = self.base.to_dict()
+        out = self.model_dump(mode="json", exclude={"remote"} if self.remote is None else None)
         out["mode"] = self.mode
-        if self.remote is None:
-            del out["remote"]
         return out
 
     @classmethod
@@ -161,26 +171,9 @@ class TuneJob(SearchSettings):
             raise TuneSetupError(f"{source}: expected a JSON object of search settings")
         values = dict(values)
         mode = values.pop("mode", None)
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise TuneSetupError(
-                f"{source}: {unknown[0]}: unknown field; a search has {', '.join(fields)}"
-            )
-        kwargs: dict[str, Any] = {}
-        for name, f in fields.items():
-            if name not in values:
-                if f.default is dataclasses.MISSING:
-                    raise TuneSetupError(f"{source}: {name}: missing")
-                continue
-            try:
-                kwargs[name] = _coerce(name, values[name], hints[name])
-            except ConfigError as err:
-                raise TuneSetupError(f"{source}: {err}") from None
         try:
-            names.name(kwargs["name"], "name")
-            job = cls(**kwargs)
+            job = cls.model_validate(values)
+            names.name(job.name, "name")
             job.search_space()
             job.remote_experiment()
         except InvalidSetting as err:
@@ -218,19 +211,6 @@ def _check_pbt(job: TuneJob, space: SearchSpace) -> None:
         )
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    if name == "base":
-        try:
-            return configs.from_dict(value)
-        except ConfigError as err:
-            raise ConfigError(f"base: {err}") from None
-    if name == "space":
-        if not isinstance(value, dict):
-            raise ConfigError(f"space: expected a mapping of SECTION.FIELD keys, got {value!r}")
-        return value
-    return coerce(name, value, hint)
-
-
 def new_job(
     base: Config,
     space: SearchSpace,
@@ -242,7 +222,7 @@ def new_job(
     """A new search of `space` around `base`, whose trials train max_epochs at most."""
     exp = storage / names.name(name, "--name")
     job = TuneJob(
-        **{f.name: getattr(settings, f.name) for f in dataclasses.fields(SearchSettings)},
+        **dict(settings),
         name=name,
         storage=str(storage),
         base=base.with_overrides({"train.epochs": settings.max_epochs}),
@@ -263,7 +243,7 @@ def read_job(exp: Path) -> TuneJob:
             f"--resume: {exp} holds no modresnet search ({JOB_FILE} "
             f"missing); check NAME and --storage"
         )
-    from modresnet.rundir import check_private_storage
+    from modresnet.ownership import check_private_storage
 
     check_private_storage(exp)  # Ray's pickled state is loaded from there
     try:

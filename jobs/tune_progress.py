@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from jobs.search_space import applicable
+from jobs.search_space import applicable, flatten
 from jobs.tune_job import TuneJob
 
 if TYPE_CHECKING:
@@ -119,15 +119,6 @@ def _status(ray_status: str, epoch: int, max_epochs: int) -> str:
     )
 
 
-def _flat(config: dict) -> dict[str, Any]:
-    return {
-        f"{s}.{k}": v
-        for s, fields in config.items()
-        if isinstance(fields, dict)
-        for k, v in fields.items()
-    }
-
-
 # --------------------------------------------------------------------------- the table
 
 
@@ -200,7 +191,7 @@ class TrialTable:
         for v in (val, seen):
             if v is not None:
                 self.best[trial.trial_id] = max(v, self.best.get(trial.trial_id, v))
-        values = {k: v for k, v in _flat(trial.config).items() if k in self.tuned}
+        values = {k: v for k, v in flatten(trial.config).items() if k in self.tuned}
         return TrialState(
             trial.trial_id,
             _status(trial.status, epoch, self.max_epochs),

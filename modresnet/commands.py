@@ -43,11 +43,10 @@ def summary(
     flavor: Annotated[str, typer.Option(help=" | ".join(configs.FLAVORS))] = "paper",
 ) -> None:
     """Per-layer table of ModifiedResNet and its memory totals (the paper's Figure 2)."""
-    from modresnet.fields import coerce
     from modresnet.model import build_model
     from modresnet.summary import summarize
 
-    s = summarize(build_model(configs.FLAVORS[coerce("--flavor", flavor, configs.Flavor)]))
+    s = summarize(build_model(configs.flavor(flavor, "--flavor")))
     table = Table(title=f"ModifiedResNet ({flavor})")
     table.add_column("Layer (type)")
     table.add_column("Output Shape")
@@ -116,8 +115,6 @@ def _test_set_metrics(
     checkpoint: Path, tta: bool, data_dir: str | None, subset: int | None
 ) -> dict[str, Any]:
     """The checkpoint scored on the test set, as a finished run's test.json is."""
-    import dataclasses
-
     import torch
 
     from modresnet.checkpoint import load_model
@@ -125,8 +122,8 @@ def _test_set_metrics(
     from modresnet.evaluation import evaluate_checkpoint
 
     loaded = load_model(local_run(checkpoint))
-    data_cfg = dataclasses.replace(
-        loaded.config.data, data_dir=data_dir, test_subset=subset, subset=None, val_subset=None
+    data_cfg = loaded.config.data.replace(
+        data_dir=data_dir, test_subset=subset, subset=None, val_subset=None
     )
     scores = evaluate_checkpoint(loaded, load_cifar10(data_cfg).test, torch.device("cpu"), tta=tta)
     return {

@@ -1,23 +1,33 @@
 """One typed config for a run: data, augmentation, model, optimizer, schedule, training.
 
-Configs are plain kw-only dataclasses validated in `__post_init__`; `from_dict` is the one
-door from YAML and CLI flags and rejects unknown keys and bad values with a `ConfigError`
-naming the field. Presets are functions of nothing that return a config.
+Every section is a pydantic model (`Settings`): `Literal` choices, `Field` bounds, no unknown
+keys, cross-field rules as model validators. `from_dict` is the one door from YAML, JSON and
+CLI flags; however a config or section is built, a bad key or value is one `ConfigError`
+line naming the field (`optim.lr: must be between 1e-08 and 10.0, got -1.0`). Presets are
+functions of nothing that return a config.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
-from modresnet.fields import ConfigError as ConfigError  # the config's error, by its name
-from modresnet.fields import check_choices, check_range, coerce, plain, type_hints
+from modresnet.errors import UserError
 
-# The choices of the config, as types: validation, YAML coercion and the CLI's help read them.
+# The choices of the config, as types: validation and the CLI's help read them.
 Flavor = Literal["paper", "debug"]
 OptimName = Literal["adam", "adamw", "sgd"]
 ScheduleName = Literal["plateau", "onecycle", "cosine", "constant"]  # plateau: on val loss
@@ -25,25 +35,94 @@ Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 LrScaling = Literal["linear", "sqrt", "none"]
 
+Loc = tuple[str | int, ...]
 
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig:
+
+class ConfigError(UserError, ValueError):
+    """A config key or value a user wrote is wrong; the message names the field."""
+
+
+class FieldError(ConfigError):
+    """The field at `path` (below the settings that raised it) has `problem`; `label`, when
+    given, names those settings in the message."""
+
+    def __init__(self, path: Loc, problem: str, label: str = "") -> None:
+        super().__init__(f"{dotted((label, *path) if label else path)}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def _whole(value: Any) -> Any:
+    """YAML, JSON and Optuna's stepped floats write whole numbers as 8.0; an int field
+    takes them (8.5 stays an error)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Int = Annotated[int, BeforeValidator(_whole)]
+
+
+class Settings(BaseModel):
+    """Typed settings read from YAML, JSON or flags: strict types (a flag is true or false, a
+    number is not a string), no unknown keys, and every error one line naming the field."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    label: ClassVar[str] = "the settings"  # what an unknown-key error calls the whole
+
+    if not TYPE_CHECKING:  # hidden from mypy, which keeps pydantic's typed keyword signature
+
+        def __init__(self, **values: Any) -> None:
+            try:
+                super().__init__(**values)
+            except ValidationError as err:
+                raise self.invalid(*explain(err, type(self))) from None
+
+    @classmethod
+    def invalid(cls, path: Loc, problem: str) -> Exception:
+        """The error construction raises for the field at `path`."""
+        return FieldError(path, problem)
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with `changes`, validated like any new one (model_copy does not validate)."""
+        return type(self)(**{**dict(self), **changes})
+
+
+class Section(Settings):
+    """A section of the config: its errors name the field as SECTION.FIELD."""
+
+    @classmethod
+    def invalid(cls, path: Loc, problem: str) -> Exception:
+        return FieldError(path, problem, cls.label)
+
+
+class ModelConfig(Section):
     """Architecture knobs; `flavor` names a preset, explicit widths/blocks override it."""
 
-    widths: tuple[int, ...] = (64, 128, 256)
-    blocks: tuple[int, ...] = (2, 2, 2)
-    num_classes: int = 10
+    model_config = ConfigDict(frozen=True)
+    label = "model"
 
-    def __post_init__(self) -> None:
+    widths: Annotated[tuple[Int, ...], Field(strict=False)] = (64, 128, 256)
+    blocks: Annotated[tuple[Int, ...], Field(strict=False)] = (2, 2, 2)
+    num_classes: Annotated[Int, Field(ge=2)] = 10
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flavor(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "flavor" in values:
+            values = dict(values)
+            return {**dict(flavor(values.pop("flavor"))), **values}
+        return values
+
+    @model_validator(mode="after")
+    def _stages(self) -> Self:
         if not self.widths or any(w < 1 for w in self.widths):
-            raise ValueError(f"model.widths: need positive channel counts, got {list(self.widths)}")
+            raise FieldError(("widths",), f"need positive channel counts, got {list(self.widths)}")
         if len(self.blocks) != len(self.widths) or any(b < 1 for b in self.blocks):
-            raise ValueError(
-                f"model.blocks: need one positive block count per stage "
-                f"({len(self.widths)} stages), got {list(self.blocks)}"
+            raise FieldError(
+                ("blocks",),
+                f"need one positive block count per stage ({len(self.widths)} stages), "
+                f"got {list(self.blocks)}",
             )
-        if self.num_classes < 2:
-            raise ValueError(f"model.num_classes: need at least 2, got {self.num_classes}")
+        return self
 
 
 FLAVORS: dict[Flavor, ModelConfig] = {
@@ -53,138 +132,217 @@ FLAVORS: dict[Flavor, ModelConfig] = {
 }
 
 
-@dataclass(kw_only=True)
-class DataConfig:
-    data_dir: str | None = None  # None: MODRESNET_DATA, else ~/.cache/modresnet
-    val_size: int = 5000  # held out of the 50,000 training images, stratified
-    split_seed: int = 0
-    subset: int | None = None  # stratified number of training images for quick runs
-    val_subset: int | None = None  # None: full validation split, or subset/9 with --subset
-    test_subset: int | None = None  # None: the full 10,000-image test set
-    download: bool = True
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+def flavor(name: object, where: str = "flavor") -> ModelConfig:
+    """The model of the flavor `name`, or a FieldError at `where`."""
+    if name not in FLAVORS:
+        raise FieldError((where,), f"must be one of {', '.join(FLAVORS)}; got {name!r}")
+    return FLAVORS[name]
 
-    def __post_init__(self) -> None:
-        if not 10 <= self.val_size <= 25000:
-            raise ValueError(f"data.val_size: must be between 10 and 25000, got {self.val_size}")
-        for name in ("subset", "val_subset", "test_subset"):
-            value = getattr(self, name)
-            if value is not None and value < 10:
-                raise ValueError(
-                    f"data.{name}: need at least 10 images (one per class), got {value}"
-                )
+
+Images = Annotated[Int | None, Field(ge=10)]  # at least one image per class
+
+
+class DataConfig(Section):
+    label = "data"
+
+    data_dir: Annotated[
+        str | None,
+        Field(
+            description="Folder holding cifar-10-batches-py (else $MODRESNET_DATA, "
+            "else ~/.cache/modresnet)"
+        ),
+    ] = None
+    val_size: Annotated[
+        Int,
+        Field(ge=10, le=25000, description="Held out of the 50,000 training images, stratified"),
+    ] = 5000
+    split_seed: Int = 0
+    subset: Annotated[Images, Field(description="Stratified number of training images")] = None
+    val_subset: Annotated[
+        Images,
+        Field(description="Validation images (else the full split, or subset/9 with data.subset)"),
+    ] = None
+    test_subset: Annotated[
+        Images, Field(description="Test images (else the full 10,000-image test set)")
+    ] = None
+    download: bool = True
+    mean: Annotated[tuple[float, float, float], Field(strict=False)] = (0.5, 0.5, 0.5)
+    std: Annotated[tuple[float, float, float], Field(strict=False)] = (0.5, 0.5, 0.5)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Self:
         if self.subset is not None and self.subset > 50000 - self.val_size:
-            raise ValueError(
-                f"data.subset: at most {50000 - self.val_size} training images "
-                f"exist, got {self.subset}"
+            raise FieldError(
+                ("subset",),
+                f"at most {50000 - self.val_size} training images exist, got {self.subset}",
             )
         if any(s <= 0 for s in self.std):
-            raise ValueError(f"data.std: must be positive, got {list(self.std)}")
+            raise FieldError(("std",), f"must be positive, got {list(self.std)}")
+        return self
 
 
-@dataclass(kw_only=True)
-class AugmentConfig:
+class AugmentConfig(Section):
     """Random per-sample augmentation; every knob at 0 turns its family off."""
 
-    crop_padding: int = 0  # pixels of zero padding before a random 32x32 crop
-    flip: float = 0.0  # probability of a horizontal flip
-    brightness: float = 0.0  # factor drawn from [1-b, 1+b]
-    contrast: float = 0.0
-    saturation: float = 0.0
-    hue: float = 0.0  # shift drawn from [-h, h] of a full hue turn, h <= 0.5
-    rotation: float = 0.0  # degrees, drawn from [-r, r]
-    translate: float = 0.0  # fraction of the image side, drawn from [-t, t] per axis
-    cutout: int = 0  # side in pixels of one zeroed square
+    label = "augment"
 
-    def __post_init__(self) -> None:
-        check_range("augment.crop_padding", self.crop_padding, 0, 16)
-        check_range("augment.flip", self.flip, 0.0, 1.0)
-        for name in ("brightness", "contrast", "saturation"):
-            check_range(f"augment.{name}", getattr(self, name), 0.0, 1.0)
-        check_range("augment.hue", self.hue, 0.0, 0.5)
-        check_range("augment.rotation", self.rotation, 0.0, 180.0)
-        check_range("augment.translate", self.translate, 0.0, 0.5)
-        check_range("augment.cutout", self.cutout, 0, 32)
+    crop_padding: Annotated[
+        Int, Field(ge=0, le=16, description="Pixels of zero padding before a random 32x32 crop")
+    ] = 0
+    flip: Annotated[
+        float, Field(ge=0.0, le=1.0, description="Probability of a horizontal flip")
+    ] = 0.0
+    brightness: Annotated[
+        float, Field(ge=0.0, le=1.0, description="Factor drawn from [1-b, 1+b]")
+    ] = 0.0
+    contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    saturation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    hue: Annotated[
+        float, Field(ge=0.0, le=0.5, description="Shift drawn from [-h, h] of a full hue turn")
+    ] = 0.0
+    rotation: Annotated[
+        float, Field(ge=0.0, le=180.0, description="Degrees, drawn from [-r, r]")
+    ] = 0.0
+    translate: Annotated[
+        float,
+        Field(
+            ge=0.0, le=0.5, description="Fraction of the image side, drawn from [-t, t] per axis"
+        ),
+    ] = 0.0
+    cutout: Annotated[
+        Int, Field(ge=0, le=32, description="Side in pixels of one zeroed square")
+    ] = 0
 
 
-@dataclass(kw_only=True)
-class OptimConfig:
+class OptimConfig(Section):
+    label = "optim"
+
     name: OptimName = "adam"
-    lr: float = 1e-3  # peak learning rate at the reference batch (train.batch_size x 1 worker)
-    weight_decay: float = 1e-4
-    momentum: float = 0.9  # sgd only
-    nesterov: bool = False  # sgd only
-    betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw only
-    norm_bias_decay: bool = True  # false: no weight decay on BatchNorm weights and biases
+    lr: Annotated[
+        float,
+        Field(
+            ge=1e-8,
+            le=10.0,
+            description="Peak learning rate at the reference batch: train.batch_size on 1 worker",
+        ),
+    ] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
+    momentum: Annotated[float, Field(ge=0.0, le=0.999, description="sgd only")] = 0.9
+    nesterov: Annotated[bool, Field(description="sgd only")] = False
+    betas: Annotated[tuple[float, float], Field(strict=False, description="adam/adamw only")] = (
+        0.9,
+        0.999,
+    )
+    norm_bias_decay: Annotated[
+        bool, Field(description="False: no weight decay on BatchNorm weights and biases")
+    ] = True
 
-    def __post_init__(self) -> None:
-        check_choices(self, "optim")
-        check_range("optim.lr", self.lr, 1e-8, 10.0)
-        check_range("optim.weight_decay", self.weight_decay, 0.0, 1.0)
-        check_range("optim.momentum", self.momentum, 0.0, 0.999)
+    @model_validator(mode="after")
+    def _pairs(self) -> Self:
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
-            raise ValueError("optim.nesterov: needs optim.name 'sgd' and a non-zero optim.momentum")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"optim.betas: need two values in [0, 1), got {list(self.betas)}")
+            raise FieldError(("nesterov",), "needs optim.name 'sgd' and a non-zero optim.momentum")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise FieldError(("betas",), f"need two values in [0, 1), got {list(self.betas)}")
+        return self
 
 
-@dataclass(kw_only=True)
-class ScheduleConfig:
+class ScheduleConfig(Section):
+    label = "schedule"
+
     name: ScheduleName = "plateau"
-    plateau_factor: float = 0.1
-    plateau_patience: int = 5  # epochs without validation-loss improvement
-    warmup_fraction: float = 0.25  # onecycle: share of steps spent rising to the peak
-    final_lr_fraction: float = 0.01  # onecycle/cosine: last lr as a share of the peak
+    plateau_factor: Annotated[float, Field(ge=1e-4, le=0.99)] = 0.1
+    plateau_patience: Annotated[
+        Int, Field(ge=0, le=1000, description="Epochs without validation-loss improvement")
+    ] = 5
+    warmup_fraction: Annotated[
+        float,
+        Field(ge=0.01, le=0.99, description="onecycle: share of steps spent rising to the peak"),
+    ] = 0.25
+    final_lr_fraction: Annotated[
+        float, Field(ge=0.0, le=1.0, description="onecycle/cosine: last lr as a share of the peak")
+    ] = 0.01
 
-    def __post_init__(self) -> None:
-        check_choices(self, "schedule")
-        check_range("schedule.plateau_factor", self.plateau_factor, 1e-4, 0.99)
-        check_range("schedule.plateau_patience", self.plateau_patience, 0, 1000)
-        check_range("schedule.warmup_fraction", self.warmup_fraction, 0.01, 0.99)
-        check_range("schedule.final_lr_fraction", self.final_lr_fraction, 0.0, 1.0)
 
+class TrainConfig(Section):
+    label = "train"
 
-@dataclass(kw_only=True)
-class TrainConfig:
-    epochs: int = 50
-    batch_size: int = 128  # per worker
-    eval_batch_size: int = 1000  # large: evaluation is cheap per image, kernel launches are not
-    label_smoothing: float = 0.0
-    ema_decay: float = 0.0  # 0: off; else the per-step decay of an EMA of the weights (warmed up)
-    ema_bn_images: int = 2048  # training images the EMA's BatchNorm statistics are recomputed on
-    tta: bool = False  # evaluate on the image and its mirror
-    seed: int = 0
+    epochs: Annotated[Int, Field(ge=1, le=10000)] = 50
+    batch_size: Annotated[Int, Field(ge=1, le=65536, description="Per worker")] = 128
+    eval_batch_size: Annotated[
+        Int,
+        Field(
+            ge=1,
+            le=65536,
+            description="Large: evaluation is cheap per image, kernel launches are not",
+        ),
+    ] = 1000
+    label_smoothing: Annotated[float, Field(ge=0.0, le=0.99)] = 0.0
+    ema_decay: Annotated[
+        float,
+        Field(
+            ge=0.0,
+            le=0.99999,
+            description="0: off; else the per-step decay of an EMA of the weights (warmed up)",
+        ),
+    ] = 0.0
+    ema_bn_images: Annotated[
+        Int,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description="Training images the EMA's BatchNorm statistics are recomputed on",
+        ),
+    ] = 2048
+    tta: Annotated[bool, Field(description="Evaluate on the image and its mirror")] = False
+    seed: Int = 0
     device: Device = "auto"
-    channels_last: bool = True  # faster on CUDA and on this CPU (oneDNN), both measured
-    precision: Precision = "auto"  # auto: bf16 on CC >= 8.0 GPUs, fp16 on older, fp32 on CPU
-    compile: bool = False  # torch.compile the training forward (minutes to compile on a CPU)
-    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
-    lr_scaling: LrScaling = "linear"  # how optim.lr grows with data-parallel workers
+    channels_last: Annotated[
+        bool, Field(description="Faster on CUDA and on this CPU (oneDNN), both measured")
+    ] = True
+    precision: Annotated[
+        Precision, Field(description="auto: bf16 on CC >= 8.0 GPUs, fp16 on older, fp32 on CPU")
+    ] = "auto"
+    compile: Annotated[
+        bool, Field(description="torch.compile the training forward (minutes to compile on a CPU)")
+    ] = False
+    threads: Annotated[
+        Int, Field(ge=0, le=1024, description="Torch intra-op threads; 0 leaves torch's default")
+    ] = 0
+    lr_scaling: Annotated[
+        LrScaling, Field(description="How optim.lr grows with data-parallel workers")
+    ] = "linear"
 
-    def __post_init__(self) -> None:
-        check_range("train.epochs", self.epochs, 1, 10000)
-        check_range("train.batch_size", self.batch_size, 1, 65536)
-        check_range("train.eval_batch_size", self.eval_batch_size, 1, 65536)
-        check_range("train.label_smoothing", self.label_smoothing, 0.0, 0.99)
-        check_range("train.ema_decay", self.ema_decay, 0.0, 0.99999)
-        check_range("train.ema_bn_images", self.ema_bn_images, 1, 1_000_000)
-        check_range("train.threads", self.threads, 0, 1024)
-        check_choices(self, "train")
+    @model_validator(mode="before")
+    @classmethod
+    def _bf16(cls, values: Any) -> Any:
+        """Runs saved before train.precision existed said bf16: true/false."""
+        if isinstance(values, dict) and "bf16" in values and "precision" not in values:
+            values = dict(values)
+            values["precision"] = "auto" if values.pop("bf16") is not False else "fp32"
+        return values
 
 
-@dataclass(kw_only=True)
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+class Config(Settings):
+    label = "a config"
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, values: Any) -> Any:
+        """A YAML section with nothing under it (`optim:`) keeps the section's defaults."""
+        if isinstance(values, dict):
+            return {k: {} if v is None else v for k, v in values.items()}
+        return values
 
     def to_dict(self) -> dict[str, Any]:
-        values: dict[str, Any] = plain(dataclasses.asdict(self))
-        return values
+        """Plain YAML/JSON values: tuples as lists."""
+        return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -205,49 +363,146 @@ class Config:
         return from_dict(merged)
 
 
-def field_hint(path: str) -> Any:
-    """The type of the config field SECTION.FIELD (`model.flavor`: the flavor names)."""
-    section, _, name = path.partition(".")
+SECTIONS: dict[str, type[Section]] = {
+    name: typing.cast(type[Section], info.annotation) for name, info in Config.model_fields.items()
+}
+FLAVOR_FIELD = FieldInfo(annotation=Flavor, description="Model flavor")
+
+
+def field_info(path: str) -> FieldInfo:
+    """The config field SECTION.FIELD (`model.flavor`: the flavor names)."""
     if path == "model.flavor":
-        return Flavor
-    return type_hints(type_hints(Config)[section])[name]
+        return FLAVOR_FIELD
+    section, _, name = path.partition(".")
+    return SECTIONS[section].model_fields[name]
 
 
-def _build(path: str, cls: type, values: dict[str, Any]) -> Any:
-    values = dict(values)
-    if cls is TrainConfig and "bf16" in values and "precision" not in values:
-        # Runs saved before train.precision existed said bf16: true/false.
-        values["precision"] = "auto" if values.pop("bf16") is not False else "fp32"
-    if cls is ModelConfig and "flavor" in values:
-        flavor = coerce(f"{path}.flavor", values.pop("flavor"), Flavor)
-        base = plain(dataclasses.asdict(FLAVORS[flavor]))
-        values = {**base, **values}
-    hints = type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"{path}.{key}: unknown key; {path} has {', '.join(known)}")
-        kwargs[key] = coerce(f"{path}.{key}", value, hints[key], _build)
-    try:
-        return cls(**kwargs)
-    except ValueError as err:
-        message = str(err)
-        if not message.startswith(path.split(".")[-1] + "."):
-            message = f"{path}: {message}"
-        raise ConfigError(message) from None
+def field_hint(path: str) -> Any:
+    """The type of the config field SECTION.FIELD."""
+    return field_info(path).annotation
 
 
-def from_dict(values: dict[str, Any]) -> Config:
+def plain_type(hint: Any) -> Any:
+    """`hint` without `| None` and without Annotated metadata: the type a flag parses."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    return hint
+
+
+def choices(hint: Any) -> tuple[str, ...] | None:
+    """The allowed values of a `Literal` field type (also inside `X | None`), else None."""
+    hint = plain_type(hint)
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+def dotted(path: Loc) -> str:
+    """("optim", "betas", 1) as optim.betas[1]."""
+    out = ""
+    for key in path:
+        out += f"[{key}]" if isinstance(key, int) else f".{key}" if out else key
+    return out
+
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "int_parsing": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "tuple_type": "a list",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping of fields",
+}
+_BOUNDS = {
+    "greater_than_equal": ("ge", "at least"),
+    "less_than_equal": ("le", "at most"),
+    "greater_than": ("gt", "above"),
+    "less_than": ("lt", "below"),
+}
+
+
+def explain(err: ValidationError, model: type[BaseModel]) -> tuple[Loc, str]:
+    """The first error of `err`, raised validating `model`: the path of the field and the
+    problem, in the words every command uses."""
+    error = err.errors()[0]
+    loc, kind, value = tuple(error["loc"]), error["type"], error["input"]
+    ctx = error.get("ctx", {})
+    cause = ctx.get("error")
+    if isinstance(cause, FieldError):
+        return (*loc, *cause.path), cause.problem
+    if isinstance(cause, Exception):
+        return loc, str(cause)
+    holder, info = _field(model, loc)
+    if kind in ("too_long", "too_short") or (
+        kind == "missing" and loc and isinstance(loc[-1], int)
+    ):
+        at = loc[:-1] if kind == "missing" else loc
+        whole = _field(model, at)[1]
+        items = typing.get_args(plain_type(whole.annotation)) if whole is not None else ()
+        return at, f"expected {len(items)} values, got {value}"
+    if kind == "missing":
+        return loc, "missing"
+    if kind == "extra_forbidden" and holder is not None:
+        whole_name = dotted(loc[:-1]) or getattr(holder, "label", holder.__name__)
+        return loc, f"unknown key; {whole_name} has {', '.join(holder.model_fields)}"
+    if kind == "literal_error":
+        allowed = choices(info.annotation) if info is not None else None
+        listed = ", ".join(allowed) if allowed else ctx.get("expected", "")
+        return loc, f"must be one of {listed}; got {value!r}"
+    if kind in _EXPECTED:
+        return loc, f"expected {_EXPECTED[kind]}, got {value!r}"
+    if kind in _BOUNDS:
+        return loc, _bound(kind, ctx, value, info)
+    return loc, f"{error['msg']}, got {value!r}"
+
+
+def _bound(kind: str, ctx: dict[str, Any], value: Any, info: FieldInfo | None) -> str:
+    """A range's problem; a field bounded on both sides names both ends."""
+    limits = {
+        k: getattr(m, k)
+        for m in (info.metadata if info else ())
+        for k in ("ge", "le")
+        if hasattr(m, k)
+    }
+    if len(limits) == 2 and kind in ("greater_than_equal", "less_than_equal"):
+        return f"must be between {limits['ge']} and {limits['le']}, got {value}"
+    key, words = _BOUNDS[kind]
+    if kind == "greater_than" and ctx[key] == 0:
+        return f"must be positive, got {value}"
+    return f"must be {words} {ctx[key]}, got {value}"
+
+
+def _field(model: type[BaseModel], loc: Loc) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+    """The settings class at `loc[:-1]` and its field `loc[-1]` (None where there is none)."""
+    holder: type[BaseModel] | None = model
+    for key in loc[:-1]:
+        info = holder.model_fields.get(key) if holder and isinstance(key, str) else None
+        sub = plain_type(info.annotation) if info is not None else None
+        holder = sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None
+    last = loc[-1] if loc else None
+    info = holder.model_fields.get(last) if holder and isinstance(last, str) else None
+    return holder, info
+
+
+def from_dict(values: Any) -> Config:
+    """The config a YAML or JSON mapping holds, or a ConfigError naming the field."""
     if not isinstance(values, dict):
         raise ConfigError(f"config: expected a mapping of sections, got {type(values).__name__}")
-    hints = type_hints(Config)
-    kwargs = {}
-    for key, value in values.items():
-        if key not in hints:
-            raise ConfigError(f"{key}: unknown section; a config has {', '.join(hints)}")
-        kwargs[key] = coerce(key, value or {}, hints[key], _build)
-    return Config(**kwargs)
+    for section, fields in values.items():
+        for key in (section, *(fields if isinstance(fields, dict) else ())):
+            if not isinstance(key, str):
+                raise ConfigError(f"{section}: keys must be field names, got {key!r}")
+    try:
+        return Config.model_validate(values)
+    except ValidationError as err:
+        path, problem = explain(err, Config)
+        raise ConfigError(f"{dotted(path)}: {problem}") from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -305,11 +560,10 @@ def fast15() -> Config:
     """`fast` in 15 epochs: no cutout (it costs accuracy on short runs, Page measured) and a
     shorter EMA horizon for the halved number of steps."""
     base = fast()
-    return dataclasses.replace(
-        base,
+    return base.replace(
         augment=AugmentConfig(crop_padding=4, flip=0.5),
-        schedule=dataclasses.replace(base.schedule, warmup_fraction=0.25),
-        train=dataclasses.replace(base.train, epochs=15, ema_decay=0.998),
+        schedule=base.schedule.replace(warmup_fraction=0.25),
+        train=base.train.replace(epochs=15, ema_decay=0.998),
     )
 
 
@@ -320,23 +574,21 @@ def demo() -> Config:
     test accuracy is what `modresnet evaluate` and the served model give. The paper's model
     and recipe are the `paper` preset."""
     base = fast()
-    return dataclasses.replace(
-        base,
+    return base.replace(
         model=FLAVORS["debug"],
         augment=AugmentConfig(crop_padding=4, flip=0.5),  # no cutout on a short run
         data=DataConfig(subset=12000, val_subset=1000),
-        train=dataclasses.replace(base.train, epochs=5, batch_size=32, ema_decay=0.0, tta=False),
+        train=base.train.replace(epochs=5, batch_size=32, ema_decay=0.0, tta=False),
     )
 
 
 def debug() -> Config:
     """The `debug` model flavor on 500 images for one epoch: seconds, for tests."""
     base = paper()
-    return dataclasses.replace(
-        base,
+    return base.replace(
         model=FLAVORS["debug"],
         data=DataConfig(subset=500, val_subset=200, test_subset=200),
-        train=dataclasses.replace(base.train, epochs=1, batch_size=64),
+        train=base.train.replace(epochs=1, batch_size=64),
     )
 
 

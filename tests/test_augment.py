@@ -1,7 +1,5 @@
 """Batched augmentation: shapes, identity at strength 0, flips, per-sample randomness, seeds."""
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -50,18 +48,18 @@ def test_strength_zero_is_identity(batch):
     ],
 )
 def test_each_family_changes_images(batch, field, value):
-    out = augment(batch, dataclasses.replace(OFF, **{field: value}), gen())
+    out = augment(batch, OFF.replace(**{field: value}), gen())
     assert not torch.allclose(out, batch.float() / 255)
 
 
 def test_flip_flips(batch):
-    out = augment(batch, dataclasses.replace(OFF, flip=1.0), gen())
+    out = augment(batch, OFF.replace(flip=1.0), gen())
     assert torch.equal(out, batch.float().flip(3) / 255)
 
 
 def test_crop_without_rotation_is_an_exact_pixel_shift(batch):
     x = batch.float() / 255
-    out = geometry(x, dataclasses.replace(OFF, crop_padding=4), gen())
+    out = geometry(x, OFF.replace(crop_padding=4), gen())
     # every output pixel is an input pixel or zero padding
     values = set(x[0].flatten().tolist()) | {0.0}
     assert set(out[0].flatten().tolist()) <= values

@@ -6,14 +6,13 @@ threads and ONEDNN_MAX_CPU_ISA=AVX2, and its margin. Every test here runs on
 MODRESNET_TEST_THREADS intra-op threads (default 2), never on torch's per-machine default.
 """
 
-import dataclasses
 import os
 from collections.abc import Iterator
 
 import pytest
 import torch
 
-from modresnet import checkpoint, engine
+from modresnet import checkpoint, engine, inference, parallel
 from modresnet import config as configs
 from modresnet.config import AugmentConfig
 from modresnet.data import Split, load_cifar10
@@ -50,7 +49,7 @@ def test_overfits_256_real_images(small_cifar):
             "schedule.name": "onecycle",
         },
     )
-    cfg = dataclasses.replace(cfg, augment=AugmentConfig())
+    cfg = cfg.replace(augment=AugmentConfig())
     train = Split(small_cifar.train.x[:256], small_cifar.train.y[:256])
     state = _state(cfg, len(train))
     engine.fit(state, train, train, cfg, CPU, on_epoch=lambda r, s: None)
@@ -69,7 +68,7 @@ def test_beats_chance_on_validation(small_cifar):
             "augment.flip": 0.5,
         },
     )
-    cfg = dataclasses.replace(cfg, augment=AugmentConfig(crop_padding=2, flip=0.5))
+    cfg = cfg.replace(augment=AugmentConfig(crop_padding=2, flip=0.5))
     state = _state(cfg, len(small_cifar.train))
     engine.fit(state, small_cifar.train, small_cifar.val, cfg, CPU, on_epoch=lambda r, s: None)
     # chance is 0.10; measured 0.340-0.358 under 1 and 2 threads, AVX2 and AVX-512:
@@ -172,7 +171,7 @@ def test_resumed_schedule_has_the_uninterrupted_lr(schedule):
 
     saved = stepped(cfg, 7).state_dict()
     for epochs in (3, 6):
-        longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
+        longer = cfg.replace(train=cfg.train.replace(epochs=epochs))
         resumed = _state(longer, 50)
         resumed.load_state_dict(saved)
         expected = stepped(longer, 7).optimizer.param_groups[0]["lr"]
@@ -198,7 +197,7 @@ def test_every_optimizer_and_schedule_learns(small_cifar):
                     "train.label_smoothing": 0.1,
                 },
             )
-            cfg = dataclasses.replace(cfg, augment=AugmentConfig())
+            cfg = cfg.replace(augment=AugmentConfig())
             state = _state(cfg, len(train))
             engine.fit(state, train, train, cfg, CPU, on_epoch=lambda r, s: None)
             first, last = state.history[0], state.history[-1]
@@ -210,9 +209,9 @@ def test_tta_evaluates_the_mirror(small_cifar):
     cfg = configs.resolve("debug")
     model = build_model(FLAVORS["debug"]).eval()
     val = Split(small_cifar.val.x[:50], small_cifar.val.y[:50])
-    plain = engine.predict_logits(model, val.x, cfg, CPU)
-    mirrored = engine.predict_logits(model, val.x.flip(3), cfg, CPU)
-    tta = engine.predict_logits(model, val.x, cfg, CPU, tta=True)
+    plain = inference.predict_logits(model, val.x, cfg, CPU)
+    mirrored = inference.predict_logits(model, val.x.flip(3), cfg, CPU)
+    tta = inference.predict_logits(model, val.x, cfg, CPU, tta=True)
     assert torch.allclose(tta, (plain + mirrored) / 2, atol=1e-5)
 
 
@@ -250,7 +249,7 @@ def test_fast_recipe_hands_over_a_model_no_worse_than_its_live_weights(data_dir)
     data = load_cifar10(cfg.data)
     state = _state(cfg, len(data.train))
     engine.fit(state, data.train, data.val, cfg, CPU, on_epoch=lambda r, s: None)
-    live = engine.evaluate(engine.unwrap(state.model), data.val, cfg, CPU, tta=True)["acc"]
+    live = engine.evaluate(parallel.unwrap(state.model), data.val, cfg, CPU, tta=True)["acc"]
     evaluated = engine.evaluate(state.eval_model(), data.val, cfg, CPU, tta=True)["acc"]
     # live measured 0.602 (1 thread) and 0.607 (2 threads) with ONEDNN_MAX_CPU_ISA=AVX2:
     # margin 20 points

@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from modresnet import config as configs
 from modresnet.cli import app
 
+LEGACY = Path(__file__).parent / "fixtures" / "legacy"
+
 # --------------------------------------------------------------------------- no Ray
 
 
@@ -154,10 +156,13 @@ def test_saved_search_round_trips_in_the_format_earlier_versions_wrote(tmp_path)
     [
         ({"samples": 0}, "samples: must be at least 1"),
         ({"metric": "accuracy"}, "metric: must be one of val_acc"),
-        ({"base": {"optim": {"lr": -1}}}, "base: optim.lr"),
+        ({"base": {"optim": {"lr": -1}}}, "base.optim.lr: must be between 1e-08 and 10.0"),
         ({"space": {"optim.lrr": 1}}, "space: "),
         ({"grace_period": "one"}, "grace_period: expected an integer"),
-        ({"samplez": 3}, "samplez: unknown field"),
+        ({"samplez": 3}, "samplez: unknown key; a search has search, scheduler, samples,"),
+        ({"cpus_per_trial": 0}, "cpus_per_trial: must be positive, got 0"),
+        ({"include_paper": "yes"}, "include_paper: expected true or false, got 'yes'"),
+        ({"name": None}, "name: expected a string, got None"),
         ({"scheduler": "hyperband"}, "scheduler: must be one of asha, pbt, fifo"),
     ],
 )
@@ -205,23 +210,52 @@ def test_resume_refuses_search_flags_that_contradict_the_saved_search(tmp_path, 
 
 
 def test_resume_accepts_flags_that_repeat_the_saved_search(tmp_path):
+    """Each repeated flag is compared and accepted; the same flag with another value is not."""
     from jobs.tune_command import check_resume
-    from jobs.tune_job import read_job
+    from jobs.tune_job import TuneSetupError, read_job
 
     job = read_job(_saved_search(tmp_path))
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     again = configs.resolve("debug", overrides={"data.subset": 600})
-    check_resume(
-        job,
-        {
-            "samples": 6,
-            "max_epochs": 3,
-            "cpus_per_trial": 1,
-            "search": "random",
-            "scheduler": "asha",
-        },
-        "s",
-        again,
-        space,
+    repeated = {
+        "samples": 6,
+        "max_epochs": 3,
+        "cpus_per_trial": 1,
+        "search": "random",
+        "scheduler": "asha",
+    }
+    assert check_resume(job, repeated, "s", again, space) is None
+    for field, other in (("samples", 7), ("cpus_per_trial", 2), ("scheduler", "fifo")):
+        with pytest.raises(TuneSetupError, match=f"conflicts with the saved search s \\({field}"):
+            check_resume(job, {**repeated, field: other}, "s", again, space)
+    with pytest.raises(TuneSetupError, match="data.subset 700, the saved search s has 600"):
+        check_resume(job, repeated, "s", again.with_overrides({"data.subset": 700}), space)
+
+
+def test_a_search_file_as_written_before_still_loads():
+    """tests/fixtures/legacy/modresnet-tune.json is a search as the dataclass settings saved it."""
+    from jobs.tune_job import JOB_FILE, TuneJob
+
+    saved = json.loads((LEGACY / JOB_FILE).read_text())
+    job = TuneJob.from_dict(saved, JOB_FILE)
+    assert job.to_dict() == saved
+    assert (job.samples, job.max_epochs, job.cpus_per_trial, job.mode) == (6, 3, 0.5, "max")
+    assert job.base.data.subset == 600 and job.base.train.epochs == 3
+    assert job.search_space().tuned_keys()
+
+
+def test_search_flags_come_from_the_settings_model():
+    """Every search setting is a `tune` flag whose help is the field's description and whose
+    default is the model's."""
+    from jobs.tune_job import SearchSettings
+
+    text = " ".join(
+        CliRunner().invoke(app, ["tune", "--help"], env={"COLUMNS": "400"}).output.split()
     )
+    for name, field in SearchSettings.model_fields.items():
+        flag = f"--{name.replace('_', '-')}"
+        assert f"{flag} " in text and field.description in text, name
+    assert "Trials to run (the paper point counts as one); default 8" in text
+    assert "(optuna: Optuna's TPE): random | optuna; default random" in text
+    assert "Epochs of a trial that runs to the end; default the config's train.epochs" in text

@@ -1,13 +1,14 @@
 # Two entry points: `make demo` and `make test`. Both build .venv from the constraints and
 # install nothing outside this folder. `make browser` (optional) installs Debian's chromium
-# for the one test that drives the Serve web page.
+# for the one test that drives the Serve web page, `make prometheus` Debian's Prometheus and
+# promtool for the metrics tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 
-.PHONY: install demo lint test test-fast test-cluster browser clean
+.PHONY: install demo lint test test-fast test-cluster browser prometheus clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +68,17 @@ browser:
 		$$SUDO apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends chromium; \
 	else echo "no apt-get here: install a Chromium at /usr/bin/chromium yourself" >&2; exit 1; fi
+
+# Debian's prometheus package (prometheus and promtool) for tests/test_prometheus_rules.py and
+# the test that scrapes a real `modresnet serve`. Changes the system, like `browser`.
+prometheus:
+	@if [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ]; then \
+		echo "prometheus is installed: /usr/bin/prometheus, /usr/bin/promtool"; \
+	elif command -v apt-get >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends prometheus; \
+	else echo "no apt-get here: install Prometheus with promtool in /usr/bin yourself" >&2; exit 1; fi
 
 clean:
 	rm -rf $(VENV)

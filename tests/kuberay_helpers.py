@@ -6,8 +6,10 @@ What the KubeRay tests check, with no cluster:
 no cluster:
 
 * the custom resources against KubeRay's own CRD schemas (v1.5.1, identical at v1.5.2; read
-  from $MODRESNET_KUBERAY_CRDS or ../shared/kuberay-crds, see `crd_dir`), unknown fields rejected as
-  `kubectl apply` (server-side field validation: Strict) rejects them;
+  from $MODRESNET_KUBERAY_CRDS or ../shared/kuberay-crds, see `crd_dir`), and the PodMonitor
+  against prometheus-operator's (v0.93.0; $MODRESNET_PROMETHEUS_CRDS or
+  ../shared/prometheus-operator-crds), unknown fields rejected as `kubectl apply` (server-side
+  field validation: Strict) rejects them;
 * the core kinds, and every pod template inside the custom resources, against the Kubernetes
   OpenAPI schemas of 1.30 to 1.37 (the `kubernetes-validate` package, strict mode);
 * the NetworkPolicies evaluated against the labels each pod will really carry (derived as KubeRay
@@ -49,8 +51,24 @@ def crd_dir() -> Path | None:
     return None
 
 
+def prometheus_crd_dir() -> Path | None:
+    """prometheus-operator's CRD schemas, likewise kept in shared/ (podmonitors.v1.json: the v1
+    openAPIV3Schema of example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml
+    at v0.93.0, descriptions removed, with `_source` naming tag and path)."""
+    import os
+
+    for candidate in (
+        os.environ.get("MODRESNET_PROMETHEUS_CRDS"),
+        REPO.parent / "shared" / "prometheus-operator-crds",
+    ):
+        if candidate and (Path(candidate) / "podmonitors.v1.json").exists():
+            return Path(candidate)
+    return None
+
+
 K8S_VERSIONS = [f"1.{minor}" for minor in range(30, 38)]
 CR_KINDS = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayService": "rayservices"}
+PROMETHEUS_KINDS = {"PodMonitor": "podmonitors"}
 # KubeRay 1.5.1 ray-operator/controllers/ray/utils/constant.go
 MAX_NAME = {"RayCluster": 53, "RayJob": 47, "RayService": 47}
 
@@ -120,6 +138,15 @@ def strict(schema: dict) -> dict:
 
 @functools.cache
 def crd(kind: str) -> dict:
+    if kind in PROMETHEUS_KINDS:
+        directory = prometheus_crd_dir()
+        if directory is None:
+            pytest.skip(
+                "prometheus-operator's CRD schemas are not here: put them in "
+                "../shared/prometheus-operator-crds or point MODRESNET_PROMETHEUS_CRDS at them "
+                "(see prometheus_crd_dir)"
+            )
+        return json.loads((directory / f"{PROMETHEUS_KINDS[kind]}.v1.json").read_text())
     directory = crd_dir()
     if directory is None:
         pytest.skip(
@@ -207,9 +234,13 @@ def is_label_value(value) -> bool:
     )
 
 
-def selectors(policy: dict):
-    yield policy["spec"]["podSelector"].get("matchLabels") or {}
-    for rule in policy["spec"].get("ingress", []):
+def selectors(doc: dict):
+    """The label selectors of a NetworkPolicy or a PodMonitor."""
+    if doc["kind"] == "PodMonitor":
+        yield doc["spec"]["selector"].get("matchLabels") or {}
+        return
+    yield doc["spec"]["podSelector"].get("matchLabels") or {}
+    for rule in doc["spec"].get("ingress", []):
         for peer in rule.get("from", []):
             for key in ("podSelector", "namespaceSelector"):
                 if key in peer:

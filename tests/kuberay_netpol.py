@@ -156,6 +156,24 @@ def operator_pods(namespace: str) -> list[Pod]:
     ]
 
 
+def prometheus_pod(namespace: str, name: str = "kube-prometheus-stack-prometheus") -> Pod:
+    """A Prometheus server pod as prometheus-operator labels the StatefulSet it runs for a
+    Prometheus resource called `name` (kube-prometheus-stack's, by default)."""
+    return Pod(
+        f"prometheus-{name}-0",
+        namespace,
+        {
+            "app.kubernetes.io/name": "prometheus",
+            "app.kubernetes.io/instance": name,
+            "app.kubernetes.io/managed-by": "prometheus-operator",
+            "operator.prometheus.io/name": name,
+            "operator.prometheus.io/shard": "0",
+            "prometheus": name,
+            "statefulset.kubernetes.io/pod-name": f"prometheus-{name}-0",
+        },
+    )
+
+
 # ------------------------------------------------------------------------------------------
 # 4. NetworkPolicy, evaluated as the network plugin does (ingress only: egress is not restricted)
 

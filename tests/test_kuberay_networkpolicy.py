@@ -9,6 +9,7 @@ import subprocess
 import pytest
 from kuberay_helpers import (
     REPO,
+    docs_of,
     readme_kubernetes_section,
 )
 from kuberay_netpol import (
@@ -17,6 +18,7 @@ from kuberay_netpol import (
     applied_policies,
     ingress_policies,
     operator_pods,
+    prometheus_pod,
     ray_apps,
     ray_pods,
     selector_matches,
@@ -88,8 +90,11 @@ RAY_PORTS = [
     10001,
     52365,
     8000,
+    8080,
     12345,
-]  # GCS, dashboard, client, agent, serve, a worker
+]  # GCS, dashboard, client, agent, serve, metrics, a worker
+METRICS_PORT = 8080  # KubeRay's default metrics-export-port, declared in rayservice.yaml
+SCRAPER_NS = "monitoring"
 
 
 @pytest.fixture(
@@ -111,6 +116,7 @@ def world(request):
                 "app.kubernetes.io/component": "controller",
             },
         ),
+        prometheus=prometheus_pod(SCRAPER_NS),
     )
 
 
@@ -157,10 +163,71 @@ def test_the_ingress_reaches_serve_on_8000_only(world):
                     assert not allowed(world["policies"], ingress, pod, port), (pod, port)
 
 
+def test_prometheus_reaches_the_serve_clusters_metrics_port_only(world):
+    prometheus = world["prometheus"]
+    for app in world["apps"].values():
+        for pod in app.pods:
+            serve = app.doc["kind"] == "RayService"
+            if serve:
+                assert allowed(world["policies"], prometheus, pod, METRICS_PORT), pod
+            for port in RAY_PORTS:
+                if not (serve and port == METRICS_PORT):
+                    assert not allowed(world["policies"], prometheus, pod, port), (pod, port)
+
+
+def test_no_other_pod_reaches_the_metrics_port(world):
+    """Not a Prometheus outside the scraper's namespace, nor another pod inside it."""
+    strangers = [
+        prometheus_pod(world["ns"]),
+        prometheus_pod("tenant-b"),
+        Pod("grafana-0", SCRAPER_NS, {"app.kubernetes.io/name": "grafana"}),
+        Pod("alertmanager-main-0", SCRAPER_NS, {"app.kubernetes.io/name": "alertmanager"}),
+    ]
+    (service,) = [a for a in world["apps"].values() if a.doc["kind"] == "RayService"]
+    for src in strangers:
+        for dst in service.pods:
+            assert not allowed(world["policies"], src, dst, METRICS_PORT), (src, dst)
+
+
+def test_the_scraped_port_is_the_one_ray_exports_on_every_serve_pod():
+    """rayservice.yaml's pods export on their port `metrics`, podmonitor.yaml scrapes that port
+    of exactly those pods, and networkpolicy.yaml opens that number to the scraper."""
+    (service,) = docs_of("RayService")
+    (monitor,) = docs_of("PodMonitor")
+    spec = service["spec"]["rayClusterConfig"]
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        (container,) = group["template"]["spec"]["containers"]
+        ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
+        assert ports.get("metrics") == METRICS_PORT, container["name"]
+        assert int(group["rayStartParams"].get("metrics-export-port", METRICS_PORT)) == METRICS_PORT
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    selector = monitor["spec"]["selector"]
+    for app in ray_apps("ml").values():
+        for pod in app.pods:
+            serve = app.doc["kind"] == "RayService"
+            assert selector_matches(selector, pod.labels) == serve, pod
+            if serve:
+                assert pod.ports["metrics"] == METRICS_PORT, pod
+    scraper_rules = [
+        rule
+        for policy in applied_policies("ml")
+        for rule in policy["spec"]["ingress"]
+        if any(
+            (peer.get("namespaceSelector") or {}).get("matchLabels")
+            == {"kubernetes.io/metadata.name": SCRAPER_NS}
+            for peer in rule["from"]
+        )
+    ]
+    assert [rule["ports"] for rule in scraper_rules] == [
+        [{"port": METRICS_PORT, "protocol": "TCP"}]
+    ]
+
+
 def test_nothing_else_reaches_ray(world):
     ns, policies, apps = world["ns"], world["policies"], world["apps"]
     strangers = [
         Pod("web", ns, {"app": "web"}),
+        prometheus_pod(ns),
         # another team's KubeRay cluster in the same namespace
         *ray_pods(
             "other",

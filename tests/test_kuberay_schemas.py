@@ -1,6 +1,7 @@
 """The KubeRay manifests against the schemas a cluster would check them with: the custom
-resources against KubeRay's CRDs, the core kinds and every pod template against the Kubernetes
-OpenAPI schemas (strict), and names and labels against the API server's rules."""
+resources against KubeRay's CRDs and the PodMonitor against prometheus-operator's, the core
+kinds and every pod template against the Kubernetes OpenAPI schemas (strict), and names and
+labels against the API server's rules."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from kuberay_helpers import (
     K8S_VERSIONS,
     KUBERAY,
     MAX_NAME,
+    PROMETHEUS_KINDS,
     crd,
     crd_errors,
     doc_named,
@@ -56,6 +58,42 @@ def test_the_pinned_crds_are_kuberays_v1_schemas():
 def test_custom_resources_match_kuberays_crd(name, doc):
     assert doc["apiVersion"] == "ray.io/v1"
     assert crd_errors(doc) == []
+
+
+def test_the_pinned_podmonitor_crd_is_prometheus_operators_v1_schema():
+    pinned = crd("PodMonitor")
+    assert (pinned["kind"], pinned["group"], pinned["version"]) == (
+        "PodMonitor",
+        "monitoring.coreos.com",
+        "v1",
+    )
+    assert pinned["_source"]["repo"] == "prometheus-operator/prometheus-operator"
+    assert pinned["_source"]["path"].endswith("monitoring.coreos.com_podmonitors.yaml")
+    assert "podMetricsEndpoints" in pinned["openAPIV3Schema"]["properties"]["spec"]["properties"]
+
+
+def test_the_podmonitor_matches_prometheus_operators_crd():
+    (monitor,) = docs_of("PodMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert crd_errors(monitor) == []
+
+
+def test_the_podmonitor_check_rejects_what_the_api_server_rejects():
+    (monitor,) = docs_of("PodMonitor")
+
+    def broken(edit):
+        doc = copy.deepcopy(monitor)
+        edit(doc["spec"], doc["spec"]["podMetricsEndpoints"][0])
+        return crd_errors(doc)
+
+    assert broken(lambda spec, _: spec.update(podMetricsEndpoint=[]))
+    assert broken(lambda spec, _: spec.pop("selector"))
+    assert broken(lambda _, endpoint: endpoint.update(interval="15 s"))
+    assert broken(lambda _, endpoint: endpoint.update(metricRelabeling=[]))
+    assert broken(lambda _, endpoint: endpoint["metricRelabelings"][0].update(action="rename"))
+    assert broken(
+        lambda _, endpoint: endpoint["metricRelabelings"][0].update(source_labels=["__name__"])
+    )
 
 
 def test_the_crd_check_rejects_what_the_api_server_rejects():
@@ -118,6 +156,9 @@ def test_no_field_relies_on_a_cel_rule_this_check_does_not_evaluate():
             paths = list(cel_paths(crd(doc["kind"])["openAPIV3Schema"]))
             assert paths, "the pinned CRDs carry CEL rules; did the pin lose them?"
             assert [p for p in paths if present(doc, p)] == []
+        if doc["kind"] in PROMETHEUS_KINDS:
+            paths = list(cel_paths(crd(doc["kind"])["openAPIV3Schema"]))
+            assert [p for p in paths if present(doc, p)] == []
 
 
 # ------------------------------------------------------------------------------------------
@@ -129,7 +170,7 @@ def test_core_kinds_and_pod_templates_match_the_kubernetes_schemas(version):
     import kubernetes_validate
 
     for name, doc in manifests():
-        if doc["kind"] in CR_KINDS:
+        if doc["kind"] in CR_KINDS or doc["kind"] in PROMETHEUS_KINDS:
             meta = k8s_validator(version, "objectmeta-meta-v1.json")
             assert [e.message for e in meta.iter_errors(doc["metadata"])] == [], name
             for group, template in pod_templates(doc):
@@ -164,8 +205,8 @@ def test_names_and_labels_follow_the_api_servers_rules():
             )
         labels = [doc["metadata"].get("labels") or {}]
         labels += [t.get("metadata", {}).get("labels") or {} for _, t in pod_templates(doc)]
-        for policy in [doc] if doc["kind"] == "NetworkPolicy" else []:
-            labels += list(selectors(policy))
+        if doc["kind"] in ("NetworkPolicy", "PodMonitor"):
+            labels += list(selectors(doc))
         for mapping in labels:
             for k, v in mapping.items():
                 assert is_label_key(k) and is_label_value(v), (name, k, v)

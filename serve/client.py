@@ -1,20 +1,25 @@
-"""HTTP client for a running modresnet Serve app (`modresnet predict --url`, the demo)."""
+"""HTTP client for a running modresnet Serve app (`modresnet predict --url`, the demo), and
+the poll that waits for one to answer."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import httpx
 
 from modresnet.errors import UserError
+from serve.args import ServeArgs
+
+API_KEY_ENV = ServeArgs.model_fields["api_key_env"].default
 
 
 class ClientError(UserError):
     """The server refused the request or could not be reached; the message says why."""
 
 
-def auth_headers(api_key: str | None = None, env: str = "MODRESNET_API_KEY") -> dict[str, str]:
+def auth_headers(api_key: str | None = None, env: str = API_KEY_ENV) -> dict[str, str]:
     key = api_key if api_key is not None else os.environ.get(env)
     return {"Authorization": f"Bearer {key}"} if key else {}
 
@@ -58,3 +63,20 @@ def predict_paths(
         except OSError as err:
             raise ClientError(f"{path}: cannot read ({err.strerror})") from None
     return predict_files(url, files, top_k, api_key)
+
+
+def wait_ready(
+    url: str, timeout: float = 120, headers: dict | None = None, sha256: str | None = None
+) -> dict:
+    """Poll GET {url}/model until it answers (and serves `sha256`, when given)."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url.rstrip("/") + "/model", headers=headers, timeout=5)
+            if r.status_code == 200 and (sha256 is None or r.json()["sha256"] == sha256):
+                return r.json()
+            last = f"HTTP {r.status_code}"
+        except httpx.HTTPError as err:
+            last = repr(err)
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f}s ({last})")

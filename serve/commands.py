@@ -1,5 +1,7 @@
-"""`modresnet serve`, and the client side of `modresnet predict --url`. Ray and the Serve
-app are imported when the command runs, not when the CLI starts."""
+"""`modresnet serve`, and the client side of `modresnet predict --url`. Its flags are generated
+from the fields of ServeArgs and HttpOptions (serve/args.py: type, help, default), by the
+generator every command uses (modresnet/cli_config.py). Ray and the Serve app are imported when
+the command runs, not when the CLI starts."""
 
 from __future__ import annotations
 
@@ -9,17 +11,59 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
+from modresnet import config as configs
 from modresnet.cli_common import console, user_errors
+from modresnet.cli_config import Flag, with_flags
 from modresnet.errors import UserError
+from serve.args import HttpOptions, ServeArgs
+from serve.environment import INGRESS
 
-Backend = Annotated[
-    str,
-    typer.Option(
-        help="onnx (exported once per checkpoint; the faster on CPU here) | torch | int8 (after "
-        "python -m serve.quantize RUN)"
-    ),
-]
+# Flags in another unit than their field: --PARAM -> (field, field value per flag unit).
+SCALED = {"batch_wait_ms": ("batch_wait_timeout_s", 1e-3), "max_body_mb": ("max_body_bytes", 2**20)}
+HTTP_FLAGS = ("host", "port")
+ARG_FLAGS = (
+    "backend",
+    "min_replicas",
+    "max_replicas",
+    "target_ongoing_requests",
+    "max_batch_size",
+    "batch_wait_ms",
+    "max_ongoing_requests",
+    "max_queued_requests",
+    "max_body_mb",
+    "replica_cpus",
+    "threads",
+)
+
+
+def _flag(model: type[BaseModel], param: str) -> Flag:
+    """--PARAM from the field of `model` it sets; a SCALED one takes a number in its own unit."""
+    name, scale = SCALED.get(param, (param, 1))
+    field = model.model_fields[name]
+    default = field.default / scale if scale != 1 else field.default
+    if scale != 1:
+        field = FieldInfo(annotation=float, description=field.description)
+    shown = f"{default:g}" if isinstance(default, float) else str(default)
+    return Flag(param, param, field, default=shown)
+
+
+FLAGS = [_flag(HttpOptions, p) for p in HTTP_FLAGS] + [_flag(ServeArgs, p) for p in ARG_FLAGS]
+
+
+def _settings(model: type[BaseModel], values: dict[str, Any]) -> Any:
+    """`model` from flag values, a bad one a UserError naming its flag."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as err:
+        loc, problem = configs.explain(err, model)
+        name = str(loc[0]) if loc else ""
+        flag = next((p for p, (field, _) in SCALED.items() if field == name), name)
+        raise UserError(f"--{flag.replace('_', '-')}: {problem}") from None
+
+
 Address = Annotated[
     str | None,
     typer.Option(
@@ -31,7 +75,16 @@ ApiKeyEnv = Annotated[
     str | None,
     typer.Option(
         help="Require auth: the env var the replicas read the API key from; a replica without it "
-        "fails the deploy. Default: required if MODRESNET_API_KEY is set in this shell."
+        "fails the deploy. Default: required if "
+        f"{ServeArgs.model_fields['api_key_env'].default} is set in this shell."
+    ),
+]
+Ingress = Annotated[
+    str,
+    typer.Option(
+        help="HTTP ingress of the Ray this command starts: haproxy (HTTP straight to the "
+        "replicas; about twice the throughput on 2 cores) | proxy (Serve's Python proxy). "
+        "With --address the cluster's own setting applies."
     ),
 ]
 
@@ -44,94 +97,48 @@ def predict_url(url: str, images: Sequence[Path], top_k: int) -> list[list[dict[
 
 
 @user_errors
+@with_flags(FLAGS, into="given", after="checkpoint")
 def serve(
+    given: dict[str, Any],
     checkpoint: Annotated[
-        Path, typer.Argument(help="Run directory or checkpoint folder to serve.")
+        Path, typer.Argument(help=ServeArgs.model_fields["checkpoint"].description)
     ],
-    host: Annotated[
-        str, typer.Option(help="Interface for the HTTP proxy (0.0.0.0: every interface).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
-    backend: Backend = "onnx",
-    min_replicas: Annotated[int, typer.Option(help="Autoscaling lower bound.")] = 1,
-    max_replicas: Annotated[int, typer.Option(help="Autoscaling upper bound.")] = 2,
-    target_ongoing_requests: Annotated[
-        float, typer.Option(help="Autoscaling target of in-flight requests per replica.")
-    ] = 8,
-    max_batch_size: Annotated[
-        int, typer.Option(help="Dynamic batching: most images per forward pass.")
-    ] = 16,
-    batch_wait_ms: Annotated[
-        float,
-        typer.Option(
-            help="Dynamic batching: longest wait to fill a batch (0: what queued while the model "
-            "was busy)."
-        ),
-    ] = 0,
-    max_ongoing_requests: Annotated[
-        int, typer.Option(help="Requests one replica works on at once.")
-    ] = 32,
-    max_queued_requests: Annotated[
-        int, typer.Option(help="Queued requests before 429 + Retry-After (-1: unbounded).")
-    ] = 32,
-    max_body_mb: Annotated[float, typer.Option(help="Largest request body; larger gets 413.")] = 10,
-    replica_cpus: Annotated[float, typer.Option(help="Logical CPUs each replica reserves.")] = 1.0,
-    threads: Annotated[int, typer.Option(help="Inference threads per replica.")] = 1,
     address: Address = None,
     api_key_env: ApiKeyEnv = None,
-    ingress: Annotated[
-        str,
-        typer.Option(
-            help="HTTP ingress of the Ray this command starts: haproxy (HTTP straight to the "
-            "replicas; about twice the throughput on 2 cores) | proxy (Serve's Python proxy). "
-            "With --address the cluster's own setting applies."
-        ),
-    ] = "haproxy",
+    ingress: Ingress = INGRESS[0],
 ) -> None:
     """Serve a checkpoint over HTTP with Ray Serve (FastAPI, batching, autoscaling).
 
     Run it again with another checkpoint and --address auto to roll replicas over with no
     downtime."""
-    from pydantic import ValidationError
-
     from modresnet.checkpoint import resolve
     from modresnet.commands import local_run
 
     checkpoint = local_run(checkpoint)  # a run in s3:// or gs:// is fetched to a local cache
     resolve(checkpoint)  # a CheckpointError here is a one-line user error
-    try:
-        from serve.app import ServeArgs
-
-        args = ServeArgs.model_validate(
-            {
-                "checkpoint": str(checkpoint),
-                "backend": backend,
-                "threads": threads,
-                "replica_cpus": replica_cpus,
-                "min_replicas": min_replicas,
-                "max_replicas": max_replicas,
-                "target_ongoing_requests": target_ongoing_requests,
-                "max_batch_size": max_batch_size,
-                "batch_wait_timeout_s": batch_wait_ms / 1000,
-                "max_ongoing_requests": max_ongoing_requests,
-                "max_queued_requests": max_queued_requests,
-                "max_body_bytes": int(max_body_mb * 1024 * 1024),
-                "api_key_env": api_key_env or "MODRESNET_API_KEY",
-                "api_key_required": bool(api_key_env or os.environ.get("MODRESNET_API_KEY")),
-            }
-        )
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
-    from serve.app import INGRESS
-    from serve.launch import serve_app
-
+    values = {k: v for k, v in given.items() if k not in HTTP_FLAGS}
+    for param, (field, scale) in SCALED.items():
+        if param in values:
+            value = values.pop(param) * scale
+            values[field] = int(value) if field.endswith("_bytes") else value
+    default_env = ServeArgs.model_fields["api_key_env"].default
+    args = _settings(
+        ServeArgs,
+        {
+            "checkpoint": str(checkpoint),
+            **values,
+            "api_key_env": api_key_env or default_env,
+            "api_key_required": bool(api_key_env or os.environ.get(default_env)),
+        },
+    )
+    http = _settings(HttpOptions, {k: v for k, v in given.items() if k in HTTP_FLAGS})
     if ingress not in INGRESS:
         raise UserError(f"--ingress: must be one of {', '.join(INGRESS)}; got {ingress!r}")
+    from serve.launch import serve_app
+
     serve_app(
         args,
-        host=host,
-        port=port,
+        http,
         address=address,
         ingress=ingress,
         info=lambda line: console.print(line, highlight=False),

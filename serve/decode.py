@@ -31,13 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from modresnet.images import ImageError, open_image, to_tensor
-
-
-class DecodeError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+from serve.http.errors import ApiError
 
 
 class _OverBudget(Exception):
@@ -91,7 +85,7 @@ class DecodePool:
         self.timeouts = 0
 
     async def decode_all(self, items: list[tuple[str, bytes]]) -> list[torch.Tensor]:
-        """(name, bytes) -> uint8 3x32x32 tensors in order; DecodeError (4xx) on the first bad."""
+        """(name, bytes) -> uint8 3x32x32 tensors in order; ApiError (4xx) on the first bad."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.workers)
         budget = self.request_pixels
@@ -103,9 +97,9 @@ class DecodePool:
                     done = await self._run(_decode, data, self.max_pixels, budget, name=name)
                 tensor, pixels = done
             except ImageError as err:
-                raise DecodeError(400, f"{_shown(name)}: {err}") from None
+                raise ApiError(400, f"{_shown(name)}: {err}") from None
             except _OverBudget as err:
-                raise DecodeError(
+                raise ApiError(
                     413,
                     f"{_shown(name)}: {err.args[0]:,} pixels; this request has "
                     f"{budget:,} of its {self.request_pixels:,}-pixel "
@@ -130,7 +124,7 @@ class DecodePool:
             future.add_done_callback(
                 lambda f: f.cancelled() or f.exception()
             )  # consume it: no "never retrieved"
-            raise DecodeError(
+            raise ApiError(
                 413,
                 f"{_shown(name)}: decoding took over {self.timeout_s:g} s; send a "
                 f"smaller image (it is classified at 32x32 anyway)",

@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from serve.args import APP_NAME, HttpOptions, ServeArgs
+
 if TYPE_CHECKING:
     from rich.table import Table
 
-CHUNK = 64  # images per HTTP request: the app's default max_images
+CHUNK = ServeArgs.model_fields["max_images"].default  # images per POST: the app's most
 
 
 @dataclass
@@ -58,8 +60,6 @@ def demo(
 ) -> DemoResult:
     """Serve `run` on 127.0.0.1, classify every test image over HTTP, compare with the local
     evaluation of the same checkpoint, print a few answers, shut down."""
-    import dataclasses
-
     import ray
     from ray import serve
 
@@ -67,13 +67,14 @@ def demo(
     from modresnet.data import load_cifar10
     from modresnet.images import encode_png
     from modresnet.inference import Predictor
-    from serve.app import deploy, free_port, serve_env, start, wait_ready
-    from serve.args import APP_NAME, ServeArgs
+    from serve.client import wait_ready
+    from serve.environment import INGRESS, serve_env
+    from serve.launch import deploy, start
+    from serve.ports import free_port
 
     predictor = Predictor.from_path(run)  # exactly what `modresnet evaluate RUN` loads
     loaded = predictor.loaded
-    data_cfg = dataclasses.replace(
-        loaded.config.data,
+    data_cfg = loaded.config.data.replace(
         data_dir=data_dir or loaded.config.data.data_dir,
         subset=None,
         val_subset=None,
@@ -93,11 +94,11 @@ def demo(
         # The local evaluation and the PNGs are made while Ray and Serve start (mostly waiting
         # on other processes): the serve step's wall time drops by about their cost.
         local = pool.submit(local_side)
-        os.environ.update(serve_env("haproxy"))  # the ingress `modresnet serve` starts with
+        os.environ.update(serve_env(INGRESS[0]))  # the ingress `modresnet serve` starts with
         # its own Ray, even with RAY_ADDRESS set
         owns = connect("local", log_file=log_file, num_cpus=2) == "embedded"
         try:
-            start("127.0.0.1", port)
+            start(HttpOptions(port=port))
             url = f"http://127.0.0.1:{port}"
             deploy(
                 ServeArgs.model_validate(

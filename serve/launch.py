@@ -1,4 +1,6 @@
-"""Start (or update in place) the Serve app from a plain process: `modresnet serve` and the demo.
+"""Start (or update in place) the Serve apps from a plain process: `modresnet serve`, the demo,
+the end-to-end tests. `start` brings up Serve's HTTP proxy, `deploy` the model app and its
+health app; `serve_app` is the whole of `modresnet serve` around them.
 
 Ray is imported here only, never by `modresnet` at import time; connecting to it follows the
 one rule of jobs/runtime.py (`connect`).
@@ -10,31 +12,52 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from typing import Any
+
+from ray import serve
 
 from jobs.runtime import connect, resolve_address
+from modresnet.checkpoint import load_model
 from modresnet.errors import UserError
-from serve.app import deploy, serve_env, start, wait_ready
-from serve.args import APP_NAME, ServeArgs
+from serve.app import build_app, build_health
+from serve.args import APP_NAME, HealthArgs, HttpOptions, ServeArgs
+from serve.client import wait_ready
+from serve.environment import INGRESS, serve_env
+
+
+def start(http: HttpOptions) -> None:
+    """Start Serve's HTTP proxy on http.host:port (a no-op for the port if Serve is already up)."""
+    serve.start(http_options=http.model_dump())
+
+
+def deploy(args: ServeArgs, name: str = APP_NAME, route_prefix: str = "/") -> Any:
+    """Deploy, or roll an existing app of that name over to new args in place; with it, its
+    health app `{name}-health` at `{route_prefix}/v2/health` (longest prefix wins in Serve)."""
+    handle = serve.run(build_app(args), name=name, route_prefix=route_prefix, blocking=False)
+    serve.run(
+        build_health(HealthArgs(app=name)),
+        name=f"{name}-health",
+        route_prefix=route_prefix.rstrip("/") + "/v2/health",
+        blocking=False,
+    )
+    return handle
 
 
 def serve_app(
     args: ServeArgs,
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    http: HttpOptions | None = None,
     address: str | None = None,
     block: bool = True,
     info: Callable[[str], None] = print,
     name: str = APP_NAME,
     route_prefix: str = "/",
-    ingress: str = "haproxy",
+    ingress: str = INGRESS[0],
 ) -> str:
     """Deploy `args`; with an existing app of the same name the replicas roll over to the new
     checkpoint with no downtime. Blocks until Ctrl-C/SIGTERM when this process owns Ray.
-    `ingress` (serve/app.py `serve_env`) applies to a Ray this call starts; a cluster keeps
-    the ingress it was started with."""
-    from ray import serve
-
-    from modresnet.checkpoint import load_model
+    `ingress` (serve/environment.py `serve_env`) applies to a Ray this call starts; a cluster
+    keeps the ingress it was started with."""
+    http = http or HttpOptions()
 
     loaded = load_model(args.checkpoint)  # refuse a bad checkpoint before touching Serve
     sha = loaded.sha256
@@ -58,12 +81,10 @@ def serve_app(
         # aborts the process, which can leave a just-reloaded HAProxy holding the port.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _interrupt)
-    url = (
-        f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-        + route_prefix.rstrip("/")
-    )
+    host = "127.0.0.1" if http.host in ("0.0.0.0", "::") else http.host
+    url = f"http://{host}:{http.port}" + route_prefix.rstrip("/")
     try:
-        start(host, port)
+        start(http)
         rolling = name in serve.status().applications
         info(("rolling the running app over to " if rolling else "deploying ") + args.checkpoint)
         try:
@@ -121,8 +142,6 @@ def check_auth_enforced(url: str) -> None:
 
 def _failure_detail(name: str) -> str:
     """What the controller recorded about a failed app (the replica constructor's error)."""
-    from ray import serve
-
     try:
         app = serve.status().applications.get(name)
     except Exception as err:  # noqa: BLE001 - only a better message is at stake

@@ -9,10 +9,11 @@ built for that pair. With int8 activations (S8S8) the same model ran slower than
     python -m serve.quantize RUN [--calibration 1000] [--max-drop 0.3]
 
 caches the int8 graph, with the accuracies in its sidecar, where the int8 backend finds it: the
-derived-graph cache of serve/backends.py ($MODRESNET_CACHE/derived/<weights sha256>/), written
-atomically, so a replica starting meanwhile loads the old model or the new one. Replicas on other
-nodes find it when MODRESNET_CACHE names a folder they share. Exit 2 (with the reason) if the data
-is missing or the drop is over --max-drop points; nothing is then written.
+derived-graph cache of serve/backends/graph_cache.py ($MODRESNET_CACHE/derived/<weights
+sha256>/), written atomically, so a replica starting meanwhile loads the old model or the new
+one. Replicas on other nodes find it when MODRESNET_CACHE names a folder they share. Exit 2
+(with the reason) if the data is missing or the drop is over --max-drop points; nothing is then
+written.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import hashlib
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from modresnet.checkpoint import LoadedModel, load_model
 from modresnet.errors import UserError
+from serve.backends.graph_cache import derived_dir, sidecar_path, store_graph
+from serve.backends.onnx_runtime import cached_onnx, session
 
 DEFAULT_CALIBRATION = 1000
 MAX_DROP_POINTS = 0.3
@@ -37,24 +39,13 @@ MAX_DROP_POINTS = 0.3
 def int8_paths(loaded: LoadedModel) -> tuple[Path, Path]:
     """The int8 model's sidecar (present once the model is complete; it names the graph file)
     and the folder that holds both."""
-    from serve.backends import derived_dir, sidecar_path
-
     return sidecar_path(loaded, "int8"), derived_dir(loaded)
 
 
-def _session(model: bytes | str, threads: int = 2):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def accuracy(session, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
+def accuracy(model, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
     hits = 0
     for i in range(0, len(x), batch):
-        probs = session.run(["probabilities"], {"input": x[i : i + batch]})[0]
+        probs = model.run(["probabilities"], {"input": x[i : i + batch]})[0]
         hits += int((probs.argmax(1) == y[i : i + batch]).sum())
     return 100.0 * hits / len(x)
 
@@ -76,12 +67,11 @@ def quantize(
     )
 
     from modresnet.data import load_cifar10
-    from serve.backends import cached_onnx, store_graph
 
     data_cfg = loaded.config.data
     if data_dir is not None:
-        data_cfg = replace(data_cfg, data_dir=data_dir)
-    data_cfg = replace(data_cfg, subset=None, val_subset=None, test_subset=None)
+        data_cfg = data_cfg.replace(data_dir=data_dir)
+    data_cfg = data_cfg.replace(subset=None, val_subset=None, test_subset=None)
     cifar = load_cifar10(data_cfg)
     n = min(calibration, len(cifar.val))
     val_x = np.ascontiguousarray(cifar.val.x[:n].numpy())
@@ -115,8 +105,8 @@ def quantize(
         )
         int8 = out.read_bytes()
     quantize_s = time.perf_counter() - start
-    acc32 = accuracy(_session(fp32), test_x, test_y)
-    acc8 = accuracy(_session(int8), test_x, test_y)
+    acc32 = accuracy(session(fp32, 2), test_x, test_y)
+    acc8 = accuracy(session(int8, 2), test_x, test_y)
     report = {
         "calibration_images": n,
         "calibration_split": "val",

@@ -22,8 +22,11 @@ httpx = pytest.importorskip("httpx")
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
-from serve.app import deploy, free_port, serve_env, start, wait_ready  # noqa: E402
-from serve.args import ServeArgs  # noqa: E402
+from serve.args import HttpOptions, ServeArgs  # noqa: E402
+from serve.client import wait_ready  # noqa: E402
+from serve.environment import INGRESS, serve_env  # noqa: E402
+from serve.launch import deploy, start  # noqa: E402
+from serve.ports import free_port  # noqa: E402
 
 KEY_ENV, KEY = "MODRESNET_TEST_API_KEY", "test-key-4f1c"
 N_IMAGES = 12
@@ -115,7 +118,7 @@ def serve_two_apps(runs):
     if own_cache:
         os.environ["MODRESNET_CACHE"] = str(runs[0].parent / "cache")
     owns = not ray.is_initialized()
-    ingress = serve_env("haproxy")  # what `modresnet serve` runs by default
+    ingress = serve_env(INGRESS[0])  # what `modresnet serve` runs by default
     if owns:
         os.environ.update(ingress)
         ray.init(
@@ -127,7 +130,7 @@ def serve_two_apps(runs):
         )
     port = free_port()
     try:
-        start("127.0.0.1", port)
+        start(HttpOptions(port=port))
         url = f"http://127.0.0.1:{port}"
         main = ServeArgs(
             checkpoint=str(runs[0]),

@@ -30,7 +30,8 @@ from starlette.testclient import TestClient
 
 from modresnet.images import ImageError, decode_image
 from serve.args import ServeArgs
-from serve.service import Service, make_api
+from serve.http.asgi import make_api
+from serve.service import Service
 
 REGRESSIONS = Path(__file__).parent / "regressions" / "images"
 DECODE_EXAMPLES = 3000

@@ -13,7 +13,8 @@ from starlette.testclient import TestClient
 
 from modresnet.images import encode_png
 from serve.args import ServeArgs
-from serve.service import Service, make_api
+from serve.http.asgi import make_api
+from serve.service import Service
 
 KEY_ENV, KEY = "MODRESNET_TEST_HEADERS_KEY", "headers-key-81d2"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -25,7 +25,8 @@ from modresnet.images import encode_png
 pytest.importorskip("ray")
 
 from serve.args import ServeArgs  # noqa: E402
-from serve.service import Service, make_api  # noqa: E402
+from serve.http.asgi import make_api  # noqa: E402
+from serve.service import Service  # noqa: E402
 
 INFER = "/v2/models/modresnet/infer"
 
@@ -129,7 +130,7 @@ def test_json_scan_in_blocks_is_one_pass_and_small(monkeypatch):
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from serve import jsonlimits
+    from serve.http import jsonlimits
 
     def found(body: bytes, block: int) -> tuple[int, int, int, str]:
         monkeypatch.setattr(jsonlimits, "BLOCK_BYTES", block)
@@ -158,7 +159,7 @@ def test_v2_body_over_what_max_images_needs_is_413(client):
     """The app's max_images is 8: its v2 JSON may be 64 KiB + 8 x 3072 values x 32 bytes, and
     hold 1,024 + 8 x 3072 values; binary data adds 4 bytes a value. Each is refused before
     anything is parsed: from the headers, while reading, or by counting the values."""
-    from serve.api import v2_json_limits
+    from serve.protocols.v2 import v2_json_limits
 
     limit, values = v2_json_limits(8)
     assert (limit, values) == (65_536 + 8 * 3072 * 32, 1024 + 8 * 3072)
@@ -440,7 +441,7 @@ def test_heavy_decode_does_not_block_probes_and_is_time_bounded(checkpoint):
 
 
 def test_auth_required_without_key_refuses_to_start(checkpoint, monkeypatch):
-    from serve.service import MissingApiKey
+    from serve.http.auth import MissingApiKey
 
     monkeypatch.delenv("MODRESNET_TEST_ROTATE", raising=False)
     with pytest.raises(MissingApiKey, match="MODRESNET_TEST_ROTATE is unset or empty"):
@@ -465,7 +466,7 @@ def test_serve_port_is_outside_rays_port_ranges():
     from either range can be taken by a starting Ray before Serve binds it."""
     from pathlib import Path
 
-    from serve.app import free_port
+    from serve.ports import free_port
 
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     ports = {free_port() for _ in range(20)}

@@ -15,17 +15,16 @@ from modresnet.checkpoint import load_model, save_model
 from modresnet.model import build_model
 
 pytest.importorskip("onnxruntime")
-from serve.backends import (  # noqa: E402
+from serve.backends.export import export_onnx  # noqa: E402
+from serve.backends.graph_cache import (  # noqa: E402
     GraphError,
-    Int8Backend,
-    OnnxBackend,
-    TorchBackend,
     derived_dir,
-    export_onnx,
     load_graph,
     sidecar_path,
     store_graph,
 )
+from serve.backends.onnx_runtime import Int8Backend, OnnxBackend  # noqa: E402
+from serve.backends.torch_eager import TorchBackend  # noqa: E402
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CHECKPOINT_FILES = ["model.json", "model.safetensors"]
@@ -183,7 +182,7 @@ def test_int8_backend_from_quantize_cli(tmp_path, data_dir, capsys, monkeypatch)
     """`python -m serve.quantize RUN` calibrates on the validation split, measures the test
     accuracy of fp32 and int8 and prints it; `--backend int8` then serves the result."""
     from modresnet.local import train_local
-    from serve.backends import make_backend
+    from serve.backends import load_backend
     from serve.quantize import int8_paths, main
 
     monkeypatch.setenv("MODRESNET_CACHE", str(tmp_path / "cache"))
@@ -199,7 +198,7 @@ def test_int8_backend_from_quantize_cli(tmp_path, data_dir, capsys, monkeypatch)
     train_local(cfg, tmp_path / "run")
     loaded = load_model(tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="python -m serve.quantize"):
-        make_backend("int8", loaded)
+        load_backend("int8", loaded)
     from typer.testing import CliRunner
 
     from modresnet.cli import app
@@ -231,7 +230,7 @@ def test_int8_backend_from_quantize_cli(tmp_path, data_dir, capsys, monkeypatch)
     assert sidecar.parent == folder and report["int8_bytes"] == meta["bytes"] < report["fp32_bytes"]
     assert meta["source_sha256"] == json.loads(sidecar_path(loaded, "onnx").read_text())["sha256"]
     assert sorted(p.name for p in loaded.path.iterdir()) == CHECKPOINT_FILES
-    int8 = make_backend("int8", loaded)
+    int8 = load_backend("int8", loaded)
     assert isinstance(int8, Int8Backend) and int8.report == report
     from modresnet.data import load_cifar10
 

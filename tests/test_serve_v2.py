@@ -12,27 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from modresnet import config as configs
-from modresnet.checkpoint import save_model
-from modresnet.model import build_model
-
 pytest.importorskip("ray")
 uvicorn = pytest.importorskip("uvicorn")
 httpclient = pytest.importorskip("tritonclient.http")
 
 from serve.args import ServeArgs  # noqa: E402
-from serve.service import Service, make_api  # noqa: E402
-
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+from serve.http.asgi import make_api  # noqa: E402
+from serve.service import Service  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, data_dir):
-    cfg = configs.resolve("debug", overrides={"data.data_dir": str(data_dir)})
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("v2") / "ckpt"
-    save_model(path, build_model(cfg.model), cfg, CLASSES, 1, {})
-    svc = Service(ServeArgs(checkpoint=str(path), backend="torch").model_dump())
+def served(random_checkpoint):
+    svc = Service(ServeArgs(checkpoint=str(random_checkpoint), backend="torch").model_dump())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 uvicorn = pytest.importorskip("uvicorn")
 
 from serve.args import ServeArgs  # noqa: E402
-from serve.service import Service, make_api  # noqa: E402
+from serve.http.asgi import make_api  # noqa: E402
+from serve.service import Service  # noqa: E402
 
 INFER = "/v2/models/modresnet/infer"
 HEAD = json.dumps(

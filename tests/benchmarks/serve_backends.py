@@ -38,7 +38,8 @@ def main() -> None:
     from modresnet import config as configs
     from modresnet.checkpoint import load_model, save_model
     from modresnet.model import build_model
-    from serve.backends import OnnxBackend, TorchBackend
+    from serve.backends.onnx_runtime import OnnxBackend
+    from serve.backends.torch_eager import TorchBackend
 
     torch.set_num_threads(1)
     out = {}

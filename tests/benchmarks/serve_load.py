@@ -161,10 +161,10 @@ def ceiling(checkpoint: str, backend: str, batch: int, seconds: float = 3.0) -> 
     from serve_backends import rate  # the same timing loop as the backend benchmark
 
     from modresnet.checkpoint import load_model
-    from serve.backends import make_backend
+    from serve.backends import load_backend
 
     torch.set_num_threads(1)
-    model = make_backend(backend, load_model(checkpoint), threads=1)
+    model = load_backend(backend, load_model(checkpoint), threads=1)
     cpu = time.process_time()
     img_s = rate(model, batch, seconds)
     MODEL_CPU_MS.append(1000 * (time.process_time() - cpu) / (img_s * seconds + batch))
@@ -175,6 +175,8 @@ MODEL_CPU_MS: list[float] = []  # CPU ms per image of each ceiling sample (robus
 
 
 def main() -> None:
+    from serve.environment import INGRESS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--checkpoint", help="Run or checkpoint (default: train a tiny run of the paper model)."
@@ -186,7 +188,7 @@ def main() -> None:
     parser.add_argument("--batch-wait-ms", type=float, default=0)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument(
-        "--ingress", default="haproxy", choices=["haproxy", "proxy"], help="serve/app.py"
+        "--ingress", default=INGRESS[0], choices=INGRESS, help="serve/environment.py"
     )
     parser.add_argument(
         "--hey", action="store_true", help="Also measure each level with `hey` (if installed)."
@@ -199,7 +201,11 @@ def main() -> None:
     from modresnet import config as configs
     from modresnet.data import load_cifar10
     from modresnet.images import encode_png
-    from serve.app import ServeArgs, deploy, free_port, serve_env, start, wait_ready
+    from serve.args import HttpOptions, ServeArgs
+    from serve.client import wait_ready
+    from serve.environment import serve_env
+    from serve.launch import deploy, start
+    from serve.ports import free_port
 
     data_dir = os.environ.get("MODRESNET_DATA", str(REPO.parent / "shared" / "data"))
     checkpoint = args.checkpoint
@@ -230,7 +236,7 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         port = free_port()
-        start("127.0.0.1", port)
+        start(HttpOptions(port=port))
         url = f"http://127.0.0.1:{port}"
         deploy(
             ServeArgs(

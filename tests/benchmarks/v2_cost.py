@@ -30,8 +30,7 @@ sys.path.insert(0, str(REPO))
 INFER = "/v2/models/modresnet/infer"
 READY = "/v2/health/ready"
 CONCURRENT = 8
-MAX_BODY_BYTES = 10 * 1024 * 1024  # ServeArgs' default
-VALUE = b"0.1234567890123456789012345678, "  # 32 bytes: api.V2_VALUE_BYTES
+VALUE = b"0.1234567890123456789012345678, "  # 32 bytes: serve/protocols/v2.py V2_VALUE_BYTES
 
 
 def serve(checkpoint: str, port: int, max_images: int) -> None:
@@ -39,7 +38,8 @@ def serve(checkpoint: str, port: int, max_images: int) -> None:
     import uvicorn
 
     from serve.args import ServeArgs
-    from serve.service import Service, make_api
+    from serve.http.asgi import make_api
+    from serve.service import Service
 
     args = ServeArgs(checkpoint=checkpoint, backend="torch", threads=1, max_images=max_images)
     svc = Service(args.model_dump())
@@ -47,7 +47,8 @@ def serve(checkpoint: str, port: int, max_images: int) -> None:
 
 
 def bodies(max_images: int) -> dict[str, bytes]:
-    from serve.api import v2_json_limits
+    from serve.args import ServeArgs
+    from serve.protocols.v2 import v2_json_limits
 
     limit = v2_json_limits(max_images)[0]
     n = max_images * 32 * 32 * 3
@@ -66,7 +67,7 @@ def bodies(max_images: int) -> dict[str, bytes]:
         "legal": legal,
         "late_400": late,
         "values_413": zeros(limit),
-        "size_413": zeros(MAX_BODY_BYTES),
+        "size_413": zeros(ServeArgs.model_fields["max_body_bytes"].default),
         "over_cap": legal + b" ",
     }
 
@@ -180,7 +181,7 @@ def main() -> None:
     from modresnet import config as configs
     from modresnet.checkpoint import save_model
     from modresnet.model import build_model
-    from serve.api import v2_json_limits
+    from serve.protocols.v2 import v2_json_limits
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-images", type=int, default=64)

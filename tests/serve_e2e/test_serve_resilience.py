@@ -31,7 +31,7 @@ from serve_fixtures import (  # noqa: E402
     _replicas,
 )
 
-from serve.args import ServeArgs  # noqa: E402
+from serve.args import HttpOptions, ServeArgs  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -73,7 +73,7 @@ def test_auth_fails_closed(server, runs):
         with pytest.raises(UserError, match="export MODRESNET_TEST_ABSENT_KEY on every Ray node"):
             serve_app(
                 args,
-                port=server["port"],
+                HttpOptions(port=server["port"]),
                 block=False,
                 name="nokey",
                 route_prefix="/nokey",

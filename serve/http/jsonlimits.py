@@ -145,5 +145,5 @@ def loads(body: bytes, max_depth: int = MAX_DEPTH, max_values: int | None = None
     if scan.constant:
         raise JsonLimitError(f"{scan.constant} is not JSON: only finite numbers are allowed")
     # Overflowing exponents (1e400) parse to inf: callers that take numbers check finiteness
-    # (see api.py), and pydantic refuses inf for int fields.
+    # (serve/protocols/v2.py), and pydantic refuses inf for int fields.
     return pydantic_core.from_json(body, allow_inf_nan=False)

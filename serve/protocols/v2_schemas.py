@@ -1,5 +1,6 @@
-"""The HTTP API's schemas: request and response bodies of /predict and the Open Inference
-Protocol v2 routes, and the OpenAPI entries for the bodies FastAPI does not parse itself."""
+"""The Open Inference Protocol v2 schemas: the request and response bodies of
+/v2/models/modresnet/infer (every field typed, so a wrong one is a 400 before inference) and
+the OpenAPI entry for the request body, which FastAPI does not parse itself."""
 
 from __future__ import annotations
 
@@ -17,37 +18,9 @@ from pydantic import (
     field_validator,
 )
 
+from serve.http.openapi import inline_schema
+
 MODEL_NAME = "modresnet"
-
-
-class ErrorBody(BaseModel):
-    error: str
-    status: int
-
-
-class LabelProbability(BaseModel):
-    label: str
-    probability: float
-
-
-class ImagePrediction(BaseModel):
-    index: int
-    filename: str | None = None
-    top_k: list[LabelProbability]
-
-
-class PredictResponse(BaseModel):
-    model_sha256: str
-    backend: str
-    predictions: list[ImagePrediction]
-
-
-class PredictJson(BaseModel):
-    images: list[str] = Field(
-        description="Base64 image bytes (PNG, JPEG, GIF...); a "
-        "`data:image/...;base64,` prefix is allowed."
-    )
-    top_k: int | None = Field(default=None, ge=1, le=10)
 
 
 def _parameter(value: Any) -> Any:
@@ -161,41 +134,6 @@ class InferResponse(BaseModel):
     outputs: list[InferOutput]
 
 
-def inline_schema(model: type[BaseModel]) -> dict:
-    """The model's JSON schema with its `$defs` inlined: in openapi_extra a `#/$defs/...` ref
-    would point into the OpenAPI document's root, where nothing is."""
-    schema = model.model_json_schema()
-    defs = schema.pop("$defs", {})
-
-    def resolve(node):
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return resolve(defs[node["$ref"].rsplit("/", 1)[1]])
-            return {k: resolve(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [resolve(v) for v in node]
-        return node
-
-    return resolve(schema)
-
-
-PREDICT_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                }
-            },
-            "application/json": {"schema": inline_schema(PredictJson)},
-        },
-    }
-}
 INFER_OPENAPI = {
     "requestBody": {
         "required": True,

@@ -17,23 +17,21 @@ from typing import Any
 
 import numpy as np
 
-from serve.schemas import RequestedOutput, RequestParameters
+from serve.http.errors import ApiError
+from serve.protocols.v2_schemas import RequestedOutput, RequestParameters
 
 HEADER = "inference-header-content-length"
 DTYPES: dict[str, np.dtype[Any]] = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
 
 
-class BinaryError(ValueError):
-    """The binary framing is wrong; the message says how."""
-
-
 def split_body(body: bytes, json_size: int) -> tuple[bytes, bytes]:
     """(JSON part, binary part) of a body whose Inference-Header-Content-Length is
-    `json_size` (already read as a byte count, see api.byte_count)."""
+    `json_size` (already read as a byte count, see serve/http/body.py `byte_count`)."""
     if json_size == 0 or json_size > len(body):
-        raise BinaryError(
+        raise ApiError(
+            400,
             f"Inference-Header-Content-Length {json_size:,} does not fit a body of "
-            f"{len(body):,} bytes"
+            f"{len(body):,} bytes",
         )
     return body[:json_size], body[json_size:]
 
@@ -42,9 +40,10 @@ def tensor_from_bytes(data: bytes, datatype: str, expected: int) -> np.ndarray:
     """Raw bytes of one input -> flat array of its datatype, `expected` values long."""
     dtype = DTYPES[datatype]
     if len(data) != expected * dtype.itemsize:
-        raise BinaryError(
+        raise ApiError(
+            400,
             f"input has {len(data)} bytes of binary data; its shape and datatype "
-            f"{datatype} need {expected * dtype.itemsize}"
+            f"{datatype} need {expected * dtype.itemsize}",
         )
     return np.frombuffer(data, dtype=dtype)
 

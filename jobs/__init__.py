@@ -1,1 +1,2 @@
-"""Ray drivers: Train, Tune and Jobs submission around the modresnet core."""
+"""Ray drivers around the modresnet core: Train, Tune, Jobs submission and a local
+multi-node cluster."""

@@ -3,9 +3,12 @@ the Ray environment variables they set, and the W&B policy.
 
 Connecting, one rule for every command (`connect`):
 - a Ray already initialized in this process is used as it is, and left running;
-- else the address: `--address`, else $RAY_ADDRESS. `auto` joins the Ray that `ray start`
-  started on this machine; HOST:PORT is a cluster's GCS, checked reachable first so a wrong
-  address fails in seconds instead of after Ray's minute of retries;
+- else the address: `--address`, else $RAY_ADDRESS (which `--address auto` defers to, as
+  ray.init does). HOST:PORT is a cluster's GCS, checked reachable first so a wrong address
+  fails in seconds instead of after Ray's minute of retries; `auto` alone joins the Ray that
+  `ray start` started on this machine; an http(s) URL is a Jobs API: the one `modresnet
+  cluster up` exports as RAY_ADDRESS is joined at its cluster's GCS, with its token
+  (`ray_target`), any other is one line saying what to run instead;
 - else (or with the address `local`) an embedded Ray that this process owns: every CPU of the
   machine (or `num_cpus`), a 256 MiB object store, token auth with a token only this
   process tree knows (`local_token_auth`), and the dashboard on 127.0.0.1. The dashboard
@@ -40,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from modresnet.errors import UserError
+from jobs.cluster.state import ClusterState, cluster_at, load_state, modresnet_home
+from modresnet.errors import UserError, one_line
 
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",  # no usage report from an embedded Ray or a client
@@ -156,29 +160,86 @@ def ray_logs_to(path: Path) -> None:
 # --------------------------------------------------------------------------- connecting
 
 
-def check_address(address: str, timeout: float = 3.0) -> None:
-    """Fail in seconds on a host:port nobody listens on (ray.init would retry for a minute)."""
+def check_address(address: str, timeout: float = 3.0, given: str | None = None) -> None:
+    """Fail in seconds on a host:port nobody listens on (ray.init would retry for a minute).
+    `given` is where the address came from, for the message (default: --address)."""
     if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
         return
+    given = given or f"--address {address}"
     hostport = address.removeprefix("ray://")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
-        raise RayConnectError(f"--address {address!r}: expected HOST:PORT, e.g. 10.0.0.5:6379")
+        raise RayConnectError(f"{given}: expected HOST:PORT, e.g. 10.0.0.5:6379")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except OSError as err:
+        instead = "unset RAY_ADDRESS" if given.startswith("RAY_") else "drop --address"
         raise RayConnectError(
-            f"--address {address}: no Ray cluster reachable there "
-            f"({err.strerror or err}); start one with `ray start --head` "
-            f"or drop --address to use a local Ray"
+            f"{given}: no Ray cluster reachable there ({err.strerror or err}); start one "
+            f"with `ray start --head` or {instead} to use a local Ray"
         ) from None
 
 
+@dataclass(frozen=True)
+class RayTarget:
+    """The cluster a command joins: `address` for ray.init (HOST:PORT, ray://..., auto),
+    `given` as the user wrote it (for messages), and the `modresnet cluster up` cluster it
+    names, if any (its token goes with the connection)."""
+
+    address: str
+    given: str
+    cluster: ClusterState | None = None
+
+
+def ray_target(address: str | None) -> RayTarget | None:
+    """The cluster to join by the module's rule; None means an embedded Ray. `auto` defers to
+    $RAY_ADDRESS, as ray.init does; an http(s) URL is a Jobs API, joined only when it is the
+    local cluster's (whose GCS it names), else one line saying what to run instead."""
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    value = (address or "").strip()
+    if value and not (value == "auto" and env):
+        given = f"--address {value}"
+    elif env:
+        value, given = env, f"RAY_ADDRESS={env}"
+    else:
+        return None
+    if value == "local":
+        return None
+    if not value.startswith(("http://", "https://")):
+        return RayTarget(value, given)
+    cluster = cluster_at(value)
+    if cluster is not None:
+        return RayTarget(cluster.gcs_address, given, cluster)
+    state = load_state()
+    local = (
+        f"the `modresnet cluster up` cluster of {modresnet_home()} is at {state.jobs_address}"
+        if state is not None
+        else f"no `modresnet cluster up` cluster is up in {modresnet_home()}"
+    )
+    instead = "unset RAY_ADDRESS" if given.startswith("RAY_") else "drop --address"
+    raise RayConnectError(
+        f"{given} is a Ray Jobs API URL, which train, tune and serve cannot join, and {local}: "
+        f"run the command on that cluster with `modresnet jobs submit --address {value} "
+        f"train|tune|serve ...`, join a cluster by its GCS address with --address HOST:6379, or "
+        f"{instead} to use a Ray of this process"
+    )
+
+
 def resolve_address(address: str | None) -> str | None:
-    """The cluster to join: --address, else $RAY_ADDRESS; None means an embedded Ray."""
-    resolved = address or os.environ.get("RAY_ADDRESS") or None
-    return None if resolved == "local" else resolved
+    """The address ray.init joins (`ray_target`); None means an embedded Ray."""
+    target = ray_target(address)
+    return target.address if target is not None else None
+
+
+def cluster_auth_env(cluster: ClusterState) -> dict[str, str]:
+    """What this process must set to join `cluster`, whose Ray checks every client's token: a
+    client sends one only with RAY_AUTH_MODE=token, and this one reads the cluster's token file
+    unless RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH names another."""
+    env = {} if os.environ.get("RAY_AUTH_MODE") == "token" else {"RAY_AUTH_MODE": "token"}
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        env["RAY_AUTH_TOKEN_PATH"] = cluster.token_path
+    return env
 
 
 Connection = Literal["existing", "joined", "embedded"]
@@ -200,15 +261,9 @@ def connect(
     if ray.is_initialized():
         return "existing"
     level = logging.INFO if log_file is not None else logging.WARNING
-    address = resolve_address(address)
-    if address:
-        check_address(address)
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level=level)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise RayConnectError(
-                f"--address {address}: cannot connect ({str(err).splitlines()[0]})"
-            ) from None
+    target = ray_target(address)
+    if target is not None:
+        _join(target, level)
     else:
         local_token_auth()
         ray.init(
@@ -222,7 +277,43 @@ def connect(
         )
     if log_file is not None:
         ray_logs_to(log_file)  # ray.init may have set up more of Ray's loggers
-    return "joined" if address else "embedded"
+    return "joined" if target is not None else "embedded"
+
+
+def _join(target: RayTarget, level: int) -> None:
+    """ray.init(target.address), every failure one complete line. RAY_ADDRESS is hidden from
+    it: ray.init lets RAY_ADDRESS override "auto", and here it may be the Jobs URL that
+    `cluster up` exports, which ray.init cannot join."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    from jobs.ray_private import reload_auth_config
+
+    if target.cluster is not None:
+        auth = cluster_auth_env(target.cluster)
+        if auth:
+            os.environ.update(auth)
+            reload_auth_config()  # this process read Ray's config when it imported ray
+    try:
+        check_address(target.address, given=target.given)
+    except RayConnectError:
+        if target.cluster is None:
+            raise
+        raise RayConnectError(
+            f"{target.given}: the `modresnet cluster up` cluster of {modresnet_home()} does not "
+            f'answer at its GCS {target.address}; start it again with `eval "$(modresnet '
+            f'cluster up)"`'
+        ) from None
+    try:
+        with env_override({"RAY_ADDRESS": None}):
+            ray.init(address=target.address, log_to_driver=False, logging_level=level)
+    except AuthenticationError as err:
+        raise RayConnectError(
+            f"{target.given}: the cluster refused this client ({one_line(err)}); set "
+            f"RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to its token"
+        ) from None
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise RayConnectError(f"{target.given}: cannot connect ({one_line(err)})") from None
 
 
 # --------------------------------------------------------------------------- W&B

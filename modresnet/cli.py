@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import typer
 
-from jobs import cluster_commands, train_command, tune_command
+from jobs import train_command, tune_command
+from jobs.client.commands import jobs_app
+from jobs.cluster.commands import cluster_app
 from modresnet import commands
 from serve import commands as serve_commands
 
@@ -21,8 +23,8 @@ app.command()(train_command.train)
 app.command()(commands.evaluate)
 app.command("predict")(commands.predict_command(serve_commands.predict_url))
 app.command()(tune_command.tune)
-app.add_typer(cluster_commands.jobs_app, name="jobs")
-app.add_typer(cluster_commands.cluster_app, name="cluster")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(cluster_app, name="cluster")
 app.command("serve")(serve_commands.serve)
 
 

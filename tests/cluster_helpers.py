@@ -1,6 +1,6 @@
-"""Helpers of the cluster tests (test_cluster*.py, test_ray_train.py): the CLI as a
-subprocess, HTTP with a token (jobs/http.py: never through a redirect), offline W&B history, a
-free loopback port."""
+"""Helpers of the cluster tests (test_cluster*.py, test_runtime.py, test_ray_train.py): the
+CLI as a subprocess, HTTP with a token (jobs/client/http.py: never through a redirect), offline
+W&B history, a free loopback port, a cluster state file without a cluster."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs import http as token_http
+from jobs.client import http as token_http
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+GONE = "/tmp/mrray-gone0000"  # a temp dir name `up` could have made, long removed
 
 
 def cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -58,3 +59,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def fake_state(home: Path, temp_dir: str = GONE, **fields) -> Path:
+    """A state.json of `modresnet cluster up` in `home` (no process behind it); `fields`
+    override ClusterState's, e.g. gcs_port or procs."""
+    from dataclasses import asdict
+
+    from jobs.cluster.state import ClusterState
+
+    (home / "cluster").mkdir(parents=True, exist_ok=True)
+    values = {
+        "home": str(home),
+        "temp_dir": temp_dir,
+        "token_path": str(home / "cluster" / "auth_token"),
+        "node_ip": "127.0.0.1",
+        "gcs_port": 1,
+        "dashboard_port": 2,
+        "client_port": 3,
+        "workers": 0,
+        "cpus_per_node": 1,
+        "head_cpus": 0,
+    }
+    path = home / "cluster" / "state.json"
+    path.write_text(json.dumps(asdict(ClusterState(**{**values, **fields}))))
+    return path

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +40,7 @@ def cluster(tmp_path_factory):
         yield SimpleNamespace(
             home=home,
             env=env,
+            up_stdout=up.stdout,
             exports=exports,
             state=state,
             token=token,
@@ -154,7 +157,7 @@ def test_train_job_with_wandb_succeeds_logs_every_epoch_and_spreads_over_both_wo
     assert {a["node_id"] for a in actors} == workers
 
     # the job's working_dir, as the head unpacked it, is the allowlist and nothing else
-    from jobs.submit import shipped_files
+    from jobs.client.submit import shipped_files
 
     temp_dir = Path(cluster.state["temp_dir"])
     unpacked = list(temp_dir.glob("session_latest/runtime_resources/working_dir_files/*/"))
@@ -290,7 +293,70 @@ def test_bad_addresses_and_job_ids_fail_fast_and_clearly(cluster):
         assert took < 45, (args, took)  # connection checks time out after 5 s; the rest is imports
 
 
-# What Ray 2.60 cannot keep on loopback, and why (jobs/cluster.py binds the rest there):
+def in_the_users_shell(c, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    """`modresnet ARGS` in a shell that ran `eval "$(modresnet cluster up)"`: bash evaluates
+    what `cluster up` printed, so the command gets exactly the environment a user's does."""
+    modresnet = str(Path(sys.executable).parent / "modresnet")
+    script = 'eval "$1" && shift && exec "$@"'
+    return subprocess.run(
+        ["bash", "-c", script, "bash", c.up_stdout, modresnet, *args],
+        env=c.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def drivers(c) -> dict[str, str]:
+    """The cluster's driver jobs (a process that joined it with ray.init): job id -> command."""
+    status, body = http(f"{c.address}/api/v0/jobs?limit=1000&detail=1", c.token)
+    assert status == 200
+    jobs = json.loads(body)["data"]["result"]["result"]
+    return {j["job_id"]: j.get("entrypoint") or "" for j in jobs if j.get("type") == "DRIVER"}
+
+
+@pytest.mark.ray
+def test_train_and_tune_run_on_the_cluster_from_the_shell_cluster_up_set_up(cluster, tmp_path):
+    """RAY_ADDRESS is the Jobs API's URL there: train (with and without --address auto) and
+    tune join that cluster at its GCS with its token; their drivers show on the cluster and
+    the Ray Train workers run on its worker nodes. Another Jobs URL is one line, exit 2."""
+    tiny = ["--preset", "debug", "--no-wandb", "--storage", str(tmp_path)]
+    train = [*tiny, "--workers", "2", "--epochs", "1", "--subset", "500"]
+    commands = {
+        "shell-train": ["train", *train, "--name", "shell-train"],
+        "shell-train-auto": ["train", *train, "--address", "auto", "--name", "shell-train-auto"],
+        "shell-tune": ["tune", *tiny, "--subset", "200", "--samples", "1", "--max-epochs", "1"],
+    }
+    commands["shell-tune"] += ["--name", "shell-tune"]
+    workers = {n["node_id"] for n in nodes(cluster) if not n["is_head_node"]}
+    for name, args in commands.items():
+        before = set(drivers(cluster))
+        r = in_the_users_shell(cluster, *args)
+        assert r.returncode == 0, (name, r.stdout[-3000:], r.stderr[-3000:])
+        run = tmp_path / name / ("best-run" if name == "shell-tune" else "")
+        assert (run / "test.json").exists(), (name, r.stdout[-3000:])
+        new = {j: cmd for j, cmd in drivers(cluster).items() if j not in before}
+        assert [cmd for cmd in new.values() if f"--name {name}" in cmd], (name, new)
+        if name.startswith("shell-train"):
+            code, body = http(f"{cluster.address}/api/v0/actors?limit=1000&detail=1", cluster.token)
+            actors = json.loads(body)["data"]["result"]["result"]
+            trainers = [a for a in actors if a["class_name"] == "RayTrainWorker"]
+            ran_on = {a["node_id"] for a in trainers if a["job_id"] in new}
+            assert ran_on == workers, (name, ran_on)
+
+    foreign = f"http://127.0.0.1:{free_port()}"
+    r = in_the_users_shell(
+        cluster, "train", *train, "--name", "shell-foreign", "--address", foreign, timeout=120
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    line = [x for x in r.stderr.splitlines() if f"--address {foreign} is a Ray Jobs API" in x]
+    assert len(line) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"modresnet jobs submit --address {foreign}" in line[0]
+    assert line[0].endswith("to use a Ray of this process"), line[0]  # the whole advice
+
+
+# What Ray 2.60 cannot keep on loopback, and why (jobs/cluster/lifecycle.py binds the rest there):
 # - gcs_server, raylet and every Ray worker process (its core worker; the process title is
 #   ray::IDLE, ray::<actor>, ...): C++ gRPC servers that always listen on every interface;
 # - the dashboard agent, runtime-env agent, Ray Client server and the Prometheus metrics servers
@@ -316,8 +382,8 @@ def test_the_jobs_api_listens_on_loopback_only_and_other_listeners_are_known(clu
 
     import psutil
 
-    from jobs.cluster_procs import own_processes
-    from jobs.cluster_state import ClusterState
+    from jobs.cluster.procs import own_processes
+    from jobs.cluster.state import ClusterState
 
     ours = {p.pid: p.cmdline for p in own_processes(ClusterState(**cluster.state))}
     listeners = [
@@ -351,8 +417,8 @@ def test_the_jobs_api_listens_on_loopback_only_and_other_listeners_are_known(clu
 def test_cluster_down_stops_exactly_its_own_processes(cluster):
     import subprocess
 
-    from jobs.cluster_procs import alive, own_processes, processes
-    from jobs.cluster_state import ClusterState
+    from jobs.cluster.procs import alive, own_processes, processes
+    from jobs.cluster.state import ClusterState
 
     state = ClusterState(**cluster.state)
     ours = own_processes(state)

@@ -1,5 +1,5 @@
 """What goes to a cluster, checked without one: the working_dir upload (an allowlist, staged by
-jobs/submit.py), the cluster launcher YAMLs against Ray's own schema, and the Dockerfile."""
+jobs/client/submit.py), the cluster launcher YAMLs against Ray's own schema, and the Dockerfile."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ NEVER_SHIPPED = {
 def _checkout(root: Path, outside: Path) -> Path:
     """A copy of this checkout's source plus files that must never leave the machine, and
     symlinks out of it (a file and a folder) inside the shipped packages."""
-    from jobs.submit import SHIPPED_DIRS, SHIPPED_FILES
+    from jobs.client.submit import SHIPPED_DIRS, SHIPPED_FILES
 
     root.mkdir()
     for name in (*SHIPPED_DIRS, *SHIPPED_FILES, "tests", "README.md", "Makefile", ".gitignore"):
@@ -61,7 +61,7 @@ def _checkout(root: Path, outside: Path) -> Path:
 def test_only_the_allowlist_leaves_the_machine(tmp_path):
     from ray._private.runtime_env.packaging import create_package
 
-    from jobs.submit import SHIPPED_DIRS, SHIPPED_FILES, SHIPPED_SUFFIXES, staged_working_dir
+    from jobs.client.submit import SHIPPED_DIRS, SHIPPED_FILES, SHIPPED_SUFFIXES, staged_working_dir
 
     checkout = _checkout(tmp_path / "checkout", tmp_path / "outside")
     pkg = tmp_path / "pkg.zip"

@@ -11,41 +11,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from cluster_helpers import CLIENT_VARS, cli
+from cluster_helpers import CLIENT_VARS, cli, fake_state
 
 # ------------------------------------------------------------------------------------------
 # `down` signals only processes proven ours; `up`/`down` take a lock (no cluster needed)
 
-GONE = "/tmp/mrray-gone0000"  # a temp dir name `up` could have made, long removed
-
-
-def _fake_state(home: Path, temp_dir: str = GONE, **fields) -> Path:
-    from dataclasses import asdict
-
-    from jobs.cluster_state import ClusterState
-
-    (home / "cluster").mkdir(parents=True, exist_ok=True)
-    state = ClusterState(
-        home=str(home),
-        temp_dir=temp_dir,
-        token_path=str(home / "cluster" / "auth_token"),
-        node_ip="127.0.0.1",
-        gcs_port=1,
-        dashboard_port=2,
-        client_port=3,
-        workers=0,
-        cpus_per_node=1,
-        head_cpus=0,
-        **fields,
-    )
-    path = home / "cluster" / "state.json"
-    path.write_text(json.dumps(asdict(state)))
-    return path
-
 
 def test_down_leaves_alone_a_recorded_pid_now_used_by_another_process(tmp_path):
-    from jobs.cluster_procs import boot_id, own_processes, read_proc
-    from jobs.cluster_state import ClusterState
+    from jobs.cluster.procs import boot_id, own_processes, read_proc
+    from jobs.cluster.state import ClusterState
 
     # an unrelated process that got a pid (and, as a session leader, a session id) the
     # cluster once recorded for its `ray start`, which had started at another time
@@ -53,7 +27,7 @@ def test_down_leaves_alone_a_recorded_pid_now_used_by_another_process(tmp_path):
     try:
         pid, start = other.pid, read_proc(other.pid).start
         home = tmp_path / "home"
-        path = _fake_state(
+        path = fake_state(
             home,
             sessions=[pid],
             procs=[[pid, start - 7]],
@@ -68,7 +42,7 @@ def test_down_leaves_alone_a_recorded_pid_now_used_by_another_process(tmp_path):
         assert other.poll() is None  # still running: never signalled
 
         # the very (pid, start) recorded, but in another boot: not ours either
-        path = _fake_state(
+        path = fake_state(
             home,
             sessions=[pid],
             procs=[[pid, start]],
@@ -77,7 +51,7 @@ def test_down_leaves_alone_a_recorded_pid_now_used_by_another_process(tmp_path):
         )
         assert own_processes(ClusterState(**json.loads(path.read_text()))) == []
         # ...while in this boot the same record is ours (the check above is what excluded it)
-        path = _fake_state(
+        path = fake_state(
             home,
             sessions=[pid],
             procs=[[pid, start]],
@@ -91,7 +65,7 @@ def test_down_leaves_alone_a_recorded_pid_now_used_by_another_process(tmp_path):
 
 
 def test_cluster_up_and_down_wait_for_each_other(tmp_path, monkeypatch):
-    from jobs.cluster import _cluster_lock
+    from jobs.cluster.lifecycle import _cluster_lock
 
     home = tmp_path / "home"
     monkeypatch.setenv("MODRESNET_HOME", str(home))
@@ -108,7 +82,7 @@ def test_cluster_up_and_down_wait_for_each_other(tmp_path, monkeypatch):
 @pytest.fixture()
 def ray_temp_dir():
     """A temp dir as `up` makes it (/tmp/mrray-XXXXXXXX), with the log a user may be reading."""
-    from jobs.cluster_state import TEMP_PREFIX, TEMP_ROOT
+    from jobs.cluster.state import TEMP_PREFIX, TEMP_ROOT
 
     temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=TEMP_ROOT))
     (temp_dir / "session_latest" / "logs").mkdir(parents=True)
@@ -130,8 +104,8 @@ def _as_nobody(*cmd: str, **kwargs) -> subprocess.Popen:
 def test_down_signals_no_process_by_its_command_line_nor_any_of_another_user(
     tmp_path, ray_temp_dir
 ):
-    from jobs.cluster_procs import boot_id, own_processes, read_proc
-    from jobs.cluster_state import ClusterState
+    from jobs.cluster.procs import boot_id, own_processes, read_proc
+    from jobs.cluster.state import ClusterState
 
     log = ray_temp_dir / "session_latest" / "logs" / "raylet.out"
     # ours, naming the temp dir: a user following the raylet's log in another terminal
@@ -141,7 +115,7 @@ def test_down_signals_no_process_by_its_command_line_nor_any_of_another_user(
     foreign = _as_nobody("tail", "-F", str(log), start_new_session=True)
     try:
         start = read_proc(foreign.pid).start
-        path = _fake_state(
+        path = fake_state(
             tmp_path / "home",
             temp_dir=str(ray_temp_dir),
             sessions=[foreign.pid],
@@ -166,8 +140,8 @@ def test_down_signals_no_process_by_its_command_line_nor_any_of_another_user(
 def test_down_removes_nothing_a_state_file_names_unless_up_made_it(
     tmp_path, ray_temp_dir, monkeypatch
 ):
-    from jobs import cluster
-    from jobs.cluster_state import TEMP_ROOT, ClusterError
+    from jobs.cluster import lifecycle
+    from jobs.cluster.state import TEMP_ROOT, ClusterError
 
     home = tmp_path / "home"
     monkeypatch.setenv("MODRESNET_HOME", str(home))
@@ -188,9 +162,9 @@ def test_down_removes_nothing_a_state_file_names_unless_up_made_it(
         cases[str(theirs)] = "is owned by uid 65534"
     try:
         for temp_dir, message in cases.items():
-            path = _fake_state(home, temp_dir=temp_dir)
+            path = fake_state(home, temp_dir=temp_dir)
             with pytest.raises(ClusterError, match=message) as err:
-                cluster.down(quiet=True)
+                lifecycle.down(quiet=True)
             assert str(path) in str(err.value) and "\n" not in str(err.value)
             assert path.exists()
         # through the CLI: exit 2, one line naming the state file
@@ -204,7 +178,7 @@ def test_down_removes_nothing_a_state_file_names_unless_up_made_it(
         # a state file whose fields have the wrong types: the same one line, nothing touched
         path.write_text(json.dumps({**json.loads(path.read_text()), "procs": [["1", 2]]}))
         with pytest.raises(ClusterError, match=r"state\.json is not a cluster state \(procs"):
-            cluster.down(quiet=True)
+            lifecycle.down(quiet=True)
     finally:
         link.unlink()
         shutil.rmtree(theirs)

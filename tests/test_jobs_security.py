@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import http, submit
+from jobs.client import http, submit
 from modresnet.ownership import UnsafeStorageError, check_private_storage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,8 +134,8 @@ def test_no_request_carrying_the_token_follows_a_redirect(redirected, tmp_path, 
 def test_cluster_requests_with_the_token_follow_no_redirect(tmp_path):
     """`modresnet cluster up|status` poll their dashboard with the token: a redirect there (a
     port since taken by something else) is an error naming where it pointed, never followed."""
-    from jobs.cluster import alive_nodes
-    from jobs.cluster_state import ClusterState
+    from jobs.cluster.lifecycle import alive_nodes
+    from jobs.cluster.state import ClusterState
 
     elsewhere = Recorder("127.0.0.1", lambda path: (200, {}, b"{}"))
     server = Recorder("127.0.0.1", lambda path: (302, {"Location": f"{elsewhere.url}{path}"}, b""))

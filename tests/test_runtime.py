@@ -1,15 +1,18 @@
 """The one Ray runtime (jobs/runtime.py) and the private-API guard (jobs/ray_private.py),
-without starting Ray: the W&B rule every command shares, the address rule, environment
-overrides that restore themselves, and the clear error on a Ray other than 2.60."""
+without starting Ray: the W&B rule every command shares, the address rule (the Jobs URL that
+`modresnet cluster up` exports included), environment overrides that restore themselves, and
+the clear error on a Ray other than 2.60."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
 import types
 
 import pytest
+from cluster_helpers import CLIENT_VARS, fake_state
 
 from jobs import ray_private, runtime
 from modresnet.errors import UserError
@@ -79,13 +82,114 @@ def test_env_override_sets_hides_and_restores(monkeypatch):
     assert os.environ["MODRESNET_T_SET"] == "before" and "MODRESNET_T_NEW" not in os.environ
 
 
-def test_address_rule(monkeypatch):
+def test_address_rule(monkeypatch, tmp_path):
+    monkeypatch.setenv("MODRESNET_HOME", str(tmp_path))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert runtime.resolve_address(None) is None  # embedded
+    assert runtime.resolve_address("auto") == "auto"  # the Ray `ray start` started here
+    assert runtime.resolve_address("local") is None
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     assert runtime.resolve_address(None) == "auto"
     assert runtime.resolve_address("10.0.0.5:6379") == "10.0.0.5:6379"  # --address first
     assert runtime.resolve_address("local") is None  # an embedded Ray, whatever RAY_ADDRESS says
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert runtime.resolve_address("auto") == "10.0.0.5:6379"  # as ray.init reads "auto"
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    assert runtime.resolve_address("auto") is None
+
+
+@pytest.fixture()
+def local_cluster(tmp_path, monkeypatch):
+    """The state of a `modresnet cluster up` cluster in a fresh MODRESNET_HOME (no process
+    behind it), and a shell with none of the client variables set."""
+    from jobs.cluster.state import load_state
+
+    for name in (*CLIENT_VARS, "RAY_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MODRESNET_HOME", str(tmp_path))
+    fake_state(tmp_path, gcs_port=46379, dashboard_port=48265)
+    return load_state()
+
+
+def test_the_local_clusters_jobs_url_joins_its_gcs(local_cluster, monkeypatch):
+    """What `eval "$(modresnet cluster up)"` exports as RAY_ADDRESS is the Jobs API's URL;
+    train, tune and serve join that cluster at its GCS."""
+    url = local_cluster.jobs_address
+    assert url == "http://127.0.0.1:48265"
+    monkeypatch.setenv("RAY_ADDRESS", url)
+    target = runtime.ray_target(None)
+    assert target == runtime.RayTarget("127.0.0.1:46379", f"RAY_ADDRESS={url}", local_cluster)
+    assert runtime.resolve_address("auto") == "127.0.0.1:46379"  # auto defers to RAY_ADDRESS
+    assert runtime.resolve_address("local") is None
+    assert runtime.resolve_address("10.0.0.5:6379") == "10.0.0.5:6379"
+    monkeypatch.delenv("RAY_ADDRESS")
+    for given in (url, f"{url}/", "http://localhost:48265"):
+        assert runtime.resolve_address(given) == "127.0.0.1:46379", given
+
+
+def test_joining_the_local_cluster_sends_its_token(local_cluster, monkeypatch):
+    """Its Ray refuses a client without the token, and a client sends one only with
+    RAY_AUTH_MODE=token: set both unless the shell already says which token to send."""
+    token_path = local_cluster.token_path
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    expected = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_path}
+    assert runtime.cluster_auth_env(local_cluster) == expected
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the shell `cluster up` set up
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", token_path)
+    assert runtime.cluster_auth_env(local_cluster) == {}
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "the-users-own")
+    assert runtime.cluster_auth_env(local_cluster) == {}
+
+
+@pytest.mark.parametrize(
+    ("env", "address", "given", "instead"),
+    [
+        ("http://10.0.0.5:8265", None, "RAY_ADDRESS=http://10.0.0.5:8265", "unset RAY_ADDRESS"),
+        ("http://10.0.0.5:8265", "auto", "RAY_ADDRESS=http://10.0.0.5:8265", "unset RAY_ADDRESS"),
+        (None, "https://ray.example.com", "--address https://ray.example.com", "drop --address"),
+        (None, "http://127.0.0.1:48266", "--address http://127.0.0.1:48266", "drop --address"),
+        (None, "https://127.0.0.1:48265", "--address https://127.0.0.1:48265", "drop --address"),
+    ],
+)
+def test_any_other_jobs_url_is_one_line_saying_what_to_run_instead(
+    local_cluster, monkeypatch, env, address, given, instead
+):
+    if env:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    with pytest.raises(runtime.RayConnectError) as err:
+        runtime.resolve_address(address)
+    assert isinstance(err.value, UserError)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{given} is a Ray Jobs API URL")
+    url = given.split("=", 1)[1] if "=" in given else given.split()[1]
+    fixes = (f"modresnet jobs submit --address {url} train|tune|serve ...", "--address HOST:6379")
+    assert [fix for fix in fixes if fix not in message] == []
+    assert f"{instead} to use a Ray of this process" in message
+    assert "cluster up` cluster of" in message and "http://127.0.0.1:48265" in message
+
+
+def test_a_jobs_url_with_no_local_cluster_up_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODRESNET_HOME", str(tmp_path / "none"))
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:48265")  # exported before `cluster down`
+    with pytest.raises(runtime.RayConnectError, match="no `modresnet cluster up` cluster is up"):
+        runtime.resolve_address(None)
+
+
+def test_the_local_cluster_not_answering_is_one_line_before_ray_init(
+    local_cluster, monkeypatch, tmp_path
+):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound, not listening: the GCS is gone
+        fake_state(tmp_path, gcs_port=s.getsockname()[1], dashboard_port=48265)
+        monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:48265")
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")  # nothing to change in Ray's config
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", local_cluster.token_path)
+        with pytest.raises(runtime.RayConnectError) as err:
+            runtime._join(runtime.ray_target(None), logging.WARNING)  # connect's, not ray.init
+    message = str(err.value)
+    assert "\n" not in message and "does not answer at its GCS" in message
+    assert 'eval "$(modresnet cluster up)"' in message
 
 
 def test_bad_or_unreachable_address_is_a_user_error_in_seconds():
@@ -96,6 +200,9 @@ def test_bad_or_unreachable_address_is_a_user_error_in_seconds():
         port = s.getsockname()[1]  # bound, not listening: the connection is refused
         with pytest.raises(UserError, match="no Ray cluster reachable"):
             runtime.check_address(f"127.0.0.1:{port}")
+        given = f"RAY_ADDRESS=127.0.0.1:{port}"  # the message names where the address came from
+        with pytest.raises(UserError, match=rf"^{given}: no Ray .* or unset RAY_ADDRESS to"):
+            runtime.check_address(f"127.0.0.1:{port}", given=given)
     runtime.check_address("auto")  # left to ray.init
 
 

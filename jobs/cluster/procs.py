@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.cluster_state import ClusterState
+from jobs.cluster.state import ClusterState
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """A local cluster's identity on disk: where it lives ($MODRESNET_HOME/cluster), its
 state.json (ports, addresses, the processes it started) and its token. Read by `modresnet
-cluster` and by the Jobs client, which finds the local cluster's address and token here.
+cluster`, by the Jobs client, which finds the local cluster's address and token here, and by
+the Ray runtime, which recognises the cluster's Jobs API URL (`cluster_at`) and joins its GCS.
 
 state.json is read back strictly (types checked, temp_dir proven to be a folder `up` made),
 because `down` signals the processes and removes the folder it names."""
@@ -14,7 +15,9 @@ import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from jobs.client.http import parse_address
 from modresnet.errors import UserError
+from modresnet.files import atomic_write_text
 
 # Each cluster's Ray temp dir: short (Ray's unix socket paths must stay under 108 bytes) and
 # made by tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=TEMP_ROOT), whose random part is 8 of [a-z0-9_]
@@ -123,9 +126,23 @@ def load_state() -> ClusterState | None:
 
 
 def save_state(state: ClusterState) -> None:
-    tmp = state_file().with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2))
-    tmp.replace(state_file())
+    atomic_write_text(state_file(), json.dumps(asdict(state), indent=2))
+
+
+def cluster_at(url: str) -> ClusterState | None:
+    """The cluster of this MODRESNET_HOME when its Jobs API is at `url` (the RAY_ADDRESS that
+    `cluster up` exports; `localhost` for 127.0.0.1 too), else None."""
+    try:
+        address = parse_address(url)
+    except ValueError:
+        return None
+    state = load_state()
+    if state is None:
+        return None
+    host = "127.0.0.1" if address.host == "localhost" else address.host
+    if (address.scheme, host, address.port) != ("http", state.node_ip, state.dashboard_port):
+        return None
+    return state
 
 
 def read_token() -> str | None:

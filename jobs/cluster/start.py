@@ -13,8 +13,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from jobs.cluster_procs import processes, read_proc, with_descendants
-from jobs.cluster_state import ClusterError, ClusterState, save_state
+from jobs.cluster.procs import processes, read_proc, with_descendants
+from jobs.cluster.state import ClusterError, ClusterState, save_state
 from jobs.runtime import RAY_ENV
 
 

@@ -1,11 +1,8 @@
-"""`modresnet jobs ...` (run train | tune | serve on a Ray cluster through the Jobs API,
-jobs/submit.py) and `modresnet cluster ...` (a real multi-node Ray on this machine,
-jobs/cluster.py). Both are imported only when their command runs."""
+"""`modresnet jobs ...`: run train | tune | serve on a Ray cluster through the Jobs API
+(submit.py, imported only when a command runs)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import datetime
 from typing import Annotated
 
@@ -17,9 +14,6 @@ from modresnet.errors import UserError
 
 jobs_app = typer.Typer(
     no_args_is_help=True, help="Run train | tune | serve on a Ray cluster through the Jobs API."
-)
-cluster_app = typer.Typer(
-    no_args_is_help=True, help="A real multi-node Ray cluster on this machine (token auth on)."
 )
 
 JobsAddress = Annotated[
@@ -42,7 +36,7 @@ InsecureToken = Annotated[
 
 
 def _exit_for(status: str) -> None:
-    from jobs.submit import EXIT_CODES
+    from jobs.client.submit import EXIT_CODES
 
     code = EXIT_CODES.get(status, 1)
     if code:
@@ -89,7 +83,7 @@ def jobs_submit(
     Example: modresnet jobs submit train --preset debug --epochs 2 --address http://127.0.0.1:8265
     (put `--` before COMMAND if it has an option also called --address or --env).
     """
-    from jobs import submit as jobs_submit_mod
+    from jobs.client import submit as jobs_submit_mod
 
     if command not in jobs_submit_mod.COMMANDS:
         raise UserError(
@@ -121,7 +115,7 @@ def jobs_submit(
 @user_errors
 def jobs_list(address: JobsAddress = None, insecure_token: InsecureToken = False) -> None:
     """Jobs on the cluster, oldest first."""
-    from jobs import submit as jobs_submit_mod
+    from jobs.client import submit as jobs_submit_mod
 
     table = Table()
     for col in ("submission id", "status", "started", "entrypoint"):
@@ -144,7 +138,7 @@ def jobs_status(
     job_id: JobId, address: JobsAddress = None, insecure_token: InsecureToken = False
 ) -> None:
     """Print a job's status. Exit 0: PENDING/RUNNING/SUCCEEDED, 1: FAILED/STOPPED."""
-    from jobs import submit as jobs_submit_mod
+    from jobs.client import submit as jobs_submit_mod
 
     info = jobs_submit_mod.job_info(job_id, address, insecure_token)
     status = str(info.status)
@@ -168,7 +162,7 @@ def jobs_logs(
     insecure_token: InsecureToken = False,
 ) -> None:
     """Print a job's logs. Exit code as for `jobs status` (after --follow: the final status)."""
-    from jobs import submit as jobs_submit_mod
+    from jobs.client import submit as jobs_submit_mod
 
     status = jobs_submit_mod.logs(job_id, address, follow=follow, insecure_token=insecure_token)
     if follow:
@@ -182,75 +176,9 @@ def jobs_stop(
     job_id: JobId, address: JobsAddress = None, insecure_token: InsecureToken = False
 ) -> None:
     """Stop a job and wait until it is stopped. Exit 0 once it is no longer running."""
-    from jobs import submit as jobs_submit_mod
+    from jobs.client import submit as jobs_submit_mod
 
     status = jobs_submit_mod.stop(job_id, address, insecure_token=insecure_token)
     print(f"{job_id}: {status}")
     if status not in jobs_submit_mod.TERMINAL:
         raise typer.Exit(1)
-
-
-@cluster_app.command("up")
-@user_errors
-def cluster_up(
-    workers: Annotated[int, typer.Option(help="Worker raylets (nodes) besides the head.")] = 2,
-    cpus_per_node: Annotated[float, typer.Option(help="Logical CPUs of each worker node.")] = 1.0,
-    head_cpus: Annotated[
-        float, typer.Option(help="Logical CPUs of the head (0 keeps work off it).")
-    ] = 0.0,
-    object_store_mb: Annotated[int, typer.Option(help="Object store per node, MiB.")] = 256,
-) -> None:
-    """Start head + N worker raylets on loopback with token auth; print the client's exports.
-
-    eval "$(modresnet cluster up)" sets RAY_ADDRESS, RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH.
-    """
-    from jobs import cluster as local_cluster
-
-    state = local_cluster.up(
-        workers=workers,
-        cpus_per_node=cpus_per_node,
-        head_cpus=head_cpus,
-        object_store_mb=object_store_mb,
-        log=lambda line: err_console.print(line, highlight=False),
-    )
-    for name, value in state.exports().items():
-        print(f"export {name}={value}")
-    sys.stdout.flush()
-
-
-@cluster_app.command("status")
-@user_errors
-def cluster_status(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """The local cluster's addresses, nodes and processes. Exit 0 running, 1 not."""
-    from jobs import cluster as local_cluster
-
-    info = local_cluster.status()
-    if as_json:
-        print(json.dumps(info, indent=2))
-    else:
-        state = "running" if info["running"] else "NOT running"
-        print(
-            f"{state}: Jobs API {info['jobs_address']}, "
-            f"GCS {info['gcs_address']}, {info['processes']} processes"
-        )
-        for node in info["nodes"] or []:
-            print(
-                f"  {'head  ' if node['is_head'] else 'worker'} {node['node_id'][:12]}  "
-                f"{node['cpus']:g} CPU"
-            )
-        if info.get("error"):
-            print(f"  {info['error']}")
-        print(f"  token: {info['token_path']}  temp dir: {info['temp_dir']}")
-    if not info["running"]:
-        raise typer.Exit(1)
-
-
-@cluster_app.command("down")
-@user_errors
-def cluster_down() -> None:
-    """Stop exactly the processes `cluster up` started (by pid; never `ray stop`)."""
-    from jobs import cluster as local_cluster
-
-    local_cluster.down(log=lambda line: err_console.print(line, highlight=False))

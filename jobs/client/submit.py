@@ -6,7 +6,7 @@ allowlist of this source tree (`shipped_files`): nothing else in a checkout (dat
 works whether or not this shell has RAY_AUTH_MODE=token. Token lookup: RAY_AUTH_TOKEN, then the
 file RAY_AUTH_TOKEN_PATH, then the local cluster of $MODRESNET_HOME (only when the address is
 that cluster's). The token goes only over https or to a loopback address (else an error;
---insecure-token overrides), and no request that carries it follows a redirect (jobs/http.py).
+--insecure-token overrides), and no request that carries it follows a redirect (http.py).
 
 Address lookup: --address, then RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, then the local cluster.
 """
@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jobs import cluster_state as local_cluster
-from jobs import http
-from jobs.http import is_loopback, parse_address
+from jobs.client import http
+from jobs.client.http import is_loopback, parse_address
+from jobs.cluster import state as local_cluster
 from jobs.ray_private import JobsHttpError, jobs_client
 from jobs.runtime import env_override, is_secret_name
 from modresnet.errors import UserError
@@ -49,7 +49,7 @@ class JobsError(UserError):
 
 def project_root() -> Path:
     """The source tree shipped as working_dir: the checkout that holds this file."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if (root / "modresnet" / "cli.py").exists() and (root / "pyproject.toml").exists():
         return root
     cwd = Path.cwd()
@@ -141,8 +141,7 @@ def resolve_token(address: str) -> str | None:
             return Path(path).expanduser().read_text().strip() or None
         except OSError as err:
             raise JobsError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read ({err.strerror})") from None
-    state = local_cluster.load_state()
-    if state is not None and address == state.jobs_address:
+    if local_cluster.cluster_at(address) is not None:
         return local_cluster.read_token()
     return None
 

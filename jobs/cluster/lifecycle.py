@@ -1,30 +1,6 @@
-"""`modresnet cluster up|status|down`: a real multi-node Ray cluster on this machine.
-
-One head (`ray start --head`, dashboard + Jobs API on 127.0.0.1, 0 CPUs by default) and N worker
-raylets (`ray start --address ...`), all on loopback, token auth on. Everything a cluster owns
-lives under a state dir, `$MODRESNET_HOME/cluster` (default ~/.modresnet/cluster):
-
-    state.json     ports, addresses, the processes it started, temp dir (jobs/cluster_state.py)
-    auth_token     the generated token, mode 0600 (RAY_AUTH_TOKEN_PATH for every process)
-    logs/          output of each `ray start`
-
-Ray's own files go to a distinct short `--temp-dir` per cluster (/tmp/mrray-XXXXXXXX, short
-because Ray's unix socket paths must stay under 108 bytes); each worker node gets its own
-`w<i>/` inside it, as nodes on separate machines would (see `cluster_start.node_temp_dir`).
-Every port is chosen free, so two clusters with different MODRESNET_HOMEs (or a test cluster
-next to a developer's) never collide.
-
-`ray start` daemonizes: it exits and leaves its processes behind. Each `ray start` runs in a new
-session (setsid), whose id every process it spawns inherits. `up` records the boot id, each
-`ray start`'s (pid, start time), every process it left (jobs/cluster_start.py) and, once up,
-every process's (pid, start time). `down` stops only processes proven ours
-(jobs/cluster_procs.py: a recorded pid whose start time still matches, a session still provably
-ours, their descendants; our uid only; nothing after a reboot; never by command line) - by pid,
-SIGTERM then SIGKILL, re-checking each pid's start time and uid right before signalling. Never
-`ray stop`, which kills every Ray on the host. It removes the temp dir only once state.json
-proves it one `up` made (jobs/cluster_state.py). `up` and `down` hold a lock in the state dir,
-so two of them never interleave.
-"""
+"""`modresnet cluster up|status|down`: start the cluster (holding the cluster lock), report
+its nodes through the dashboard's State API, stop exactly its processes. The package's
+docstring says what a cluster owns and how `down` proves a process ours."""
 
 from __future__ import annotations
 
@@ -38,9 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from jobs import http
-from jobs.cluster_procs import boot_id, kill, own_processes
-from jobs.cluster_start import (
+from jobs.client import http
+from jobs.cluster.procs import boot_id, kill, own_processes
+from jobs.cluster.start import (
     child_env,
     free_ports,
     node_temp_dir,
@@ -48,7 +24,7 @@ from jobs.cluster_start import (
     record_leader,
     wait_started,
 )
-from jobs.cluster_state import (
+from jobs.cluster.state import (
     TEMP_PREFIX,
     TEMP_ROOT,
     ClusterError,
@@ -61,6 +37,7 @@ from jobs.cluster_state import (
     state_file,
     token_file,
 )
+from modresnet.files import hold_lock
 
 # ------------------------------------------------------------------------------------------
 # helpers
@@ -83,25 +60,15 @@ def alive_nodes(state: ClusterState, token: str | None, timeout: float = 5.0) ->
 
 @contextmanager
 def _cluster_lock() -> Iterator[None]:
-    """`up` and `down` of one MODRESNET_HOME run one at a time (an flock: a killed holder
-    releases it)."""
-    from filelock import FileLock, Timeout
-
+    """`up` and `down` of one MODRESNET_HOME run one at a time."""
     sdir = state_dir()
     sdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lock = FileLock(sdir / "lock", timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise ClusterError(
-            f"another `modresnet cluster up|down` is running for "
-            f"{modresnet_home()} (it holds {sdir / 'lock'}); wait for it to "
-            f"finish, then try again"
-        ) from None
-    try:
+    busy = ClusterError(
+        f"another `modresnet cluster up|down` is running for {modresnet_home()} (it holds "
+        f"{sdir / 'lock'}); wait for it to finish, then try again"
+    )
+    with hold_lock(sdir / "lock", busy=busy):
         yield
-    finally:
-        lock.release()
 
 
 def up(

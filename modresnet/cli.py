@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import typer
 
-from jobs import train_command, tune_command
 from jobs.client.commands import jobs_app
 from jobs.cluster.commands import cluster_app
+from jobs.train import command as train_command
+from jobs.tune import command as tune_command
 from modresnet import commands
 from serve import commands as serve_commands
 

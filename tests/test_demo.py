@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from jobs.tune_job import TuneJob
+from jobs.tune.job import TuneJob
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,12 +75,12 @@ def test_noise_patterns_catch_the_lines_issue_13_reported():
 
 # --------------------------------------------------------------------------- tune console
 
-tune_progress = pytest.importorskip("jobs.tune_progress")
+tune_progress = pytest.importorskip("jobs.tune.progress")
 
 
 def _job() -> TuneJob:
-    from jobs.search_space import DEFAULT_SPACE, load_space
-    from jobs.tune_job import SearchSettings, new_job
+    from jobs.tune.job import SearchSettings, new_job
+    from jobs.tune.space import DEFAULT_SPACE, load_space
     from modresnet import config as configs
 
     base = configs.resolve("demo", overrides={"optim.nesterov": False, "train.epochs": 3})

@@ -292,7 +292,7 @@ def test_killed_worker_is_replaced_and_every_epoch_recorded_once(ray_local, tmp_
     """Two workers on a Ray this test did not start: one is SIGKILLed after the first epoch;
     Ray Train replaces it, the driver still gets one line per epoch, the run directory is
     complete, and the caller's Ray is left running."""
-    from jobs.train import RayOptions, train_ray
+    from jobs.train.driver import RayOptions, train_ray
 
     epochs, raylet = 5, raylet_pids(ray_local._private.worker._global_node)[0]
     killed: list[int] = []

@@ -232,6 +232,35 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
 
 
 @pytest.mark.ray
+def test_resume_whose_saved_ray_state_names_a_missing_module_is_one_line(tmp_path):
+    """Ray pickles a search's callbacks and searcher by module path (tuner.pkl): a search
+    started by a version whose modules had other names (here jobs.tune_progress) is refused in
+    one line naming the module, not with Ray's traceback."""
+    import yaml
+
+    from jobs.tune.job import JOB_FILE, SearchSettings, new_job
+    from jobs.tune.space import parse_space
+
+    storage, base = tmp_path / "runs", configs.resolve("debug")
+    space = parse_space(yaml.safe_load(SPACE), base, "space.yaml")
+    job = new_job(base, space, SearchSettings(max_epochs=1, samples=1), storage, "moved")
+    job.experiment.mkdir(parents=True)
+    (job.experiment / JOB_FILE).write_text(json.dumps(job.to_dict()))
+    (job.experiment / "tuner.pkl").write_bytes(b"cjobs.tune_progress\nProgressCallback\n.")
+    r = subprocess.run(
+        _tune_cmd("--resume", "moved", "--storage", str(storage), "--no-wandb"),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]
+    assert "needs the module jobs.tune_progress, which is not installed here" in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+@pytest.mark.ray
 def test_pbt_clones_better_trials_and_each_trains_with_its_own_lr(tmp_path):
     """PBT every 2 epochs between two trials running at once (its population): the worse
     restarts from the better one's checkpoint with a perturbed lr, and its optimizer then

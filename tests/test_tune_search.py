@@ -9,9 +9,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from jobs import search_space as spaces
-from jobs import tune_search
-from jobs.tune_job import InvalidSetting, SearchSettings, new_job
+from jobs.tune import search as tune_search
+from jobs.tune import space as spaces
+from jobs.tune import trial as tune_trial
+from jobs.tune.job import InvalidSetting, SearchSettings, new_job
 from modresnet import config as configs
 from modresnet import engine
 from modresnet.model import build_model
@@ -136,7 +137,7 @@ def test_a_search_the_space_cannot_serve_is_refused(tmp_path, text, settings, fr
 
 
 def test_fractional_cpus_and_gpus_per_trial_are_trial_resources(tmp_path):
-    from jobs.tune import _trainable
+    from jobs.tune.driver import _trainable
 
     job, _ = _job(tmp_path, cpus_per_trial=0.5, gpus_per_trial=0.5)
     assert (job.cpus_per_trial, job.gpus_per_trial) == (0.5, 0.5)
@@ -167,7 +168,7 @@ def test_an_exploit_trains_with_its_own_lr_and_weight_decay_not_the_donors(sched
     clone = _state(trial_cfg)
     clone.load_state_dict(donor.state_dict())
     assert [g["lr"] for g in clone.optimizer.param_groups] == donor_lrs  # the trap
-    assert tune_search.retune(clone, donor_cfg, trial_cfg)
+    assert tune_trial.retune(clone, donor_cfg, trial_cfg)
     for g, lr in zip(clone.optimizer.param_groups, donor_lrs, strict=True):
         assert g["lr"] == pytest.approx(2.5 * lr)
         assert g["weight_decay"] in (5e-4, 0.0)  # 0: the no-decay group of norms and biases
@@ -177,15 +178,15 @@ def test_an_exploit_trains_with_its_own_lr_and_weight_decay_not_the_donors(sched
         assert clone.optimizer.param_groups[0]["lr"] == pytest.approx(
             2.5 * resumed.optimizer.param_groups[0]["lr"]
         )
-    assert not tune_search.retune(clone, trial_cfg, trial_cfg)  # a plain resume: no change
+    assert not tune_trial.retune(clone, trial_cfg, trial_cfg)  # a plain resume: no change
 
 
 def test_a_restored_checkpoint_is_a_clone_only_when_another_trial_wrote_it():
     path = "/r/s/run_trial_ab12c_00002_2_lr=0.001_2026/checkpoint_000003"
-    assert tune_search.donor(path, "ab12c_00001") == "ab12c_00002"
-    assert tune_search.donor(path, "ab12c_00002") is None
+    assert tune_trial.donor(path, "ab12c_00001") == "ab12c_00002"
+    assert tune_trial.donor(path, "ab12c_00002") is None
     optuna_path = "/r/s/run_trial_33643cb0_1_flip=0.5_2026/checkpoint_000001"
-    assert tune_search.donor(optuna_path, "33643cb0") is None  # Optuna's ids have no `_`
+    assert tune_trial.donor(optuna_path, "33643cb0") is None  # Optuna's ids have no `_`
 
 
 @pytest.mark.parametrize("cpus, workers", [(2, 2), (4, 2), (3, 3), (1, 2), (0.5, 2)])
@@ -193,7 +194,7 @@ def test_a_data_parallel_trial_fits_one_node_and_one_cpu_nodes_alike(cpus, worke
     """A trial holds TRIAL_CPU and each of its workers worker_cpus(): with --cpus-per-trial N
     that fits one N-CPU node, and also N/workers-CPU nodes each holding one worker, the trial
     beside one of them (it once needed 0.01 CPU more than a 1-CPU node has, and waited)."""
-    from jobs.tune import TRIAL_CPU, worker_cpus
+    from jobs.tune.trial import TRIAL_CPU, worker_cpus
 
     each = worker_cpus(cpus, workers)
     assert 0 < each and TRIAL_CPU + workers * each <= cpus  # one node of N CPUs

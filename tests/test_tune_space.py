@@ -69,7 +69,7 @@ def test_invalid_space_exits_2_naming_the_field(tmp_path, text, fragment, flags)
 
 
 def test_default_space_is_valid_and_holds_the_paper_point():
-    from jobs import search_space as spaces
+    from jobs.tune import space as spaces
 
     base = configs.resolve("debug")
     space = spaces.load_space(spaces.DEFAULT_SPACE, base)
@@ -106,8 +106,8 @@ def test_default_space_is_valid_and_holds_the_paper_point():
 
 def _saved_search(tmp_path: Path) -> Path:
     """A search as `tune` saves it before its first trial (no Ray involved)."""
-    from jobs import search_space as spaces
-    from jobs.tune_job import JOB_FILE, SearchSettings, new_job
+    from jobs.tune import space as spaces
+    from jobs.tune.job import JOB_FILE, SearchSettings, new_job
 
     base = configs.resolve("debug", overrides={"data.subset": 600, "train.epochs": 3})
     space = spaces.parse_space(yaml.safe_load(SPACE), base, "space.yaml")
@@ -118,7 +118,7 @@ def _saved_search(tmp_path: Path) -> Path:
 
 
 def test_saved_search_round_trips_in_the_format_earlier_versions_wrote(tmp_path):
-    from jobs.tune_job import JOB_FILE, read_job
+    from jobs.tune.job import JOB_FILE, read_job
 
     exp = _saved_search(tmp_path)
     saved = json.loads((exp / JOB_FILE).read_text())
@@ -167,7 +167,7 @@ def test_saved_search_round_trips_in_the_format_earlier_versions_wrote(tmp_path)
     ],
 )
 def test_resume_refuses_a_hand_edited_search_file_naming_the_field(tmp_path, edit, fragment):
-    from jobs.tune_job import JOB_FILE
+    from jobs.tune.job import JOB_FILE
 
     exp = _saved_search(tmp_path)
     saved = json.loads((exp / JOB_FILE).read_text())
@@ -211,8 +211,8 @@ def test_resume_refuses_search_flags_that_contradict_the_saved_search(tmp_path, 
 
 def test_resume_accepts_flags_that_repeat_the_saved_search(tmp_path):
     """Each repeated flag is compared and accepted; the same flag with another value is not."""
-    from jobs.tune_command import check_resume
-    from jobs.tune_job import TuneSetupError, read_job
+    from jobs.tune.command import check_resume
+    from jobs.tune.job import TuneSetupError, read_job
 
     job = read_job(_saved_search(tmp_path))
     space = tmp_path / "space.yaml"
@@ -235,7 +235,7 @@ def test_resume_accepts_flags_that_repeat_the_saved_search(tmp_path):
 
 def test_a_search_file_as_written_before_still_loads():
     """tests/fixtures/legacy/modresnet-tune.json is a search as the dataclass settings saved it."""
-    from jobs.tune_job import JOB_FILE, TuneJob
+    from jobs.tune.job import JOB_FILE, TuneJob
 
     saved = json.loads((LEGACY / JOB_FILE).read_text())
     job = TuneJob.from_dict(saved, JOB_FILE)
@@ -248,7 +248,7 @@ def test_a_search_file_as_written_before_still_loads():
 def test_search_flags_come_from_the_settings_model():
     """Every search setting is a `tune` flag whose help is the field's description and whose
     default is the model's."""
-    from jobs.tune_job import SearchSettings
+    from jobs.tune.job import SearchSettings
 
     text = " ".join(
         CliRunner().invoke(app, ["tune", "--help"], env={"COLUMNS": "400"}).output.split()

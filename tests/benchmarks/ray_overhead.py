@@ -56,7 +56,7 @@ def run_local(cfg: configs.Config, root: Path) -> dict:
 
 
 def run_ray(cfg: configs.Config, root: Path, workers: int) -> dict:
-    from jobs.train import RayOptions, train_ray
+    from jobs.train.driver import RayOptions, train_ray
 
     records, stamps = [], []
     start = time.perf_counter()

@@ -3,8 +3,8 @@ points, every trial to the max), ASHA (random + early stopping), Optuna's TPE + 
 PBT (random points, exploit and explore every few epochs).
 
 Every search draws --samples points and trains a trial --max-epochs at most (the budget
-FIFO spends in full). Each runs through jobs.tune on one Ray started here, one search after
-another, the methods interleaved per seed so the machine's load drifts over all of them.
+FIFO spends in full). Each runs through jobs.tune.driver on one Ray started here, one search
+after another, the methods interleaved per seed so the machine's load drifts over all of them.
 Prints, per method, mean ± standard deviation over the seeds (and the range) of the best
 validation accuracy, the test accuracy of the exported best trial, the epochs trained (the
 compute) and the wall time; the slot utilisation (busy trial slots / slots, sampled each
@@ -36,10 +36,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this checkout, not another one the venv may have installed
 
-from jobs import tune as tuning  # noqa: E402
 from jobs.runtime import connect  # noqa: E402
-from jobs.search_space import parse_space  # noqa: E402
-from jobs.tune_job import SearchSettings, new_job  # noqa: E402
+from jobs.tune import driver  # noqa: E402
+from jobs.tune.job import SearchSettings, new_job  # noqa: E402
+from jobs.tune.space import parse_space  # noqa: E402
 from modresnet import config as configs  # noqa: E402
 
 SPACE = {
@@ -112,7 +112,7 @@ def run(method: str, seed: int, base, space, args, storage: Path) -> dict:
     job = new_job(base, space, settings(method, args, seed), storage, f"{method}-s{seed}")
     start = time.time()
     with SlotSampler() as slots:
-        outcome = tuning.run_search(job, tuning.TuneOptions(wandb=False), info=lambda line: None)
+        outcome = driver.run_search(job, driver.TuneOptions(wandb=False), info=lambda line: None)
     seconds = time.time() - start
     last = max(r["timestamp"] for row in outcome.rows for r in row.reported)
     return {

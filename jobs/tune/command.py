@@ -1,4 +1,4 @@
-"""`modresnet tune`: an ASHA search on Ray Tune (jobs/tune.py), started from flags or resumed
+"""`modresnet tune`: an ASHA search on Ray Tune (jobs/tune/driver.py), started from flags or resumed
 from the settings it saved. Ray and torch are imported when the command runs."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from jobs.search_space import flatten
-from jobs.tune_job import SearchSettings
+from jobs.tune.job import SearchSettings
+from jobs.tune.space import flatten
 from modresnet.cli_common import Wandb, console, default_name, err_console, say, user_errors
 from modresnet.cli_config import (
     ConfigFile,
@@ -22,8 +22,8 @@ from modresnet.cli_config import (
 )
 
 if TYPE_CHECKING:
-    from jobs.tune import TuneOptions
-    from jobs.tune_job import TuneJob
+    from jobs.tune.driver import TuneOptions
+    from jobs.tune.job import TuneJob
     from modresnet.config import Config
 
 
@@ -47,8 +47,8 @@ def check_resume(
     """Refuse a flag of `tune --resume` that contradicts the saved search: the resumed search
     runs with the saved settings, so a different value would be silently ignored. `settings`
     holds the search flags given, `config` the config they build (None: no config flag)."""
-    from jobs.search_space import load_space
-    from jobs.tune_job import TuneSetupError
+    from jobs.tune.job import TuneSetupError
+    from jobs.tune.space import load_space
 
     fix = "drop it, or start a new search under another --name"
     if name is not None and name != job.name:
@@ -89,7 +89,7 @@ def tune(
     config_file: ConfigFile = None,
     sets: Sets = None,
     space: Annotated[
-        Path | None, typer.Option(help="Search-space YAML (default jobs/search_space.yaml).")
+        Path | None, typer.Option(help="Search-space YAML (default jobs/tune/space.yaml).")
     ] = None,
     name: Annotated[
         str | None, typer.Option(help="Experiment name (default tune-PRESET-TIMESTAMP).")
@@ -125,9 +125,9 @@ def tune(
 ) -> None:
     """Search recipes with Ray Tune (random or Optuna; ASHA, PBT or FIFO); write a
     leaderboard and export the best model."""
-    from jobs import tune as tuning
-    from jobs.search_space import DEFAULT_SPACE, load_space
-    from jobs.tune_job import new_job, read_job
+    from jobs.tune import driver
+    from jobs.tune.job import new_job, read_job
+    from jobs.tune.space import DEFAULT_SPACE, load_space
     from modresnet import names
     from modresnet import storage as object_storage
     from modresnet.errors import UserError
@@ -168,17 +168,17 @@ def tune(
             name or f"tune-{default_name(preset or 'paper')}",
             remote=remote_root.uri if remote_root is not None else None,
         )
-    _run(job, tuning.TuneOptions(address=address, wandb=wandb), bool(resume), verbose, root)
+    _run(job, driver.TuneOptions(address=address, wandb=wandb), bool(resume), verbose, root)
 
 
 def _run(job: TuneJob, options: TuneOptions, resume: bool, verbose: bool, root: Path) -> None:
     """Run the search and print its leaderboard, best trial and outputs."""
-    from jobs import tune as tuning
-    from jobs.tune_results import leaderboard_table
+    from jobs.tune import driver
+    from jobs.tune.results import leaderboard_table
 
     exp = job.experiment
     say(f"experiment: {exp}  ({job.samples} trials, {describe(job)}; Ray's log: {exp / 'ray.log'})")
-    outcome = tuning.run_search(
+    outcome = driver.run_search(
         job, options, resume=resume, verbose=verbose, console=console, info=say
     )
     if outcome.rows:

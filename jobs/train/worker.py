@@ -1,4 +1,4 @@
-"""The Ray Train worker: what each of the data-parallel workers of `jobs/train.py` runs.
+"""The Ray Train worker: what each of the data-parallel workers of `jobs/train/driver.py` runs.
 
 It assembles the run as the local path does (`modresnet.assembly.assemble`; DDP from
 `ray.train.torch.prepare_model` goes in as `wrap`), resumes from `ray.train.get_checkpoint()`

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from jobs.search_space import applicable, flatten
-from jobs.tune_job import TuneJob
+from jobs.tune.job import TuneJob
+from jobs.tune.space import applicable, flatten
 
 if TYPE_CHECKING:
     from rich.live import Live

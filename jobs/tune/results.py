@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from jobs.ray_private import result_grid_trials
-from jobs.search_space import applicable, flatten, trial_config
-from jobs.tune_job import TuneJob
+from jobs.tune.job import TuneJob
+from jobs.tune.space import applicable, flatten, trial_config
 from modresnet import checkpoint, files
 from modresnet.config import Config
 from modresnet.data import load_cifar10
@@ -228,7 +228,7 @@ def leaderboard_table(
     first, as many as fit in `width` characters (leaderboard.csv has every value)."""
     from rich.table import Table
 
-    from jobs.tune_progress import fmt, value_columns
+    from jobs.tune.progress import fmt, value_columns
 
     values = [r.values for r in rows]
     order = list(job.space)

@@ -1,6 +1,6 @@
 """The search space of `modresnet tune`: a YAML file of SECTION.FIELD keys, each a constant
 or one distribution, validated against the config before any trial starts (see
-jobs/search_space.yaml). Ray is imported only to build Tune domains."""
+jobs/tune/space.yaml). Ray is imported only to build Tune domains."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import yaml
 
 from modresnet.config import Config, ConfigError
 
-DEFAULT_SPACE = Path(__file__).with_name("search_space.yaml")
+DEFAULT_SPACE = Path(__file__).with_name("space.yaml")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "quniform", "randint")
 NOT_TUNABLE = {
     "train.epochs": "set by --max-epochs",

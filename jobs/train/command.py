@@ -1,4 +1,4 @@
-"""`modresnet train`: on Ray Train by default (jobs/train.py), in this process with --local
+"""`modresnet train`: on Ray Train by default (jobs/train/driver.py), in this process with --local
 (modresnet.commands). Ray and torch are imported when the command runs."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def ray_default_name(
 def _train_on_ray(
     cfg: configs.Config, run_path: Path, resume: bool, remote: Location | None, **options: Any
 ) -> None:
-    from jobs.train import RayOptions, train_ray
+    from jobs.train.driver import RayOptions, train_ray
 
     start = time.perf_counter()
     result = train_ray(

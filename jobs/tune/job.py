@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
-from jobs.search_space import SearchSpace, parse_space
+from jobs.tune.space import SearchSpace, parse_space
 
 if TYPE_CHECKING:
     from modresnet.storage import Location

@@ -1,7 +1,6 @@
 """How a `modresnet tune` search draws points and which trials it stops or clones: the
 search algorithm (random, or Optuna's TPE) and the scheduler (ASHA, PBT, or FIFO), built
-from the TuneJob; and, trial side, how a PBT exploit's new hyperparameters take effect on
-the donor's optimizer state.
+from the TuneJob (a PBT exploit's effect inside the trial: jobs/tune/trial.py).
 
 Ray Tune is imported only to build its objects; the checks run without it.
 """
@@ -10,16 +9,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from jobs.search_space import OptunaSpace, Param, SearchSpace
-from jobs.tune_job import TuneJob
+from jobs.tune.job import TuneJob
+from jobs.tune.space import OptunaSpace, Param, SearchSpace
 from modresnet import config as configs
-
-if TYPE_CHECKING:
-    from modresnet.config import Config
-    from modresnet.engine import TrainingState
 
 
 def param_space(job: TuneJob, space: SearchSpace) -> dict:
@@ -125,53 +119,3 @@ def checkpoint_config(job: TuneJob):
     return tune.CheckpointConfig(
         num_to_keep=1, checkpoint_score_attribute=job.metric, checkpoint_score_order=job.mode
     )
-
-
-# --------------------------------------------------------------------------- trial side
-
-
-def saved_config(directory: Path) -> Config | None:
-    """The config a checkpoint folder was trained with (None for a foreign folder), read by
-    the checkpoint module's own validated sidecar reader."""
-    from modresnet import checkpoint
-
-    if not (Path(directory) / checkpoint.META).exists():
-        return None
-    return configs.from_dict(checkpoint.read_meta(Path(directory))["config"])
-
-
-def retune(state: TrainingState, saved: Config, config: Config) -> bool:
-    """Give a restored optimizer this trial's lr and weight decay where they differ from the
-    checkpoint's (a PBT exploit: weights and moments come from the donor, the mutated
-    hyperparameters from the trial). Loading the donor's optimizer state set its lr and
-    weight decay; the schedule's progress is kept and scaled. True if anything changed."""
-    from torch.optim.lr_scheduler import CosineAnnealingLR
-
-    factor = config.optim.lr / saved.optim.lr
-    decay = config.optim.weight_decay
-    if factor == 1 and decay == saved.optim.weight_decay:
-        return False
-    for group in state.optimizer.param_groups:
-        for key in ("lr", "initial_lr"):
-            if key in group:
-                group[key] *= factor
-        if group["weight_decay"]:  # the no-decay group (norm_bias_decay off) stays at 0
-            group["weight_decay"] = decay
-    sched = state.scheduler
-    if sched is not None:
-        if hasattr(sched, "base_lrs"):
-            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
-        if isinstance(sched, CosineAnnealingLR):
-            sched.eta_min *= factor
-    return True
-
-
-def donor(checkpoint_path: str, trial_id: str) -> str | None:
-    """The trial whose checkpoint this trial restored from, when it is another's (PBT)."""
-    for part in Path(checkpoint_path).parts:
-        if part.startswith("run_trial_"):  # run_trial_<id>_<index>_<tag>
-            rest = part.removeprefix("run_trial_")
-            if rest.startswith(f"{trial_id}_"):
-                return None
-            return "_".join(rest.split("_")[:2])  # PBT runs random search: ids are abcde_00001
-    return None

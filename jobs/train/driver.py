@@ -1,6 +1,6 @@
 """Ray Train V2 driver: data-parallel training of ModifiedResNet through the one engine.
 
-Each Ray worker runs `jobs.train_worker.train_loop_per_worker` (the one run assembler, then
+Each Ray worker runs `jobs.train.worker.train_loop_per_worker` (the one run assembler, then
 `engine.fit`, reporting every epoch to Ray with a checkpoint folder in the core format).
 
 After the fit the driver writes the core run directory, so evaluate/predict/serve read a
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from jobs.runtime import connect, resolve_address, wandb_policy
-from jobs.train_worker import train_loop_per_worker, wandb_init
+from jobs.train.worker import train_loop_per_worker, wandb_init
 from modresnet.config import Config
 from modresnet.data import load_cifar10
 from modresnet.errors import UserError, one_line

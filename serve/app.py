@@ -11,9 +11,9 @@ without auth.
 
 Hostile traffic: bodies must arrive within `body_timeout_s` (408), JSON is parsed with depth
 and number limits (serve/http/jsonlimits.py), images decode on a thread pool with pixel and
-time bounds (serve/decode.py), excess requests get Serve's 429 + Retry-After once
-`max_queued_requests` wait, and the health probes are a separate tiny app at /v2/health
-(`build_health`) so they answer even when every request slot of the model is taken.
+time bounds (serve/decode.py), excess requests get the replica's 429 + Retry-After once
+`max_queued_requests` wait (`serve_limits`), and the health probes are a separate tiny app at
+/v2/health (`build_health`) so they answer even when every request slot of the model is taken.
 """
 
 from __future__ import annotations
@@ -37,6 +37,20 @@ class Classifier(Service):
     """The Serve deployment class: `Service` with Serve's ASGI wrapper."""
 
 
+def serve_limits(args: ServeArgs) -> dict[str, int]:
+    """Serve's max_ongoing_requests and max_queued_requests for a replica whose own gate
+    (serve/http/gate.py) admits `args.max_ongoing_requests` and queues `args.max_queued_requests`:
+    twice that many reach the replica, so the gate, not Serve, refuses the next and counts it;
+    Serve's queue of the same length (at least 1, Serve's least) behind it is the backstop.
+    With an unbounded queue the gate refuses nothing, and Serve holds requests to the ongoing
+    limit as it would alone."""
+    queued = args.max_queued_requests
+    if queued < 0:
+        return {"max_ongoing_requests": args.max_ongoing_requests, "max_queued_requests": -1}
+    admitted = args.max_ongoing_requests + queued
+    return {"max_ongoing_requests": 2 * admitted, "max_queued_requests": max(queued, 1)}
+
+
 def build_app(args: ServeArgs | dict[str, Any]) -> serve.Application:
     """Typed builder: `serve run serve.app:build_app checkpoint=runs/demo backend=onnx`."""
     if isinstance(args, dict):
@@ -54,11 +68,10 @@ def build_app(args: ServeArgs | dict[str, Any]) -> serve.Application:
             "downscale_delay_s": args.downscale_delay_s,
             "look_back_period_s": args.look_back_period_s,
         },
-        max_ongoing_requests=args.max_ongoing_requests,
-        max_queued_requests=args.max_queued_requests,
+        **serve_limits(args),
         backpressure_config={"status_code": 429, "retry_after_s": args.retry_after_s},
         max_constructor_retry_count=3,  # a replica that cannot start (no key) fails the deploy fast
-        ray_actor_options={"num_cpus": args.replica_cpus},
+        ray_actor_options={"num_cpus": args.replica_cpus, "num_gpus": args.gpus_per_replica},
         health_check_period_s=args.health_check_period_s,
         health_check_timeout_s=args.health_check_timeout_s,
         graceful_shutdown_wait_loop_s=0.5,

@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 APP_NAME = "modresnet"
+GPU_BATCH_WAIT_S = 0.002
 BackendName = Literal["onnx", "torch", "int8"]
 
 
@@ -52,6 +53,12 @@ class ServeArgs(BaseModel):
     )
     threads: int = Field(default=1, ge=1, le=64, description="Inference threads per replica")
     replica_cpus: float = Field(default=1.0, gt=0, description="Logical CPUs each replica reserves")
+    gpus_per_replica: float = Field(
+        default=0,
+        ge=0,
+        description="GPUs each replica reserves, fractions allowed (0.25: four replicas share "
+        "one); runs the torch backend, which is then the default",
+    )
     min_replicas: int = Field(default=1, ge=1, description="Autoscaling lower bound")
     max_replicas: int = Field(
         default=2,
@@ -81,8 +88,9 @@ class ServeArgs(BaseModel):
         ge=0,
         le=10,
         description="Dynamic batching: longest wait to fill a batch (0: what queued while the "
-        "model was busy; worth raising where a batch costs about what one image does, e.g. a "
-        "GPU)",
+        f"model was busy). With GPUs the default is {GPU_BATCH_WAIT_S * 1000:g} ms: there a "
+        "batch costs little more than one image and the model is free again within a "
+        "millisecond, so without a wait nearly every arrival runs as a batch of its own",
     )
     max_ongoing_requests: int = Field(
         default=32, ge=1, description="Requests one replica works on at once"
@@ -136,6 +144,11 @@ class ServeArgs(BaseModel):
     graceful_shutdown_timeout_s: float = Field(
         default=20, ge=0, description="A stopping replica's time to finish its requests"
     )
+    metrics: bool = Field(
+        default=True,
+        description="Record the Prometheus series (docs/serving.md); off only to measure what "
+        "they cost",
+    )
 
     @model_validator(mode="wrap")
     @classmethod
@@ -171,6 +184,24 @@ class ServeArgs(BaseModel):
                     }
                 )
             raise ValidationError.from_exception_data(cls.__name__, details) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gpu_defaults(cls, data: Any) -> Any:
+        """With GPUs, the backend and the batch wait not given default to the GPU's."""
+        if isinstance(data, dict) and data.get("gpus_per_replica"):
+            data = {"backend": "torch", "batch_wait_timeout_s": GPU_BATCH_WAIT_S, **data}
+        return data
+
+    @field_validator("gpus_per_replica")
+    @classmethod
+    def _gpus_run_torch(cls, v: float, info: ValidationInfo) -> float:
+        backend = info.data.get("backend")
+        if v and backend not in (None, "torch"):
+            raise ValueError(
+                f"GPU replicas run the torch backend only, not {backend}: use --backend torch"
+            )
+        return v
 
     @field_validator("max_replicas")
     @classmethod

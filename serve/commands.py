@@ -35,6 +35,7 @@ ARG_FLAGS = (
     "max_queued_requests",
     "max_body_mb",
     "replica_cpus",
+    "gpus_per_replica",
     "threads",
 )
 
@@ -79,6 +80,17 @@ ApiKeyEnv = Annotated[
         f"{ServeArgs.model_fields['api_key_env'].default} is set in this shell."
     ),
 ]
+Metrics = Annotated[
+    bool,
+    typer.Option("--metrics/--no-metrics", help=ServeArgs.model_fields["metrics"].description),
+]
+PrometheusTargets = Annotated[
+    Path | None,
+    typer.Option(
+        help="Where to write the Prometheus file_sd targets of the Ray this serves on. Default: "
+        "$MODRESNET_HOME/prometheus/targets/modresnet-serve-PORT.json (~/.modresnet when unset)."
+    ),
+]
 Ingress = Annotated[
     str,
     typer.Option(
@@ -106,6 +118,8 @@ def serve(
     address: Address = None,
     api_key_env: ApiKeyEnv = None,
     ingress: Ingress = INGRESS[0],
+    metrics: Metrics = True,
+    prometheus_targets: PrometheusTargets = None,
 ) -> None:
     """Serve a checkpoint over HTTP with Ray Serve (FastAPI, batching, autoscaling).
 
@@ -129,6 +143,7 @@ def serve(
             **values,
             "api_key_env": api_key_env or default_env,
             "api_key_required": bool(api_key_env or os.environ.get(default_env)),
+            "metrics": metrics,
         },
     )
     http = _settings(HttpOptions, {k: v for k, v in given.items() if k in HTTP_FLAGS})
@@ -141,5 +156,6 @@ def serve(
         http,
         address=address,
         ingress=ingress,
+        prometheus_targets=prometheus_targets,
         info=lambda line: console.print(line, highlight=False),
     )

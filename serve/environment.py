@@ -23,14 +23,20 @@ def serve_env(ingress: str) -> dict[str, str]:
     Serve's 30 s meant for external load balancers. HAProxy also listens on a stats and a
     Prometheus port (every interface, read-only); they are free ports here, not the fixed
     8404/9101 that a second Serve on the same host would collide with.
-    proxy: Serve's Python proxy actor (RAY_SERVE_ENABLE_HA_PROXY=0)."""
+    proxy: Serve's Python proxy actor (RAY_SERVE_ENABLE_HA_PROXY=0).
+
+    Either way Serve's HTTP servers run serve/http/request_ids.py in front of their own
+    X-Request-Id handling, so the id they echo is a sane one."""
     if ingress not in INGRESS:
         raise ValueError(f"ingress: must be one of {', '.join(INGRESS)}; got {ingress!r}")
-    same_loop = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    common = {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.http.request_ids:serve_middlewares",
+    }
     if ingress == "proxy":
-        return {**same_loop, "RAY_SERVE_ENABLE_HA_PROXY": "0"}
+        return {**common, "RAY_SERVE_ENABLE_HA_PROXY": "0"}
     return {
-        **same_loop,
+        **common,
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3",
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),

@@ -12,10 +12,12 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ray import serve
 
+from jobs.cluster import prometheus
 from jobs.runtime import connect, resolve_address
 from modresnet.checkpoint import load_model
 from modresnet.errors import UserError
@@ -23,6 +25,7 @@ from serve.app import build_app, build_health
 from serve.args import APP_NAME, HealthArgs, HttpOptions, ServeArgs
 from serve.client import wait_ready
 from serve.environment import INGRESS, serve_env
+from serve.gpus import check_gpus
 
 
 def start(http: HttpOptions) -> None:
@@ -52,12 +55,17 @@ def serve_app(
     name: str = APP_NAME,
     route_prefix: str = "/",
     ingress: str = INGRESS[0],
+    prometheus_targets: Path | None = None,
 ) -> str:
     """Deploy `args`; with an existing app of the same name the replicas roll over to the new
     checkpoint with no downtime. Blocks until Ctrl-C/SIGTERM when this process owns Ray.
     `ingress` (serve/environment.py `serve_env`) applies to a Ray this call starts; a cluster
-    keeps the ingress it was started with."""
+    keeps the ingress it was started with. Once serving, the Prometheus targets of the Ray it
+    runs on go to `prometheus_targets` (default: a file per HTTP port in
+    jobs/cluster/prometheus.py `targets_dir`), removed again when this process stops its Ray."""
     http = http or HttpOptions()
+    default_targets = prometheus.targets_dir() / f"modresnet-serve-{http.port}.json"
+    targets = Path(prometheus_targets or default_targets).expanduser()
 
     loaded = load_model(args.checkpoint)  # refuse a bad checkpoint before touching Serve
     sha = loaded.sha256
@@ -75,6 +83,7 @@ def serve_app(
     if not ray.is_initialized() and resolve_address(address) is None:
         os.environ.update(serve_env(ingress))  # before Ray starts: its processes inherit it
     owns = connect(address) == "embedded"  # else Serve outlives this process
+    check_gpus(args, ray.cluster_resources())
     serving = owns and block
     if serving:
         # From here on a stop shuts Serve down, even mid-deploy: Ray's own SIGTERM handler
@@ -104,6 +113,13 @@ def serve_app(
             check_auth_enforced(url)
             info("auth: on (an unauthenticated /predict gets 401)")
         info(f"serving {sha[:12]} ({args.backend}) at {url}  (OpenAPI: {url}/openapi.json)")
+        try:
+            info(write_targets(targets, haproxy=owns and ingress == "haproxy"))
+        except OSError as err:  # serving goes on; only the scrape targets are missing
+            info(
+                f"metrics: cannot write the Prometheus targets to {targets} ({err.strerror}); "
+                "pass --prometheus-targets PATH to put them elsewhere"
+            )
         if serving:
             info("press Ctrl-C to stop")
             threading.Event().wait()
@@ -115,7 +131,24 @@ def serve_app(
         if serving:
             serve.shutdown()
             ray.shutdown()
+            targets.unlink(missing_ok=True)
     return url
+
+
+def write_targets(path: Path, haproxy: bool) -> str:
+    """Write the Prometheus target file of the Ray this process is connected to: each node's
+    metrics export port, and with `haproxy` (the HAProxy ingress of a Ray this process started:
+    its port is in this environment, serve/environment.py) HAProxy's Prometheus listener on
+    each node. Returns the line saying where they are."""
+    import ray
+
+    nodes = ray.nodes()
+    ray_targets = prometheus.node_targets(nodes)
+    port = os.environ.get("RAY_SERVE_HAPROXY_METRICS_PORT")
+    hosts = sorted({n["NodeManagerAddress"] for n in nodes if n.get("Alive")})
+    haproxy_targets = [f"{host}:{port}" for host in hosts] if haproxy and port else []
+    written = prometheus.write_targets(path, ray_targets, haproxy_targets)
+    return prometheus.where(written, ray_targets, haproxy_targets)
 
 
 def _interrupt(signum: int, frame: object) -> None:

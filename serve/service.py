@@ -1,7 +1,8 @@
-"""One replica's state: the model and its backend, the decode pool, the dynamic batcher, the
-API keys and the counters /model reports. Free of Serve's deployment machinery and of HTTP
-routes (those are the protocols', serve/protocols/), so tests run it in-process with
-`make_api(Service(args))`; serve/app.py wraps the same class as the Serve ingress."""
+"""One replica's state: the model and its backend (on its GPU, if it has one), the decode
+pool, the dynamic batcher, the API keys, the admission of requests, its Prometheus series and
+the counters /model reports. Free of Serve's deployment machinery and of HTTP routes (those are
+the protocols', serve/protocols/), so tests run it in-process with `make_api(Service(args))`;
+serve/app.py wraps the same class as the Serve ingress."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ from serve.batcher import Batcher
 from serve.decode import DecodePool
 from serve.http.asgi import make_api
 from serve.http.auth import ApiKeys
+from serve.http.gate import Admission
+from serve.metrics import for_replica
+
+GPU_WARM_UP_BATCHES = 3
 
 
 class Service:
@@ -29,7 +34,12 @@ class Service:
         torch.set_num_threads(self.args.threads)
         start = time.perf_counter()
         self.loaded = load_model(self.args.checkpoint)
-        self.backend = load_backend(self.args.backend, self.loaded, self.args.threads)
+        device = "cuda" if self.args.gpus_per_replica else "cpu"
+        self.backend = load_backend(self.args.backend, self.loaded, self.args.threads, device)
+        if device == "cuda":  # CUDA context, kernels and allocator ready before Serve's "ready"
+            warm = torch.zeros(self.args.max_batch_size, 3, 32, 32, dtype=torch.uint8)
+            for _ in range(GPU_WARM_UP_BATCHES):
+                self.backend.probabilities(warm)
         self.load_s = time.perf_counter() - start
         self.classes = self.loaded.classes
         self.decoder = DecodePool(
@@ -38,8 +48,19 @@ class Service:
             self.args.max_pixels,
             self.args.request_pixels,
         )
+        self.metrics = for_replica(
+            self.args.metrics,
+            sha256=self.loaded.sha256,
+            backend=self.backend.name,
+            version="",
+            max_replicas=self.args.max_replicas,
+        )
+        self.admission = Admission(self.args.max_ongoing_requests, self.args.max_queued_requests)
         self._batcher = Batcher(
-            self._infer, self.args.max_batch_size, self.args.batch_wait_timeout_s
+            self._infer,
+            self.args.max_batch_size,
+            self.args.batch_wait_timeout_s,
+            observe=self.metrics.batch,
         )
         self.batch_sizes: Counter[int] = Counter()
         self.failures = 0

@@ -25,7 +25,7 @@ from ray import serve  # noqa: E402
 from serve.args import HttpOptions, ServeArgs  # noqa: E402
 from serve.client import wait_ready  # noqa: E402
 from serve.environment import INGRESS, serve_env  # noqa: E402
-from serve.launch import deploy, start  # noqa: E402
+from serve.launch import deploy, start, write_targets  # noqa: E402
 from serve.ports import free_port  # noqa: E402
 
 KEY_ENV, KEY = "MODRESNET_TEST_API_KEY", "test-key-4f1c"
@@ -112,7 +112,8 @@ def train_two_runs(tmp_path_factory, data_dir) -> list[Path]:
 
 def serve_two_apps(runs):
     """Start Ray (unless running) and Serve on a free port with the `modresnet` and `secure`
-    apps; yield their URL, auth header, port and main args; shut it all down after."""
+    apps, and write their Prometheus target file as `modresnet serve` does; yield their URL,
+    auth header, port, main args and that file; shut it all down after."""
     os.environ[KEY_ENV] = KEY  # before ray.init: replicas inherit the raylet's environment
     own_cache = "MODRESNET_CACHE" not in os.environ  # the derived graphs: not in ~/.cache
     if own_cache:
@@ -168,7 +169,9 @@ def serve_two_apps(runs):
         auth = {"Authorization": f"Bearer {KEY}"}
         wait_ready(url, timeout=240)
         wait_ready(url + "/secure", timeout=240, headers=auth)
-        yield {"url": url, "auth": auth, "port": port, "main": main}
+        targets = runs[0].parent / "prometheus" / "targets" / "modresnet-serve.json"
+        write_targets(targets, haproxy=owns)
+        yield {"url": url, "auth": auth, "port": port, "main": main, "targets": targets}
     finally:
         serve.shutdown()
         if owns:

@@ -41,6 +41,7 @@ def cluster(tmp_path_factory):
             home=home,
             env=env,
             up_stdout=up.stdout,
+            up_stderr=up.stderr,
             exports=exports,
             state=state,
             token=token,
@@ -74,6 +75,28 @@ def test_cluster_up_prints_client_exports_and_starts_three_nodes(cluster):
     ]
     status = cli("cluster", "status", env=cluster.env)
     assert status.returncode == 0 and status.stdout.startswith("running"), status.stdout
+    # where Prometheus finds each node's metrics: printed, and written as a file_sd target file
+    targets = cluster.home / "prometheus" / "targets" / "modresnet-cluster.json"
+    (group,) = json.loads(targets.read_text())
+    assert group == {
+        "targets": [f"127.0.0.1:{port}" for port in cluster.state["metrics_ports"]],
+        "labels": {"job": "ray"},
+    }
+    assert len(set(group["targets"])) == 3
+    printed = " ".join(cluster.up_stderr.split())
+    assert f"metrics: Ray metrics at {', '.join(group['targets'])}" in printed, printed
+    assert f"Prometheus file_sd targets in {targets}" in printed, printed
+    for target in group["targets"]:  # each node's metrics agent answers in Prometheus's format
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{target}/metrics", timeout=10) as r:
+                    if b"# TYPE ray_" in r.read():
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"no Ray metrics at {target}"
+            time.sleep(1)
     again = cli("cluster", "up", env=cluster.env)
     assert again.returncode == 2 and "already running" in again.stderr
 
@@ -446,6 +469,7 @@ def test_cluster_down_stops_exactly_its_own_processes(cluster):
     assert alive(os.getppid())
     parent = [p for p in others if p.pid == os.getppid()]
     assert parent and alive(parent[0].pid, parent[0].start)
+    assert not (cluster.home / "prometheus" / "targets" / "modresnet-cluster.json").exists()
     status = cli("cluster", "status", env=cluster.env)
     assert status.returncode == 2 and "no cluster" in status.stderr
     with pytest.raises(OSError):

@@ -5,7 +5,6 @@ example scrape config loads with a target file in the format `modresnet serve` w
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from kuberay_helpers import docs_of
+from prometheus_helpers import find_promtool
 
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS = REPO / "cluster" / "prometheus"
@@ -31,21 +31,6 @@ RELABEL = {
     "target_label": "__name__",
     "replacement": "$1",
 }
-
-
-def find_promtool(candidates: tuple[str, ...] = ("/usr/bin/promtool",)) -> str:
-    """Debian's promtool, else skip naming the make target that installs it; .ci/run installs
-    it and sets MODRESNET_REQUIRE_PROMETHEUS, so there a missing one fails instead."""
-    for candidate in candidates:
-        if os.access(candidate, os.X_OK):
-            return candidate
-    message = (
-        f"no promtool here ({', '.join(candidates)}): `make prometheus` installs Debian's "
-        "prometheus package, which has it"
-    )
-    if os.environ.get("MODRESNET_REQUIRE_PROMETHEUS"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,9 @@ lives under a state dir, `$MODRESNET_HOME/cluster` (default ~/.modresnet/cluster
     auth_token     the generated token, mode 0600 (RAY_AUTH_TOKEN_PATH for every process)
     logs/          output of each `ray start`
 
+and, for Prometheus, `$MODRESNET_HOME/prometheus/targets/modresnet-cluster.json`: each node's
+metrics export port as a file_sd target file (prometheus.py).
+
 Ray's own files go to a distinct short `--temp-dir` per cluster (/tmp/mrray-XXXXXXXX, short
 because Ray's unix socket paths must stay under 108 bytes); each worker node gets its own
 `w<i>/` inside it, as nodes on separate machines would (`start.node_temp_dir`). Every port is
@@ -26,5 +29,6 @@ host. It removes the temp dir only once state.json proves it one `up` made (stat
 
 The modules: state.py (the cluster's identity on disk), procs.py (which processes are ours,
 stopping them), start.py (ports, environment, `ray start`), lifecycle.py (up, status, down),
-commands.py (the `modresnet cluster` commands).
+prometheus.py (the Prometheus target file, also `modresnet serve`'s), commands.py (the
+`modresnet cluster` commands).
 """

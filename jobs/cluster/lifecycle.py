@@ -12,9 +12,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from jobs.client import http
+from jobs.cluster import prometheus
 from jobs.cluster.procs import boot_id, kill, own_processes
 from jobs.cluster.start import (
     child_env,
@@ -138,6 +140,7 @@ def _up(
         head_cpus=head_cpus,
         started_at=time.time(),
         boot_id=boot_id(),
+        metrics_ports=[node_ports[6 * i + 2] for i in range(workers + 1)],
     )
     save_state(state)  # saved first, so `down` can clean up even a half-started cluster
     env = child_env(token_path)
@@ -236,7 +239,14 @@ def _up(
         f"cluster up in {time.monotonic() - t0:.0f}s: {workers + 1} nodes, "
         f"{len(state.procs)} processes, state in {sdir}"
     )
+    targets = prometheus.write_targets(targets_file(), state.metrics_targets)
+    log(prometheus.where(targets, state.metrics_targets))
     return state
+
+
+def targets_file() -> Path:
+    """The cluster's Prometheus target file (jobs/cluster/prometheus.py), removed by `down`."""
+    return prometheus.targets_dir() / "modresnet-cluster.json"
 
 
 def _wait_ready(state: ClusterState, token: str, nodes: int, deadline: float) -> None:
@@ -298,6 +308,7 @@ def _cleanup_files(state: ClusterState) -> None:
     if os.environ.get("MODRESNET_KEEP_RAY_TEMP") != "1":  # keep Ray's logs for debugging
         shutil.rmtree(state.temp_dir, ignore_errors=True)
     token_file().unlink(missing_ok=True)
+    targets_file().unlink(missing_ok=True)
     state_file().unlink(missing_ok=True)
 
 

@@ -55,6 +55,12 @@ class ClusterState:
     started_at: float = 0.0
     boot_id: str = ""  # pids and start times mean something only within this boot
     leaders: list[tuple[int, int]] = field(default_factory=list)  # (pid = sid, start): ray start
+    metrics_ports: list[int] = field(default_factory=list)  # each node's Prometheus export port
+
+    @property
+    def metrics_targets(self) -> list[str]:
+        """HOST:PORT of each node's metrics export (Prometheus targets), head first."""
+        return [f"{self.node_ip}:{port}" for port in self.metrics_ports]
 
     @property
     def gcs_address(self) -> str:

@@ -5,7 +5,7 @@ threads), then turns one batch of images into probabilities: uint8 N x 3 x 32 x 
 N x classes out, normalization inside, so the HTTP layer never sees model details. That is all
 a replica asks of it (LitServe's setup/predict, for one model).
 
-* `torch` (torch_eager.py): the Predictor every other command uses;
+* `torch` (torch_eager.py): the Predictor every other command uses, on the CPU or a GPU;
 * `onnx` (onnx_runtime.py): ONNX Runtime on a graph exported from the same checkpoint, cached
   by the weights' sha256 (graph_cache.py); the CPU default;
 * `int8` (onnx_runtime.py): the int8 graph `python -m serve.quantize RUN` made.
@@ -36,11 +36,13 @@ class Backend(Protocol):
         ...
 
 
-def load_backend(name: str, loaded: LoadedModel, threads: int = 1) -> Backend:
-    """The backend `name` for these weights, ready to infer with `threads` intra-op threads
-    (torch's are the process's: the replica sets them)."""
+def load_backend(name: str, loaded: LoadedModel, threads: int = 1, device: str = "cpu") -> Backend:
+    """The backend `name` for these weights, ready to infer on `device` (cpu, or cuda: torch
+    only) with `threads` intra-op threads (torch's are the process's: the replica sets them)."""
     if name == "torch":
-        return TorchBackend(loaded)
+        return TorchBackend(loaded, device)
+    if device != "cpu":
+        raise ValueError(f"backend {name} runs on the CPU only; the torch backend runs on {device}")
     if name == "onnx":
         return OnnxBackend(loaded, threads)
     if name == "int8":

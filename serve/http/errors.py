@@ -1,11 +1,13 @@
 """The one HTTP error type of the Serve app, and the JSON body every error answers with.
 
 Everything a client can get wrong raises `ApiError(status, message)`, which the app turns into
-`{"error": ..., "status": ...}` with that 4xx status; nothing a client sends can produce a 5xx.
+`{"error": ..., "status": ..., "request_id": ...}` with that 4xx status, and a line in the
+replica's log naming the request id; nothing a client sends can produce a 5xx.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,6 +16,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve.http.request_ids import request_id
+
+# Serve's logger: inside a replica its lines go to the replica's log, with Serve's fields.
+log = logging.getLogger("ray.serve")
 
 
 class ApiError(Exception):
@@ -28,6 +35,7 @@ class ApiError(Exception):
 class ErrorBody(BaseModel):
     error: str
     status: int
+    request_id: str
 
 
 # The error answers a route documents in the OpenAPI spec.
@@ -36,9 +44,23 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+def error_response(
+    status: int, message: str, rid: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The error body of request `rid`: `message`, its status and its id."""
+    extra = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    return JSONResponse(
+        {"error": message, "status": status, "request_id": rid},
+        status_code=status,
+        headers={**extra, **(headers or {})},
+    )
+
+
+def refuse(request: Request, status: int, message: str) -> JSONResponse:
+    """A client error as its body, logged with the request's id."""
+    rid = request_id(request.scope)
+    log.info("request %s: %d %s", rid, status, message)
+    return error_response(status, message, rid)
 
 
 def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
@@ -57,12 +79,12 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError) -> JSONResponse:
-        return error_response(err.status, err.message)
+        return refuse(request, err.status, err.message)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
-        return error_response(400, validation_message(list(err.errors())))
+        return refuse(request, 400, validation_message(list(err.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        return error_response(err.status_code, str(err.detail))
+        return refuse(request, err.status_code, str(err.detail))

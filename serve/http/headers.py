@@ -10,7 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve.http.errors import error_response
+from serve.http.errors import error_response, log
+from serve.http.request_ids import request_id
 from serve.protocols.page import PAGE
 
 
@@ -39,6 +40,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 _RAW_HEADERS = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+INTERNAL_ERROR = "internal error; the replica's log has the traceback"
 
 
 class SecurityHeaders:
@@ -62,12 +64,14 @@ class SecurityHeaders:
 
 
 def add_security_headers(app: FastAPI) -> None:
-    """SECURITY_HEADERS on every response of `app`. A 500 is sent by Starlette's outermost
-    middleware, past any other, so its handler sets them itself."""
+    """SECURITY_HEADERS on every response of `app`. A 500 that reaches Starlette's outermost
+    middleware is sent past any other, so its handler sets them itself."""
     app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(Exception)
     async def _server_error(request: Request, err: Exception) -> JSONResponse:
-        response = error_response(500, "internal error; the replica's log has the traceback")
+        rid = request_id(request.scope)
+        log.error("request %s: 500 %s: %s", rid, type(err).__name__, err)
+        response = error_response(500, INTERNAL_ERROR, rid)
         response.headers.update(SECURITY_HEADERS)
         return response

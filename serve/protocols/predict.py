@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -155,7 +156,9 @@ def register(app: FastAPI, svc: Service) -> None:
         svc.keys.check(request)
         args = svc.args
         body = await bodies.read_body(request, args.max_body_bytes, args.body_timeout_s)
+        start = time.perf_counter()
         images, names, body_k = await parse_predict(request, body, args.max_images, svc.decoder)
+        svc.metrics.images("/predict", len(images), time.perf_counter() - start)
         if len(images) > args.max_images:
             raise ApiError(
                 413, f"{len(images)} images in one request; the limit is {args.max_images}"

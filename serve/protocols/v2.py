@@ -10,6 +10,7 @@ A request costs a bounded amount of the replica, set by `max_images`: its JSON m
 from __future__ import annotations
 
 import itertools
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from serve.args import ServeArgs
 from serve.http import body as bodies
 from serve.http.errors import ERRORS, ApiError, invalid
+from serve.metrics import Metrics
 from serve.protocols import v2_binary
 from serve.protocols.v2_schemas import (
     INFER_OPENAPI,
@@ -49,9 +51,12 @@ def v2_json_limits(max_images: int) -> tuple[int, int]:
     return V2_ENVELOPE_BYTES + values * V2_VALUE_BYTES, V2_ENVELOPE_VALUES + values
 
 
-async def read_infer(request: Request, args: ServeArgs) -> tuple[InferRequest, torch.Tensor]:
+async def read_infer(
+    request: Request, args: ServeArgs, metrics: Metrics
+) -> tuple[InferRequest, torch.Tensor]:
     """Read and parse a v2 request, its size bounded by what `args.max_images` images need:
-    JSON at most `v2_json_limits`; with binary tensor data, that JSON plus 4 bytes a value."""
+    JSON at most `v2_json_limits`; with binary tensor data, that JSON plus 4 bytes a value.
+    Its images and their parse time go to `metrics`."""
     json_limit = min(v2_json_limits(args.max_images)[0], args.max_body_bytes)
     why = f" (what a v2 request of {args.max_images} images needs"
     json_size = bodies.byte_count(request, v2_binary.HEADER)
@@ -73,9 +78,12 @@ async def read_infer(request: Request, args: ServeArgs) -> tuple[InferRequest, t
         binary_limit = args.max_images * IMAGE_VALUES * v2_binary.DTYPES["FP32"].itemsize
         limit = min(json_size + binary_limit, args.max_body_bytes)
     body = await bodies.read_body(request, limit, args.body_timeout_s, why)
-    return await bodies.parse(
+    start = time.perf_counter()
+    req, x = await bodies.parse(
         len(body) if json_size is None else json_size, parse_infer, request, body, args.max_images
     )
+    metrics.images("/v2/infer", len(x), time.perf_counter() - start)
+    return req, x
 
 
 def parse_infer(
@@ -212,7 +220,7 @@ def register(app: FastAPI, svc: Service) -> None:
     async def infer(request: Request) -> InferResponse | Response:
         """Open Inference Protocol v2: input `input` UINT8/FP32 [N,32,32,3] or [N,3,32,32]."""
         svc.keys.check(request)
-        req, x = await read_infer(request, svc.args)
+        req, x = await read_infer(request, svc.args, svc.metrics)
         probs = await svc.probabilities(list(x))
         response = InferResponse(
             model_name=MODEL_NAME,

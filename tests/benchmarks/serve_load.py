@@ -5,6 +5,8 @@ batched images/s in this process (the ceiling). Not part of the pytest run.
     .venv/bin/python tests/benchmarks/serve_load.py --checkpoint RUN --requests 200
     .venv/bin/python tests/benchmarks/serve_load.py            # trains a tiny paper-model run first
 
+    .venv/bin/python tests/benchmarks/serve_load.py --checkpoint RUN --metrics-overhead
+
 For each concurrency level: throughput (requests/s = images/s), p50/p99 latency, error count.
 The ceiling is the same backend (onnx by default), 1 thread, batch = --max-batch-size, in
 this process with no HTTP, measured before and after the served levels (the higher counts:
@@ -13,6 +15,12 @@ best served images/s over the ceiling. With --hey, `hey` repeats each level. Eac
 also prints the CPU milliseconds per request of the replica, the proxy (Serve's or HAProxy),
 Ray's background processes and the load generator, and the model's CPU per image: on a CPU
 shared with other work those stay put while rates swing. The last line is one JSON object.
+
+--metrics-overhead instead serves the checkpoint twice side by side, with its Prometheus series
+(`metrics_on`) and without (`--no-metrics`: `metrics_off`), one replica each, and loads them in
+turn at the top concurrency level for --rounds rounds (on, off, off, on, ...: a busy moment of
+a shared CPU hits both alike); it reports each one's images/s (median over the rounds) and
+replica CPU ms per request, and their ratio, on/off.
 """
 
 from __future__ import annotations
@@ -88,6 +96,8 @@ def load(url: str, files: list[bytes], concurrency: int, total: int) -> dict:
 
 
 GROUPS = {  # process name (ps) -> what it is
+    "metrics_on:Classifier": "replica (metrics on)",
+    "metrics_off:Classifier": "replica (metrics off)",
     "Classifier": "replica",
     "ProxyActor": "serve proxy",
     "haproxy": "haproxy",
@@ -174,6 +184,46 @@ def ceiling(checkpoint: str, backend: str, batch: int, seconds: float = 3.0) -> 
 MODEL_CPU_MS: list[float] = []  # CPU ms per image of each ceiling sample (robust to sharing)
 
 
+def metrics_overhead(
+    url: str, files: list[bytes], concurrency: int, requests: int, rounds: int
+) -> dict:
+    """Images/s and replica CPU per request of the app with metrics (at `url`/metrics_on) and
+    the one without (`url`/metrics_off), loaded in turn, `rounds` rounds of each."""
+    apps = ("metrics_on", "metrics_off")
+    rates: dict[str, list[float]] = {app: [] for app in apps}
+    cpu: dict[str, dict[str, float]] = {app: {} for app in apps}
+    for i in range(rounds):
+        for app in apps if i % 2 == 0 else apps[::-1]:
+            before = cpu_seconds()
+            r = load(f"{url}/{app}", files, concurrency, requests)
+            after = cpu_seconds()
+            mine = f"replica ({app.replace('_', ' ')})"
+            for group, seconds in after.items():
+                spent = seconds - before.get(group, 0.0)
+                if group.startswith("replica (") and group != mine:
+                    group = "replica (the idle one)"
+                cpu[app][group] = cpu[app].get(group, 0.0) + spent
+            if r["errors"]:
+                raise SystemExit(f"{app}: {r['errors']} errors in round {i + 1}")
+            rates[app].append(r["throughput_rps"])
+            print(f"round {i + 1} {app:>11}: {r['throughput_rps']:7.1f} img/s", flush=True)
+    on, off = (statistics.median(rates[app]) for app in apps)
+    per_request = {
+        app: {g: round(1000 * v / (rounds * requests), 3) for g, v in sorted(cpu[app].items())}
+        for app in apps
+    }
+    total = {app: sum(per_request[app].values()) for app in apps}
+    return {
+        "concurrency": concurrency,
+        "rounds": rates,
+        "metrics_on_img_s": on,
+        "metrics_off_img_s": off,
+        "metrics_ratio": round(on / off, 4),
+        "cpu_ms_per_request": per_request,
+        "cpu_ratio": round(total["metrics_on"] / total["metrics_off"], 4),
+    }
+
+
 def main() -> None:
     from serve.environment import INGRESS
 
@@ -193,6 +243,12 @@ def main() -> None:
     parser.add_argument(
         "--hey", action="store_true", help="Also measure each level with `hey` (if installed)."
     )
+    parser.add_argument(
+        "--metrics-overhead",
+        action="store_true",
+        help="Compare the app with and without its Prometheus series (the docstring).",
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="--metrics-overhead rounds.")
     args = parser.parse_args()
 
     import ray
@@ -231,6 +287,47 @@ def main() -> None:
     ).test
     files = [encode_png(img) for img in test.x]
 
+    served = ServeArgs(
+        checkpoint=checkpoint,
+        backend=args.backend,
+        min_replicas=args.replicas,
+        max_replicas=args.replicas,
+        max_batch_size=args.max_batch_size,
+        batch_wait_timeout_s=args.batch_wait_ms / 1000,
+        max_ongoing_requests=64,
+        max_queued_requests=-1,
+    )
+    top_level = int(args.levels.split(",")[-1])
+    if args.metrics_overhead:
+        os.environ.update(serve_env(args.ingress))
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            port = free_port()
+            start(HttpOptions(port=port))
+            url = f"http://127.0.0.1:{port}"
+            for name, on in (("metrics_on", True), ("metrics_off", False)):
+                app = served.model_copy(
+                    update={"metrics": on, "min_replicas": 1, "max_replicas": 1}
+                )
+                deploy(app, name=name, route_prefix=f"/{name}")
+                wait_ready(f"{url}/{name}", timeout=300)
+                load(f"{url}/{name}", files, 4, 20)  # warm-up
+            result = metrics_overhead(url, files, top_level, args.requests, args.rounds)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+        print(
+            f"metrics on {result['metrics_on_img_s']:.1f} img/s, off "
+            f"{result['metrics_off_img_s']:.1f} img/s: on/off {result['metrics_ratio']:.1%}; "
+            f"CPU ms per request, all processes: on/off {result['cpu_ratio']:.1%}"
+        )
+        for app, groups in result["cpu_ms_per_request"].items():
+            print(
+                f"   {app} CPU ms per request: " + ", ".join(f"{g} {v}" for g, v in groups.items())
+            )
+        print(json.dumps({"backend": args.backend, "ingress": args.ingress, **result}))
+        return
+
     ceil = ceiling(checkpoint, args.backend, args.max_batch_size)
     os.environ.update(serve_env(args.ingress))  # before ray.init: Serve reads it at import
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -238,18 +335,7 @@ def main() -> None:
         port = free_port()
         start(HttpOptions(port=port))
         url = f"http://127.0.0.1:{port}"
-        deploy(
-            ServeArgs(
-                checkpoint=checkpoint,
-                backend=args.backend,
-                min_replicas=args.replicas,
-                max_replicas=args.replicas,
-                max_batch_size=args.max_batch_size,
-                batch_wait_timeout_s=args.batch_wait_ms / 1000,
-                max_ongoing_requests=64,
-                max_queued_requests=-1,
-            )
-        )
+        deploy(served)
         wait_ready(url, timeout=300)
         load(url, files, 4, 20)  # warm-up
         results = []

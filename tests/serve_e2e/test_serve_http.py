@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import io
+import re
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,3 +262,38 @@ def test_unusual_image_modes_accepted(server):
     )
     assert r.status_code == 200, r.text
     assert [p["filename"] for p in r.json()["predictions"]] == list(cases)
+
+
+# --- request ids --------------------------------------------------------------------------------
+
+
+def test_every_response_carries_one_request_id_and_the_replica_logs_errors_with_it(server, images):
+    """Serve's own servers echo the request id; the one they echo is sane (serve_env's HTTP
+    callback swaps any other for a new one), and error bodies and the replica's log name it."""
+    url = server["url"]
+    files = [("files", ("a.png", images[2][0], "image/png"))]
+    ok = httpx.post(url + "/predict", files=files, headers={"X-Request-Id": "trace-e2e-1"})
+    assert ok.status_code == 200 and ok.headers.get_list("x-request-id") == ["trace-e2e-1"]
+    for sent in ("no spaces allowed", "x" * 200, "<script>"):
+        r = httpx.get(url + "/model", headers={"X-Request-Id": sent})
+        (given,) = r.headers.get_list("x-request-id")
+        assert re.fullmatch(r"[0-9a-f]{32}", given), (sent, given)
+    (given,) = httpx.get(url + "/v2/health/live").headers.get_list("x-request-id")  # health app
+    assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", given), given
+    rid = f"trace-e2e-{time.time_ns()}"
+    bad = httpx.post(url + "/predict", content=b"x", headers={"X-Request-Id": rid})
+    assert bad.status_code == 415 and bad.json()["request_id"] == rid, bad.text
+    assert bad.headers.get_list("x-request-id") == [rid]
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    deadline = time.monotonic() + 30
+    while True:
+        lines = [
+            line
+            for path in logs.glob("replica_modresnet_Classifier_*.log")
+            for line in path.read_text(errors="replace").splitlines()
+            if f"request {rid}: 415" in line
+        ]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert lines, f"no replica log line names {rid}"

@@ -3,6 +3,7 @@ replica, a rolling update, and the web page (the shared server: conftest.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -84,6 +85,18 @@ def test_auth_fails_closed(server, runs):
     finally:
         if "nokey" in serve.status().applications:
             serve.delete("nokey")
+
+
+def test_gpus_the_cluster_lacks_are_one_line_before_deploying(server, runs):
+    """This Ray has no GPU: asking for one fails before Serve is touched, not with replicas
+    pending forever."""
+    from modresnet.errors import UserError
+    from serve.launch import serve_app
+
+    args = ServeArgs(checkpoint=str(runs[0]), gpus_per_replica=0.5, replica_cpus=0.25)
+    with pytest.raises(UserError, match=r"needs 0.5 GPUs; this Ray cluster has 0"):
+        serve_app(args, HttpOptions(port=server["port"]), block=False, name="gpu", info=print)
+    assert "gpu" not in serve.status().applications
 
 
 def test_backpressure_429_when_queue_full(server, images):
@@ -251,8 +264,9 @@ def test_killed_replica_recovers(server, images):
     assert load.failures <= KILL_FAILURE_BOUND, load.errors[:5]
 
 
-def test_rolling_update_without_failures(server, runs, images):
-    """`modresnet serve NEW --address <cluster>` against the running app: no failed request."""
+def test_rolling_update_without_failures(server, runs, images, tmp_path):
+    """`modresnet serve NEW --address <cluster>` against the running app: no failed request;
+    it prints where the metrics are and writes their Prometheus target file."""
     url = server["url"]
     new_sha = Predictor.from_path(runs[1]).loaded.sha256
     assert httpx.get(url + "/model").json()["sha256"] != new_sha
@@ -290,10 +304,16 @@ def test_rolling_update_without_failures(server, runs, images):
             text=True,
             timeout=300,
             cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "MODRESNET_HOME": str(tmp_path), "COLUMNS": "400"},
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "rolling" in proc.stdout
         time.sleep(1)
+    targets = tmp_path / "prometheus" / "targets" / f"modresnet-serve-{server['port']}.json"
+    (group,) = json.loads(targets.read_text())  # a joined cluster: its nodes, no HAProxy port
+    assert group["labels"] == {"job": "ray"} and group["targets"], group
+    printed = f"metrics: Ray metrics at {', '.join(group['targets'])}; Prometheus file_sd "
+    assert printed + f"targets in {targets}" in proc.stdout, proc.stdout
     print(f"rolling update: {dict(load.codes)}")
     assert load.codes[200] > 0
     assert load.failures == 0, load.errors[:5]

@@ -50,16 +50,17 @@ lint: install
 test: install lint
 	$(BIN)/python -m pytest tests
 
-# The quick tier (well under a minute): tests that need neither Ray nor the data set; the
-# conftest makes both unreachable here, so a test that needs one and does not say so fails.
+# The quick tier, tests/unit/ (a few minutes on 2 cores): tests that need neither Ray nor the
+# data set; the conftest makes the data set unreachable here and refuses a unit test that asks
+# for it or for Ray, so a test cannot drift into the wrong tier.
 test-fast: install
-	MODRESNET_TEST_TIER=fast $(BIN)/python -m pytest tests -m fast -q -p no:cacheprovider
+	MODRESNET_TEST_TIER=fast $(BIN)/python -m pytest tests/unit -q -p no:cacheprovider
 
 # A real local Ray cluster (head + 2 worker raylets, token auth) driven through the CLI.
 test-cluster: install
-	$(BIN)/python -m pytest tests/test_cluster.py -x -q
+	$(BIN)/python -m pytest tests/e2e/test_cluster.py -x -q
 
-# Debian's chromium for tests/serve_e2e's web-page test (Playwright drives it; no browser
+# Debian's chromium for tests/e2e/serve's web-page test (Playwright drives it; no browser
 # download). This changes the system, so it is never a side effect of demo or test.
 browser:
 	@if [ -x /usr/bin/chromium ]; then echo "chromium is installed: /usr/bin/chromium"; \
@@ -69,7 +70,7 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends chromium; \
 	else echo "no apt-get here: install a Chromium at /usr/bin/chromium yourself" >&2; exit 1; fi
 
-# Debian's prometheus package (prometheus and promtool) for tests/test_prometheus_rules.py and
+# Debian's prometheus package (prometheus and promtool) for tests/unit/test_prometheus_rules.py and
 # the test that scrapes a real `modresnet serve`. Changes the system, like `browser`.
 prometheus:
 	@if [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ]; then \

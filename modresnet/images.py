@@ -39,9 +39,9 @@ class ImageError(UserError, ValueError):
 # SyntaxError, ValueError, MemoryError, NotImplementedError; EOFError from seeking), and
 # what its pure-Python header and metadata parsers fail with when the fields they index,
 # look up, unpack or divide by are wrong (struct.error, TypeError and AttributeError were
-# found by tests/test_image_fuzz.py, kept in tests/regressions/images/). Only Pillow calls
+# found by tests/unit/test_image_fuzz.py, kept in tests/regressions/images/). Only Pillow calls
 # and their glue run under `_refusing`; a bug of ours there would refuse every image, which
-# the valid images of tests/test_images.py would show.
+# the valid images of tests/unit/test_images.py would show.
 _CORRUPT = (
     OSError,
     SyntaxError,

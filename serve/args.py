@@ -236,7 +236,7 @@ class HttpOptions(BaseModel):
 
 CONFIG_HEADER = """\
 # Generated from serve/args.py by `python -m serve.args > serve/config.yaml`: change a default
-# there, not here (tests/test_serve_args.py checks the two agree).
+# there, not here (tests/unit/test_serve_args.py checks the two agree).
 #
 # `serve deploy serve/config.yaml` (or `serve run serve/config.yaml`) with a Ray cluster whose
 # nodes can read the checkpoint path and import this repo (install it on every node, or set

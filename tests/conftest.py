@@ -1,11 +1,12 @@
 """Shared fixtures: the real CIFAR-10 (MODRESNET_DATA, else ../shared/data) and a hermetic
 environment for Ray (no stray cluster addresses, token auth off unless a test turns it on).
 
-Two tiers. A test that needs the data set asks for one of the data fixtures below (subprocess
-tests too: they ask for `data_dir`); a test that starts
-Ray carries `@pytest.mark.ray`. Everything else is marked `fast` here, and `make test-fast` runs
-only those, with no data set, so a test that reads it without saying so fails there instead of
-slowing the quick tier.
+Three tiers, one folder each (helpers/tiers.py): tests/unit/ needs neither the data set nor
+Ray, tests/integration/ asks for one of the data fixtures below (subprocess tests too: they
+ask for `data_dir`) and starts no Ray, tests/e2e/ carries `@pytest.mark.ray`. Each test is
+marked with its folder's tier here, and collection stops on a test whose needs disagree with
+its folder. `make test-fast` runs tests/unit/ with no data set, so a unit test that reads it
+without saying so fails there instead of slowing the quick tier.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers.tiers import misplaced, tier_of
 
 from modresnet import config as configs
 from modresnet.data import Cifar10, load_cifar10
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_FIXTURES = {"data_dir", "small_cifar", "debug_config"}
 FAST_TIER = os.environ.get("MODRESNET_TEST_TIER") == "fast"
 
 if FAST_TIER:
@@ -47,10 +48,22 @@ if DATA_ROOT is not None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests_root = Path(__file__).resolve().parent
+    wrong = []
     for item in items:
-        needs_data = bool(DATA_FIXTURES & set(getattr(item, "fixturenames", ())))
-        if not needs_data and item.get_closest_marker("ray") is None:
+        tier = tier_of(Path(item.path).resolve(), tests_root)
+        ray = item.get_closest_marker("ray") is not None
+        why = misplaced(tier, set(getattr(item, "fixturenames", ())), ray)
+        if tier is None:
+            why = "is outside the tier folders: move it to tests/unit/, integration/ or e2e/"
+        if why:
+            wrong.append(f"{item.nodeid} {why}")
+            continue
+        item.add_marker(getattr(pytest.mark, str(tier)))
+        if tier == "unit":
             item.add_marker(pytest.mark.fast)
+    if wrong:
+        raise pytest.UsageError("tests in the wrong tier folder:\n  " + "\n  ".join(wrong))
 
 
 @pytest.fixture(scope="session")

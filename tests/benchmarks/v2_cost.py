@@ -9,7 +9,7 @@ value written with 30 characters, padded to exactly the v2 JSON byte limit); `la
 same with its last value a string (parsed in full, then refused); `values_413`, a body at the
 limit of "0," (the most values for its size: refused by counting them); `size_413`, the same
 at max_body_bytes (refused from its Content-Length); `over_cap`, one byte over the limit.
-The last line is one JSON object; tests/test_serve_cost.py asserts on it.
+The last line is one JSON object; tests/unit/test_serve_cost.py asserts on it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,2 @@
+"""Helpers the test tiers share: one module per thing they drive (a cluster, KubeRay manifests,
+processes, Prometheus, Ray Train, Serve, S3 storage, Tune) and one rule for test ports."""

@@ -106,3 +106,15 @@ def random_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("random-checkpoint") / "ckpt"
     save_model(path, build_model(cfg.model), cfg, CLASSES, 1, {"val_acc": 0.1})
     return path
+
+
+@pytest.fixture()
+def torch_threads():
+    """MODRESNET_TEST_THREADS intra-op threads for the test, restored after it."""
+    import torch
+    from helpers.engine import THREADS
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)

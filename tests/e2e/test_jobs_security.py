@@ -9,45 +9,13 @@ Real HTTP servers on this machine record what reaches them; no mocks."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from helpers.recorder import Recorder
 
 from jobs.client import http, submit
 
 TOKEN = "s3cret-token-for-the-test"
-
-
-class Recorder:
-    """An HTTP server on (host, free port) that records every request's path and
-    Authorization header and answers with `answer(path) -> (status, headers, body)`."""
-
-    def __init__(self, host: str, answer):
-        self.seen: list[tuple[str, str | None]] = []
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                recorder.seen.append((self.path, self.headers.get("Authorization")))
-                status, headers, body = answer(self.path)
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer((host, 0), Handler)
-        self.url = f"http://{host}:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.mark.ray  # Ray's Jobs SDK, no Ray instance

@@ -6,11 +6,9 @@ threads and ONEDNN_MAX_CPU_ISA=AVX2, and its margin. Every test here runs on
 MODRESNET_TEST_THREADS intra-op threads (default 2), never on torch's per-machine default.
 """
 
-import os
-from collections.abc import Iterator
-
 import pytest
 import torch
+from helpers.engine import fresh_state
 
 from modresnet import checkpoint, engine, inference, parallel
 from modresnet import config as configs
@@ -19,20 +17,9 @@ from modresnet.data import Split, load_cifar10
 from modresnet.model import FLAVORS, build_model
 
 CPU = torch.device("cpu")
-THREADS = int(os.environ.get("MODRESNET_TEST_THREADS", "2"))
 
 
-@pytest.fixture(autouse=True)
-def explicit_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
-
-
-def _state(cfg, n):
-    engine.seed_everything(cfg.train.seed)
-    return engine.build_state(cfg, build_model(cfg.model), n)
+pytestmark = pytest.mark.usefixtures("torch_threads")
 
 
 def test_overfits_256_real_images(small_cifar):
@@ -51,7 +38,7 @@ def test_overfits_256_real_images(small_cifar):
     )
     cfg = cfg.replace(augment=AugmentConfig())
     train = Split(small_cifar.train.x[:256], small_cifar.train.y[:256])
-    state = _state(cfg, len(train))
+    state = fresh_state(cfg, len(train))
     engine.fit(state, train, train, cfg, CPU, on_epoch=lambda r, s: None)
     # measured 1.000 for both under 1 and 2 threads, AVX2 and AVX-512; margin: 8 of 256 images
     assert state.history[-1]["train_acc"] > 0.97
@@ -69,7 +56,7 @@ def test_beats_chance_on_validation(small_cifar):
         },
     )
     cfg = cfg.replace(augment=AugmentConfig(crop_padding=2, flip=0.5))
-    state = _state(cfg, len(small_cifar.train))
+    state = fresh_state(cfg, len(small_cifar.train))
     engine.fit(state, small_cifar.train, small_cifar.val, cfg, CPU, on_epoch=lambda r, s: None)
     # chance is 0.10; measured 0.340-0.358 under 1 and 2 threads, AVX2 and AVX-512:
     # margin 9 points
@@ -105,7 +92,7 @@ def test_assemble_resumes_where_the_checkpoint_left_off(small_cifar, tmp_path):
 def test_full_size_model_takes_steps(small_cifar):
     cfg = configs.resolve("paper", overrides={"train.batch_size": 16, "train.epochs": 1})
     train = Split(small_cifar.train.x[:48], small_cifar.train.y[:48])
-    state = _state(cfg, len(train))
+    state = fresh_state(cfg, len(train))
     before = state.eval_model().linear.weight.clone()
     metrics = engine.train_one_epoch(state, train, cfg, CPU)
     assert metrics["train_images"] == 48
@@ -124,13 +111,13 @@ def test_resume_reproduces_an_uninterrupted_run(small_cifar, tmp_path):
     )
     train = Split(small_cifar.train.x[:400], small_cifar.train.y[:400])
     val = Split(small_cifar.val.x[:100], small_cifar.val.y[:100])
-    straight = _state(cfg, len(train))
+    straight = fresh_state(cfg, len(train))
     engine.fit(straight, train, val, cfg, CPU, on_epoch=lambda r, s: None)
 
-    first = _state(cfg, len(train))
+    first = fresh_state(cfg, len(train))
     engine.run_epoch(first, train, val, cfg, CPU)  # then the process "dies"
     checkpoint.save_training_state(tmp_path, first)
-    resumed = _state(cfg, len(train))
+    resumed = fresh_state(cfg, len(train))
     checkpoint.load_training_state(tmp_path, resumed)
     assert resumed.epoch == 1
     engine.fit(resumed, train, val, cfg, CPU, on_epoch=lambda r, s: None)
@@ -160,7 +147,7 @@ def test_every_optimizer_and_schedule_learns(small_cifar):
                 },
             )
             cfg = cfg.replace(augment=AugmentConfig())
-            state = _state(cfg, len(train))
+            state = fresh_state(cfg, len(train))
             engine.fit(state, train, train, cfg, CPU, on_epoch=lambda r, s: None)
             first, last = state.history[0], state.history[-1]
             assert last["train_loss"] < first["train_loss"] - 0.18, (opt, sched, state.history)
@@ -198,7 +185,7 @@ def test_fast_recipe_hands_over_a_model_no_worse_than_its_live_weights(data_dir)
         },
     )
     data = load_cifar10(cfg.data)
-    state = _state(cfg, len(data.train))
+    state = fresh_state(cfg, len(data.train))
     engine.fit(state, data.train, data.val, cfg, CPU, on_epoch=lambda r, s: None)
     live = engine.evaluate(parallel.unwrap(state.model), data.val, cfg, CPU, tta=True)["acc"]
     evaluated = engine.evaluate(state.eval_model(), data.val, cfg, CPU, tta=True)["acc"]
@@ -239,7 +226,7 @@ def test_training_steps_never_wait_for_the_device(small_cifar):
     counts = []
     for n in (64, 256):
         train = Split(small_cifar.train.x[:n], small_cifar.train.y[:n])
-        state = _state(cfg, n)
+        state = fresh_state(cfg, n)
         CountReads.reads = 0
         with CountReads():
             engine.train_one_epoch(state, train, cfg, CPU, on_batch=lambda step, steps, loss: None)

@@ -1,23 +1,14 @@
 """How a training run is assembled: the one rule for its intra-op thread count."""
 
-import os
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from modresnet import config as configs
 
 CPU = torch.device("cpu")
-THREADS = int(os.environ.get("MODRESNET_TEST_THREADS", "2"))
 
 
-@pytest.fixture(autouse=True)
-def explicit_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_threads")
 
 
 def test_one_thread_rule():

@@ -1,24 +1,12 @@
 """Device and precision selection: precision follows the hardware, CUDA without a GPU is a user
 error, the legacy bf16 flag maps to a precision."""
 
-import os
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from modresnet import config as configs
 
 CPU = torch.device("cpu")
-THREADS = int(os.environ.get("MODRESNET_TEST_THREADS", "2"))
-
-
-@pytest.fixture(autouse=True)
-def explicit_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_precision_follows_the_hardware():

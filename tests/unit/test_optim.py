@@ -1,31 +1,17 @@
 """The learning-rate schedules: one-cycle on tiny runs, and a resumed schedule on the
 uninterrupted curve."""
 
-import os
-from collections.abc import Iterator
-
 import pytest
 import torch
+from helpers.engine import fresh_state
 
 from modresnet import config as configs
 from modresnet import engine
-from modresnet.model import build_model
 
 CPU = torch.device("cpu")
-THREADS = int(os.environ.get("MODRESNET_TEST_THREADS", "2"))
 
 
-@pytest.fixture(autouse=True)
-def explicit_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
-
-
-def _state(cfg, n):
-    engine.seed_everything(cfg.train.seed)
-    return engine.build_state(cfg, build_model(cfg.model), n)
+pytestmark = pytest.mark.usefixtures("torch_threads")
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
@@ -39,7 +25,7 @@ def test_resumed_schedule_has_the_uninterrupted_lr(schedule):
     )
 
     def stepped(config, steps: int) -> engine.TrainingState:
-        state = _state(config, 50)  # 5 steps per epoch
+        state = fresh_state(config, 50)  # 5 steps per epoch
         for _ in range(steps):
             state.optimizer.step()
             state.scheduler.step()
@@ -48,7 +34,7 @@ def test_resumed_schedule_has_the_uninterrupted_lr(schedule):
     saved = stepped(cfg, 7).state_dict()
     for epochs in (3, 6):
         longer = cfg.replace(train=cfg.train.replace(epochs=epochs))
-        resumed = _state(longer, 50)
+        resumed = fresh_state(longer, 50)
         resumed.load_state_dict(saved)
         expected = stepped(longer, 7).optimizer.param_groups[0]["lr"]
         assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-9)

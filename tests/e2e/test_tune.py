@@ -265,7 +265,8 @@ def test_pbt_clones_better_trials_and_each_trains_with_its_own_lr(tmp_path):
     """PBT every 2 epochs between two trials running at once (its population): the worse
     restarts from the better one's checkpoint with a perturbed lr, and its optimizer then
     runs at that lr, not the donor's (with the constant schedule every epoch reports the
-    config's lr). Six short epochs, so the trials overlap however late the second starts."""
+    config's lr). Ten short epochs (four chances to exploit), so the trials overlap however
+    late the second starts."""
     (tmp_path / "space.yaml").write_text(
         "optim.name: adam\noptim.lr: {loguniform: [1.0e-5, 1.0e-2]}\nschedule.name: constant\n"
     )
@@ -279,7 +280,7 @@ def test_pbt_clones_better_trials_and_each_trains_with_its_own_lr(tmp_path):
         "--set",
         "data.test_subset=100",
         "--max-epochs",
-        "6",
+        "10",
         "--samples",
         "2",
         "--scheduler",
@@ -296,7 +297,7 @@ def test_pbt_clones_better_trials_and_each_trains_with_its_own_lr(tmp_path):
     )
     exp = tmp_path / "runs" / "pbt"
     rows = _leaderboard(exp)
-    assert len(rows) == 2 and all(r["epochs"] == "6" for r in rows), rows
+    assert len(rows) == 2 and all(r["epochs"] == "10" for r in rows), rows
     assert sum(int(r["pbt_exploits"]) for r in rows) >= 1, rows
     clones = 0
     for d in _trial_dirs(exp).values():

@@ -152,6 +152,9 @@ def _train_one_epoch(rank: int, world: int, port: int, data_dir: str, batch: int
             out,
         )
     if world > 1:
+        # Both ranks leave together: a rank that tears gloo down while its peer still writes
+        # the result aborts in gloo's destructor ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -101,19 +101,43 @@ def color_normalize(
     return out.clamp_(min=-m / sd, max=(1 - m) / sd).view_as(x)
 
 
-def geometry(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """Flip, crop with zero padding, rotation and translation as one affine resampling.
+def alternating_flips(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Which of `n` images to flip in `epoch` (airbench's alternating flip): a random half,
+    fixed by `seed`, in even epochs and the other half in odd ones, so any two consecutive
+    epochs show every image once each way."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 424_243)
+    return (torch.rand(n, generator=g) < 0.5) ^ bool(epoch % 2)
 
-    A random crop from an image padded by p is a shift by an integer in [-p, p] with zero
-    fill, so it joins the translation. Sampling is nearest-neighbour, torchvision's default
-    for rotation and affine, and exact for whole-pixel shifts."""
+
+def _reflect(grid: torch.Tensor, w: int, h: int) -> torch.Tensor:
+    """Sampling positions outside the image mirrored about its edge pixels, as
+    F.pad(mode="reflect") pads (grid_sample's own "reflection" repeats the edge pixel)."""
+    size = torch.tensor((w, h), device=grid.device, dtype=grid.dtype)
+    pixel = ((grid + 1) * size - 1) / 2
+    last = size - 1
+    pixel = torch.where(pixel < 0, -pixel, pixel)
+    pixel = torch.where(pixel > last, 2 * last - pixel, pixel)
+    return (2 * pixel + 1) / size - 1
+
+
+def geometry(
+    x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator, flips: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Flip, crop with padding, rotation and translation as one affine resampling; `flips`
+    (one bool per image), when given, decides the flips instead of a coin of augment.flip.
+
+    A random crop from an image padded by p is a shift by an integer in [-p, p] filled by
+    augment.crop_fill, so it joins the translation. Sampling is nearest-neighbour,
+    torchvision's default for rotation and affine, and exact for whole-pixel shifts."""
     has_shift = cfg.crop_padding or cfg.translate
     if not (cfg.flip or has_shift or cfg.rotation):
         return x
     n, _, h, w = x.shape
     dev = x.device
     sign = torch.ones(n, device=dev)
-    if cfg.flip:
+    if flips is not None:
+        sign = torch.where(flips.to(dev), -1.0, 1.0)
+    elif cfg.flip:
         sign = torch.where(torch.rand(n, generator=g, device=dev) < cfg.flip, -1.0, 1.0)
     if not (has_shift or cfg.rotation):
         return torch.where(sign.view(n, 1, 1, 1) < 0, x.flip(3), x)
@@ -142,22 +166,30 @@ def geometry(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.T
         theta[:, None, None, :, 2], theta[:, None, None, :, 1], ys.view(1, h, 1, 1)
     )
     grid = theta[:, None, None, :, 0] * xs.view(1, 1, w, 1) + rows  # one full-size pass
+    if cfg.crop_fill == "reflect":
+        grid = _reflect(grid, w, h)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-def cutout(x: torch.Tensor, size: int, g: torch.Generator, fill: float = 0.0) -> torch.Tensor:
+def cutout(
+    x: torch.Tensor, size: int, g: torch.Generator, fill: float = 0.0, inside: bool = False
+) -> torch.Tensor:
     """Fill one size x size square per sample, centred anywhere in the image (DeVries &
-    Taylor), so squares near the border are partly cut off. After normalization the
-    default fill, 0, is the data mean."""
+    Taylor), so squares near the border are partly cut off; `inside` keeps every square
+    whole within the image. After normalization the default fill, 0, is the data mean."""
     if not size:
         return x
     n, _, h, w = x.shape
     dev = x.device
-    cy = torch.randint(0, h, (n, 1, 1), generator=g, device=dev)
-    cx = torch.randint(0, w, (n, 1, 1), generator=g, device=dev)
     ys = torch.arange(h, device=dev).view(1, h, 1)
     xs = torch.arange(w, device=dev).view(1, 1, w)
-    top, left = cy - size // 2, cx - size // 2
+    if inside:
+        top = torch.randint(0, h - size + 1, (n, 1, 1), generator=g, device=dev)
+        left = torch.randint(0, w - size + 1, (n, 1, 1), generator=g, device=dev)
+    else:
+        cy = torch.randint(0, h, (n, 1, 1), generator=g, device=dev)
+        cx = torch.randint(0, w, (n, 1, 1), generator=g, device=dev)
+        top, left = cy - size // 2, cx - size // 2
     mask = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
     return torch.where(mask.unsqueeze(1), torch.full_like(x, fill), x)
 
@@ -168,12 +200,14 @@ def augment(
     g: torch.Generator,
     mean: tuple[float, ...] = (0.0, 0.0, 0.0),
     std: tuple[float, ...] = (1.0, 1.0, 1.0),
+    flips: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """uint8 or [0, 1] float batch (N x 3 x H x W) -> augmented, normalized float batch.
+    """uint8 or [0, 1] float batch (N x 3 x H x W) -> augmented, normalized float batch;
+    `flips` as in `geometry`.
 
     Geometry runs first, as torchvision's crop does before its colour jitter, so padded
     pixels are jittered too; then colour and normalization in one pass; cutout last."""
     divisor = 255.0 if x.dtype == torch.uint8 else 1.0
-    out = geometry(x.float(), cfg, g)
+    out = geometry(x.float(), cfg, g, flips)
     out = color_normalize(out, cfg, g, mean, std, divisor)
-    return cutout(out, cfg.cutout, g)
+    return cutout(out, cfg.cutout, g, inside=cfg.cutout_inside)

@@ -34,6 +34,8 @@ ScheduleName = Literal["plateau", "onecycle", "cosine", "constant"]  # plateau: 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 LrScaling = Literal["linear", "sqrt", "none"]
+CropFill = Literal["zeros", "reflect"]
+TTA_VIEWS = (1, 2, 6)  # the image; and its mirror; x {0, +1 px, -1 px} horizontal shifts
 
 Loc = tuple[str | int, ...]
 
@@ -103,6 +105,13 @@ class ModelConfig(Section):
     widths: Annotated[tuple[Int, ...], Field(strict=False)] = (64, 128, 256)
     blocks: Annotated[tuple[Int, ...], Field(strict=False)] = (2, 2, 2)
     num_classes: Annotated[Int, Field(ge=2)] = 10
+    zero_init_residual: Annotated[
+        bool,
+        Field(
+            description="Start each block's last BatchNorm scale at 0, so every residual "
+            "branch starts as the identity (Goyal et al.)"
+        ),
+    ] = False
 
     @model_validator(mode="before")
     @classmethod
@@ -187,11 +196,22 @@ class AugmentConfig(Section):
     label = "augment"
 
     crop_padding: Annotated[
-        Int, Field(ge=0, le=16, description="Pixels of zero padding before a random 32x32 crop")
+        Int, Field(ge=0, le=16, description="Pixels of padding before a random 32x32 crop")
     ] = 0
+    crop_fill: Annotated[
+        CropFill,
+        Field(description="What the crop's padding holds: zeros, or the image mirrored (airbench)"),
+    ] = "zeros"
     flip: Annotated[
         float, Field(ge=0.0, le=1.0, description="Probability of a horizontal flip")
     ] = 0.0
+    flip_alternate: Annotated[
+        bool,
+        Field(
+            description="Flip each image in every other epoch (airbench): over two epochs each "
+            "is seen once each way; needs augment.flip 0.5"
+        ),
+    ] = False
     brightness: Annotated[
         float, Field(ge=0.0, le=1.0, description="Factor drawn from [1-b, 1+b]")
     ] = 0.0
@@ -212,6 +232,19 @@ class AugmentConfig(Section):
     cutout: Annotated[
         Int, Field(ge=0, le=32, description="Side in pixels of one zeroed square")
     ] = 0
+    cutout_inside: Annotated[
+        bool,
+        Field(description="Keep the whole square inside the image (else centred anywhere)"),
+    ] = False
+
+    @model_validator(mode="after")
+    def _alternate(self) -> Self:
+        if self.flip_alternate and self.flip != 0.5:
+            raise FieldError(
+                ("flip_alternate",),
+                f"flips every image half the time, so it needs augment.flip 0.5, got {self.flip}",
+            )
+        return self
 
 
 class OptimConfig(Section):
@@ -285,6 +318,15 @@ class TrainConfig(Section):
             description="0: off; else the per-step decay of an EMA of the weights (warmed up)",
         ),
     ] = 0.0
+    ema_every: Annotated[
+        Int,
+        Field(
+            ge=1,
+            le=1000,
+            description="Update the EMA every k steps with decay**k (airbench: 5): the same "
+            "horizon for a k-th of the work",
+        ),
+    ] = 1
     ema_bn_images: Annotated[
         Int,
         Field(
@@ -293,7 +335,20 @@ class TrainConfig(Section):
             description="Training images the EMA's BatchNorm statistics are recomputed on",
         ),
     ] = 2048
-    tta: Annotated[bool, Field(description="Evaluate on the image and its mirror")] = False
+    tta_views: Annotated[
+        Int,
+        Field(
+            description="Views whose logits are averaged at evaluation: 1, 2 (the mirror) or 6 "
+            "(both x shifts of 0, +1, -1 px)"
+        ),
+    ] = 1
+    drop_last: Annotated[
+        bool,
+        Field(
+            description="Drop each epoch's last partial batch: every step has one shape "
+            "(compile, CUDA graphs); the shuffle still reaches every image"
+        ),
+    ] = False
     seed: Int = 0
     device: Device = "auto"
     channels_last: Annotated[
@@ -309,7 +364,12 @@ class TrainConfig(Section):
         Int, Field(ge=0, le=1024, description="Torch intra-op threads; 0 leaves torch's default")
     ] = 0
     lr_scaling: Annotated[
-        LrScaling, Field(description="How optim.lr grows with data-parallel workers")
+        LrScaling,
+        Field(
+            description="How optim.lr grows with N data-parallel workers (the global batch is "
+            "N x train.batch_size): linear, N x lr, with the schedule's warm-up (Goyal et al.); "
+            "sqrt, sqrt(N) x lr; none"
+        ),
     ] = "linear"
 
     @model_validator(mode="before")
@@ -320,6 +380,29 @@ class TrainConfig(Section):
             values = dict(values)
             values["precision"] = "auto" if values.pop("bf16") is not False else "fp32"
         return values
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tta(cls, values: Any) -> Any:
+        """Configs and checkpoints that say `tta: true/false`: true is the mirror (2 views,
+        or the views train.tta_views already asks for), false is 1 view."""
+        if isinstance(values, dict) and "tta" in values:
+            values = dict(values)
+            tta = values.pop("tta")
+            if not isinstance(tta, bool):
+                raise FieldError(("tta",), f"expected true or false, got {tta!r}")
+            views = values.get("tta_views", 1)
+            values["tta_views"] = (views if views != 1 else 2) if tta else 1
+        return values
+
+    @model_validator(mode="after")
+    def _views(self) -> Self:
+        if self.tta_views not in TTA_VIEWS:
+            raise FieldError(
+                ("tta_views",),
+                f"must be one of {', '.join(map(str, TTA_VIEWS))}; got {self.tta_views}",
+            )
+        return self
 
 
 class Config(Settings):
@@ -551,7 +634,7 @@ def fast() -> Config:
         ),
         schedule=ScheduleConfig(name="onecycle", warmup_fraction=0.2, final_lr_fraction=0.0),
         train=TrainConfig(
-            epochs=30, batch_size=256, label_smoothing=0.2, ema_decay=0.999, tta=True
+            epochs=30, batch_size=256, label_smoothing=0.2, ema_decay=0.999, tta_views=2
         ),
     )
 
@@ -578,7 +661,7 @@ def demo() -> Config:
         model=FLAVORS["debug"],
         augment=AugmentConfig(crop_padding=4, flip=0.5),  # no cutout on a short run
         data=DataConfig(subset=12000, val_subset=1000),
-        train=base.train.replace(epochs=5, batch_size=32, ema_decay=0.0, tta=False),
+        train=base.train.replace(epochs=5, batch_size=32, ema_decay=0.0, tta_views=1),
     )
 
 

@@ -28,6 +28,13 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def tune_backend(device: torch.device) -> None:
+    """On CUDA, let cuDNN time its convolution algorithms once per shape and keep the
+    fastest (the shapes of a run repeat every step); elsewhere leave torch as it is."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 @dataclass(frozen=True)
 class Precision:
     """What train.precision resolves to on one device."""

@@ -12,8 +12,10 @@ model fell to chance while the live one trained to 99.7 %):
   statistics. `calibrate` recomputes them for the averaged weights, as SWA's `update_bn`
   does, before every evaluation.
 
-The update is one fused `_foreach_lerp_` per step and keeps its step count in Python, so it
-never waits on the GPU (`AveragedModel` compared a device tensor on every step).
+The update is one fused `_foreach_lerp_` and keeps its step count in Python, so it never
+waits on the GPU (`AveragedModel` compared a device tensor on every step). With `every` = k
+it runs on every k-th step only, at decay**k (airbench's cadence): the same horizon for a
+k-th of the work.
 """
 
 from __future__ import annotations
@@ -27,21 +29,27 @@ from torch import nn
 
 
 class WeightEMA:
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, every: int = 1) -> None:
         self.module = copy.deepcopy(model)
         self.module.requires_grad_(False)
         self.decay = decay
-        self.updates = 0
+        self.every = every
+        self.updates = 0  # training steps seen
+        self._ema: list[torch.Tensor] = list(self.module.parameters())
+        self._live: tuple[nn.Module, list[torch.Tensor]] | None = None
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
     def update(self, live: nn.Module) -> None:
+        """One training step of `live` (the same module every step)."""
         self.updates += 1
-        ema: list[torch.Tensor] = list(self.module.parameters())
-        src = [p.detach() for p in live.parameters()]
-        torch._foreach_lerp_(ema, src, 1.0 - self.current_decay())
+        if self.updates % self.every:
+            return
+        if self._live is None or self._live[0] is not live:
+            self._live = (live, [p.detach() for p in live.parameters()])
+        torch._foreach_lerp_(self._ema, self._live[1], 1.0 - self.current_decay() ** self.every)
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[torch.Tensor]) -> None:

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, ReduceLROnPlateau
 
-from modresnet.augment import augment
+from modresnet.augment import alternating_flips, augment
 from modresnet.config import Config
 from modresnet.data import Split
-from modresnet.device import FP32, Precision, autocast, device_precision
+from modresnet.device import FP32, Precision, autocast, device_precision, tune_backend
 from modresnet.ema import WeightEMA
 from modresnet.inference import predict_logits, score
 from modresnet.optim import build_optimizer, build_scheduler
@@ -37,10 +37,14 @@ Record = dict[str, Any]  # one epoch's metrics, as metrics.jsonl holds them
 _SCHEDULE_LENGTH = ("T_max",)  # kept from the new config on resume, so epochs may grow
 
 
-def steps_per_epoch(train_size: int, batch_size: int, world_size: int) -> int:
+def steps_per_epoch(
+    train_size: int, batch_size: int, world_size: int, drop_last: bool = False
+) -> int:
+    """Full batches per rank, plus the partial last one unless `drop_last` (or it holds a
+    single image: BatchNorm cannot train on a batch of one)."""
     per_rank = train_size // world_size
     full, rest = divmod(per_rank, batch_size)
-    return full + (1 if rest >= 2 else 0)  # BatchNorm cannot train on a batch of one
+    return full + (1 if rest >= 2 and not drop_last else 0)
 
 
 @dataclass
@@ -126,12 +130,14 @@ def build_state(
     is where a data-parallel caller puts DDP, after the EMA copy is taken from the plain
     model."""
     _, world = rank_and_world()
+    tc = config.train
     device = next(model.parameters()).device
-    precision = device_precision(config.train.precision, device)
-    ema = WeightEMA(model, config.train.ema_decay) if config.train.ema_decay else None
+    tune_backend(device)
+    precision = device_precision(tc.precision, device)
+    ema = WeightEMA(model, tc.ema_decay, tc.ema_every) if tc.ema_decay else None
     wrapped = wrap(model) if wrap is not None else model
     optimizer = build_optimizer(config, wrapped, world)
-    steps = steps_per_epoch(train_size, config.train.batch_size, world)
+    steps = steps_per_epoch(train_size, tc.batch_size, world, tc.drop_last)
     scaler = torch.amp.GradScaler(device.type) if precision.scaler else None
     forward = torch.compile(wrapped) if config.train.compile else None
     return TrainingState(
@@ -165,7 +171,12 @@ def train_one_epoch(
     model = state.model
     model.train()
     perm = epoch_permutation(len(train), tc.seed, epoch, rank, world).to(device)
-    steps = steps_per_epoch(len(train), tc.batch_size, world)
+    steps = steps_per_epoch(len(train), tc.batch_size, world, tc.drop_last)
+    flips = (
+        alternating_flips(len(train), tc.seed, epoch).to(device)
+        if config.augment.flip_alternate
+        else None
+    )
     g = torch.Generator(device=device).manual_seed(tc.seed * 7919 + epoch * 104_729 + rank)
     per_step = None if isinstance(state.scheduler, ReduceLROnPlateau) else state.scheduler
     forward = state.forward or model
@@ -175,7 +186,14 @@ def train_one_epoch(
     start = time.perf_counter()
     for step in range(steps):  # no host sync inside: metrics accumulate on the device
         idx = perm[step * tc.batch_size : (step + 1) * tc.batch_size]
-        x = augment(train.x[idx], config.augment, g, config.data.mean, config.data.std)
+        x = augment(
+            train.x[idx],
+            config.augment,
+            g,
+            config.data.mean,
+            config.data.std,
+            flips[idx] if flips is not None else None,
+        )
         if config.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = train.y[idx]
@@ -210,13 +228,15 @@ def train_one_epoch(
         "train_acc": total_correct / max(total_seen, 1),
         "images_per_s": total_seen / seconds if seconds > 0 else 0.0,
         "train_images": int(total_seen),
+        "train_s": seconds,
     }
 
 
 def evaluate(
-    model: nn.Module, split: Split, config: Config, device: torch.device, tta: bool = False
+    model: nn.Module, split: Split, config: Config, device: torch.device, tta: int = 1
 ) -> dict[str, float]:
-    """Loss and accuracy on `split`, sharded over the data-parallel ranks if any."""
+    """Loss and accuracy on `split`, sharded over the data-parallel ranks if any; `tta`
+    views averaged (inference.predict_logits)."""
     rank, world = rank_and_world()
     n = len(split)
     lo, hi = n * rank // world, n * (rank + 1) // world
@@ -258,7 +278,7 @@ def validate(
 ) -> Record:
     """Validation of the live weights and, with EMA on, of the EMA after recomputing its
     BatchNorm statistics; the better of the two becomes the evaluated model."""
-    tta = config.train.tta
+    tta = config.train.tta_views
     live = evaluate(unwrap(state.model), val, config, device, tta=tta)
     if state.ema is None:
         return {"val_loss": live["loss"], "val_acc": live["acc"]}
@@ -299,6 +319,7 @@ def run_epoch(
         **val_metrics,
         "lr": lr,
         "images_per_s": metrics["images_per_s"],
+        "train_s": metrics["train_s"],
         "epoch_s": time.perf_counter() - start,
     }
     state.history.append(record)

@@ -4,6 +4,7 @@ what `modresnet evaluate` prints are the same numbers, scored as validation is
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 from modresnet import files
 from modresnet.checkpoint import LoadedModel, load_model
 from modresnet.data import Split
-from modresnet.inference import predict_logits, score
+from modresnet.inference import predict_logits, score, views
 from modresnet.rundir import RunDir
 
 
@@ -22,24 +23,36 @@ class Evaluation:
     acc: float
     loss: float  # mean cross-entropy of the logits
     n: int
-    tta: bool
+    tta: bool  # more than one view
     predictions: torch.Tensor  # the top-1 class of every image, on the CPU
+    tta_views: int = 1
+
+
+def split_md5(split: Split) -> str:
+    """The test set's identity: md5 of the exact tensors scored, image bytes then labels.
+    Two results compare (the registry's gate) only when they scored the same images."""
+    digest = hashlib.md5()
+    for tensor in (split.x, split.y):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def evaluate_checkpoint(
-    loaded: LoadedModel, test: Split, device: torch.device, *, tta: bool
+    loaded: LoadedModel, test: Split, device: torch.device, *, tta: bool | int
 ) -> Evaluation:
     """Score a loaded checkpoint on `test` (moves its model to `device`); `tta` averages each
-    image's logits with its mirror's."""
-    logits = predict_logits(loaded.model.to(device), test.x, loaded.config, device, tta)
+    image's logits over that many views (True: with its mirror's; inference.views)."""
+    n_views = views(tta)
+    logits = predict_logits(loaded.model.to(device), test.x, loaded.config, device, n_views)
     loss, correct = score(logits, test.y)
     n = len(test)
     return Evaluation(
         acc=correct / max(n, 1),
         loss=loss / max(n, 1),
         n=n,
-        tta=tta,
+        tta=n_views > 1,
         predictions=logits.argmax(1).cpu(),
+        tta_views=n_views,
     )
 
 
@@ -51,13 +64,14 @@ def finalize(
     from modresnet import plots  # matplotlib: only a finishing run draws
 
     loaded = load_model(run.best)
-    scores = evaluate_checkpoint(loaded, test, device, tta=loaded.config.train.tta)
+    scores = evaluate_checkpoint(loaded, test, device, tta=loaded.config.train.tta_views)
     acc = scores.acc
     matrix = plots.confusion_matrix(test.y, scores.predictions, len(classes))
     result = {
         "test_acc": acc,
         "test_loss": scores.loss,
         "n": scores.n,
+        "test_md5": split_md5(test),
         "tta": scores.tta,
         "epoch": loaded.meta["epoch"],
         "val_acc": loaded.meta["metrics"].get("val_acc"),

@@ -13,7 +13,7 @@ from torch import nn
 
 from modresnet.augment import normalize, to_float
 from modresnet.checkpoint import LoadedModel, load_model
-from modresnet.config import Config
+from modresnet.config import TTA_VIEWS, Config
 from modresnet.device import autocast, inference_precision
 from modresnet.parallel import unwrap
 
@@ -25,22 +25,52 @@ def _prepare(x: torch.Tensor, config: Config) -> torch.Tensor:
     return x
 
 
+def views(tta: bool | int) -> int:
+    """The test-time views `tta` asks for: True is the mirror (2), False one view."""
+    if isinstance(tta, bool):
+        return 2 if tta else 1
+    if tta not in TTA_VIEWS:
+        raise ValueError(f"tta views must be one of {TTA_VIEWS}, got {tta}")
+    return tta
+
+
+def shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
+    """`x` moved right by `pixels` (left if negative), the uncovered column mirrored in as
+    training's reflect padding does: the translated views of 6-view TTA (airbench)."""
+    padded = F.pad(x, (abs(pixels), abs(pixels), 0, 0), mode="reflect")
+    width = x.shape[3]
+    start = abs(pixels) - pixels
+    return padded[..., start : start + width]
+
+
+def tta_views(xb: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """The `n` views of a normalized batch: itself; its mirror; and with 6 both of those
+    shifted by +1 and -1 pixels."""
+    base = [xb, xb.flip(3)][: min(n, 2)]
+    if n == 6:
+        base += [shift(v, px) for v in base for px in (1, -1)]
+    return base
+
+
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, x: torch.Tensor, config: Config, device: torch.device, tta: bool = False
+    model: nn.Module,
+    x: torch.Tensor,
+    config: Config,
+    device: torch.device,
+    tta: bool | int = False,
 ) -> torch.Tensor:
-    """Logits for a uint8 batch of any length, in eval mode, optionally averaged with the
-    horizontal mirror (flip test-time augmentation)."""
+    """Logits for a uint8 batch of any length, in eval mode, averaged over `tta` views
+    (`views`: the image, its mirror, both shifted by one pixel either way)."""
     model.eval()
+    n = views(tta)
     precision = inference_precision(config, device)
     outs = []
     for i in range(0, len(x), config.train.eval_batch_size):
         xb = _prepare(to_float(x[i : i + config.train.eval_batch_size].to(device)), config)
         with autocast(precision, device):
-            logits = model(xb).float()
-            if tta:
-                logits = (logits + model(xb.flip(3)).float()) / 2
-        outs.append(logits)
+            logits = sum(model(v).float() for v in tta_views(xb, n)) / n
+        outs.append(cast(torch.Tensor, logits))
     if not outs:
         head = cast(nn.Linear, unwrap(model).linear)
         return torch.zeros(0, head.out_features, device=device)

@@ -53,6 +53,10 @@ class ModifiedResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layers = nn.Sequential(*stages)
         self.linear = nn.Linear(in_planes, config.num_classes)
+        if config.zero_init_residual:  # each block starts as its shortcut (Goyal et al.)
+            for block in self.modules():
+                if isinstance(block, BasicBlock):
+                    nn.init.zeros_(block.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -122,6 +122,14 @@ def _progress_callback(queue):
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # what Ray Train resumes a run from
 
 
+def scoring_device(options: RayOptions) -> torch.device:
+    """Where the finished run's test set is scored: a GPU run's on this node's GPU (the
+    workers have released theirs by then), else the CPU."""
+    if options.use_gpu and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def train_ray(
     config: Config,
     run_path: Path,
@@ -279,7 +287,7 @@ def _train_ray_locked(
             shutil.rmtree(fetched, ignore_errors=True)
         try:
             data = load_cifar10(config.data)
-            test = finalize(run, data.test, data.classes, torch.device("cpu"))
+            test = finalize(run, data.test, data.classes, scoring_device(options))
         except Exception as err:  # training is done and saved: say so, in one line
             _append_traceback(run_path / "ray.log")
             raise RayTrainSetupError(

@@ -117,6 +117,21 @@ class SearchSettings(Settings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _whole_gpus(self) -> Self:
+        """NCCL refuses two ranks of one job on one GPU, which a fractional share per worker
+        of a data-parallel trial lets Ray do."""
+        workers, gpus = self.workers_per_trial, self.gpus_per_trial
+        if workers > 1 and gpus and not (gpus / workers).is_integer():
+            raise FieldError(
+                ("gpus_per_trial",),
+                f"{gpus:g} over --workers-per-trial {workers} is {gpus / workers:g} of a GPU per "
+                f"worker, and NCCL needs each rank on its own GPU; give every worker whole GPUs "
+                f"(--gpus-per-trial {workers * max(1, round(gpus / workers))}) or use "
+                f"--workers-per-trial 1",
+            )
+        return self
+
     @property
     def mode(self) -> Mode:
         return METRICS[self.metric]

@@ -27,7 +27,15 @@ from modresnet.errors import UserError
 AskServer = Callable[[str, Sequence[Path], int], list[list[dict[str, Any]]]]
 
 Images = Annotated[list[Path], typer.Argument(help="PNG/JPEG/... files of any size and mode.")]
-Checkpoint = Annotated[Path | None, typer.Option(help="Run directory or checkpoint folder.")]
+CHECKPOINT_HELP = "Run directory, checkpoint folder, or models:/NAME@ALIAS (or /VERSION)."
+Checkpoint = Annotated[Path | None, typer.Option(help=CHECKPOINT_HELP)]
+Registry = Annotated[
+    str | None,
+    typer.Option(
+        help="MLflow registry a models:/ reference names (default: MLFLOW_TRACKING_URI, else "
+        "the embedded one under the storage root)."
+    ),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Url = Annotated[
     str | None,
@@ -103,33 +111,43 @@ def train_in_process(cfg: configs.Config, run_path: Path, resume: bool) -> None:
     print_run_result(result.test, result.run.path, result.run.path)
 
 
-def local_run(value: Path) -> Path:
-    """A RUN/--checkpoint argument in object storage (s3://, gs://) -> its local cached copy."""
+def local_run(value: Path, registry: str | None = None) -> Path:
+    """A RUN/--checkpoint argument -> a local folder: a models:/ reference is fetched from the
+    registry, a run in object storage (s3://, gs://) into the local cache."""
+    import os
+
+    from modresnet.registry.refs import is_ref
     from modresnet.storage import local_run as fetch
 
+    if is_ref(os.fspath(value)):
+        from modresnet.registry import resolve_checkpoint
+
+        return resolve_checkpoint(os.fspath(value), registry)[0]
     fetched = fetch(value)
     return value if fetched is None else Path(fetched)
 
 
 def _test_set_metrics(
-    checkpoint: Path, tta: bool, data_dir: str | None, subset: int | None
+    checkpoint: Path, tta: bool, data_dir: str | None, subset: int | None, registry: str | None
 ) -> dict[str, Any]:
     """The checkpoint scored on the test set, as a finished run's test.json is."""
     import torch
 
     from modresnet.checkpoint import load_model
     from modresnet.data import load_cifar10
-    from modresnet.evaluation import evaluate_checkpoint
+    from modresnet.evaluation import evaluate_checkpoint, split_md5
 
-    loaded = load_model(local_run(checkpoint))
+    loaded = load_model(local_run(checkpoint, registry))
     data_cfg = loaded.config.data.replace(
         data_dir=data_dir, test_subset=subset, subset=None, val_subset=None
     )
-    scores = evaluate_checkpoint(loaded, load_cifar10(data_cfg).test, torch.device("cpu"), tta=tta)
+    test = load_cifar10(data_cfg).test
+    scores = evaluate_checkpoint(loaded, test, torch.device("cpu"), tta=tta)
     return {
         "checkpoint": str(loaded.path),
         "sha256": loaded.sha256,
         "n": scores.n,
+        "test_md5": split_md5(test),
         "tta": tta,
         "test_acc": scores.acc,
         "test_loss": scores.loss,
@@ -138,17 +156,18 @@ def _test_set_metrics(
 
 @user_errors
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="Run directory or checkpoint folder.")],
+    checkpoint: Annotated[Path, typer.Argument(help=CHECKPOINT_HELP)],
     tta: Annotated[bool, typer.Option(help="Average with the mirrored image.")] = False,
     data_dir: DataDir = None,
     subset: Annotated[int | None, typer.Option(help="Stratified number of test images.")] = None,
+    registry: Registry = None,
 ) -> None:
     """Evaluate a checkpoint on the CIFAR-10 test set; prints JSON."""
-    print(json.dumps(_test_set_metrics(checkpoint, tta, data_dir, subset), indent=2))
+    print(json.dumps(_test_set_metrics(checkpoint, tta, data_dir, subset, registry), indent=2))
 
 
 def _predict_local(
-    images: Sequence[Path], checkpoint: Path, top_k: int
+    images: Sequence[Path], checkpoint: Path, top_k: int, registry: str | None
 ) -> list[list[dict[str, Any]]]:
     import torch
 
@@ -165,7 +184,7 @@ def _predict_local(
             decoded.append(decode_image(data))
         except ImageError as err:
             raise ImageError(f"{path}: {err}") from None
-    predictor = Predictor.from_path(local_run(checkpoint))
+    predictor = Predictor.from_path(local_run(checkpoint, registry))
     results = predictor.top_k(predictor.probabilities(torch.stack(decoded)), top_k)
     return [[{"label": r.label, "probability": r.probability} for r in rs] for rs in results]
 
@@ -180,6 +199,7 @@ def predict_command(ask_server: AskServer) -> Callable[..., None]:
         top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 3,
         as_json: AsJson = False,
         url: Url = None,
+        registry: Registry = None,
     ) -> None:
         """Classify image files with a checkpoint, or over HTTP with --url."""
         if url is not None and checkpoint is not None:
@@ -189,7 +209,7 @@ def predict_command(ask_server: AskServer) -> Callable[..., None]:
         elif checkpoint is None:
             raise UserError("predict needs --checkpoint RUN_OR_CHECKPOINT or --url URL")
         else:
-            results = _predict_local(images, checkpoint, top_k)
+            results = _predict_local(images, checkpoint, top_k, registry)
         print_predictions(images, results, as_json)
 
     return predict

@@ -3,7 +3,9 @@ ingress, with dynamic batching, autoscaling, backpressure) and its health app.
 
 `build_app(ServeArgs)` is a typed application builder, so `serve run serve.app:build_app
 checkpoint=...` and `serve deploy serve/config.yaml` work as well as `modresnet serve`
-(the arguments: serve/args.py).
+(the arguments: serve/args.py). A checkpoint may be a registered model (models:/NAME@ALIAS):
+the builder fetches it from the registry (MLFLOW_TRACKING_URI, else the embedded one) and
+labels it with its registered version and lineage.
 Secrets never travel in args: the API key is read inside each replica from the environment
 variable *named* by `api_key_env` (default MODRESNET_API_KEY). With `api_key_required` a
 replica that cannot see the key refuses to start, so the deployment fails instead of serving
@@ -20,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from ray import serve
 
 from modresnet.checkpoint import resolve
-from serve.args import HealthArgs, ServeArgs
+from serve.args import HealthArgs, ModelArgs, ServeArgs, registered
 from serve.http.headers import add_security_headers
 from serve.protocols import health
 from serve.service import Service
@@ -51,11 +53,42 @@ def serve_limits(args: ServeArgs) -> dict[str, int]:
     return {"max_ongoing_requests": 2 * admitted, "max_queued_requests": max(queued, 1)}
 
 
+Served = TypeVar("Served", ServeArgs, ModelArgs)
+
+
+def resolve_model(model: Served, registry: str | None = None) -> Served:
+    """`model` with its checkpoint an absolute local folder. A models:/ ref is fetched from the
+    registry (`registry`: its URI; None: MLFLOW_TRACKING_URI, else the embedded one) and,
+    unless given, takes the registered version's label and lineage."""
+    if not model.checkpoint.startswith("models:/"):
+        return model.model_copy(update={"checkpoint": str(resolve(model.checkpoint).resolve())})
+    from modresnet.registry import resolve_checkpoint
+
+    path, version = resolve_checkpoint(model.checkpoint, registry)
+    assert version is not None
+    named = registered(version)
+    return model.model_copy(
+        update={
+            "checkpoint": str(path),
+            "version": model.version or named["version"],
+            "lineage": model.lineage or named["lineage"],
+        }
+    )
+
+
+def resolve_args(args: ServeArgs, registry: str | None = None) -> ServeArgs:
+    """`args` with the primary's and the canary's checkpoints resolved (`resolve_model`)."""
+    args = resolve_model(args, registry)
+    if args.canary is not None:
+        args = args.model_copy(update={"canary": resolve_model(args.canary, registry)})
+    return args
+
+
 def build_app(args: ServeArgs | dict[str, Any]) -> serve.Application:
     """Typed builder: `serve run serve.app:build_app checkpoint=runs/demo backend=onnx`."""
     if isinstance(args, dict):
         args = ServeArgs.model_validate(args)
-    args = args.model_copy(update={"checkpoint": str(resolve(args.checkpoint).resolve())})
+    args = resolve_args(args)
     deployment: Any = serve.deployment(Classifier)
     deployment = deployment.options(
         name="Classifier",

@@ -1,6 +1,6 @@
 """Serve's settings, each default written once, here: `ServeArgs` (the model app: everything
-about a deployment except secrets), `HealthArgs` (its health app) and `HttpOptions` (Serve's
-HTTP proxy).
+about a deployment except secrets), `ModelArgs` (a second version served beside the first, the
+canary), `HealthArgs` (its health app) and `HttpOptions` (Serve's HTTP proxy).
 
 They are what `serve deploy serve/config.yaml` or a RayService's serveConfigV2 passes to the
 builders in serve/app.py, so they are checked strictly: unknown keys are an error. The
@@ -33,6 +33,54 @@ GPU_BATCH_WAIT_S = 0.002
 BackendName = Literal["onnx", "torch", "int8"]
 
 
+CHECKPOINT_HELP = (
+    "Run directory, checkpoint folder or registered model (models:/NAME@ALIAS, "
+    "models:/NAME/VERSION) to serve (on a cluster: a path every replica can read)"
+)
+VERSION_HELP = (
+    "The version label responses carry in X-Model-Version and the metrics in `version` "
+    '(a registered model: NAME/VERSION; "": sha-<first 12 hex of the weights\' sha256>)'
+)
+# A label travels in a header and a metrics label: printable, no spaces, bounded.
+VERSION_PATTERN = r"^[A-Za-z0-9._/@:+-]{0,200}$"
+LINEAGE_HELP = "Where the version came from (run, search, data, code), shown on / and in /model"
+
+
+class ModelArgs(BaseModel):
+    """One more version a replica serves beside its primary one (the canary): its own
+    weights, label and lineage, loaded with the same backend and batching settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(description=CHECKPOINT_HELP)
+    version: str = Field(default="", pattern=VERSION_PATTERN, description=VERSION_HELP)
+    lineage: dict[str, Any] = Field(default_factory=dict, description=LINEAGE_HELP)
+    fail_rate: float = Field(
+        default=0,
+        ge=0,
+        le=1,
+        description="Chaos: this share of the model's batches fail with a 500, to rehearse a "
+        "rollback",
+    )
+
+
+def registered(version: Any) -> dict[str, Any]:
+    """The version label and lineage a registered version (modresnet.registry Version) is
+    served with: what responses, metrics, /model and the page name and show of it."""
+    return {
+        "version": version.label,
+        "lineage": {
+            **version.lineage,
+            "registered": version.label,
+            "sha256": version.sha256,
+            "val_acc": version.val_acc,
+            "test_acc": version.test_acc,
+            "test_n": version.test_n,
+            "test_md5": version.test_md5,
+        },
+    }
+
+
 class ServeArgs(BaseModel):
     """Everything about a deployment except secrets; visible through `serve config`.
 
@@ -41,10 +89,19 @@ class ServeArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: str = Field(
-        description="Run directory or checkpoint folder to serve (on a cluster: a path every "
-        "replica can read)",
-        examples=["runs/demo"],
+    checkpoint: str = Field(description=CHECKPOINT_HELP, examples=["runs/demo"])
+    version: str = Field(default="", pattern=VERSION_PATTERN, description=VERSION_HELP)
+    lineage: dict[str, Any] = Field(default_factory=dict, description=LINEAGE_HELP)
+    canary: ModelArgs | None = Field(
+        default=None,
+        description="A second version served beside the checkpoint, sent `canary_share` of "
+        "the requests (the live share: the app's traffic table, serve/canary/traffic.py)",
+    )
+    canary_share: float = Field(
+        default=0,
+        ge=0,
+        le=1,
+        description="Share of requests the canary answers until the traffic table says otherwise",
     )
     backend: BackendName = Field(
         default="onnx",
@@ -159,7 +216,6 @@ class ServeArgs(BaseModel):
         except ValidationError as err:
             if not any(e["type"] == "extra_forbidden" for e in err.errors()):
                 raise
-            known = list(cls.model_fields)
             details: list[InitErrorDetails] = []
             for e in err.errors():
                 if e["type"] != "extra_forbidden":
@@ -172,7 +228,10 @@ class ServeArgs(BaseModel):
                         }
                     )
                     continue
-                key = str(e["loc"][0])
+                *parent, last = map(str, e["loc"])  # a canary's key: ("canary", key)
+                prefix = "".join(part + "." for part in parent)
+                known = [prefix + k for k in (ModelArgs if parent else cls).model_fields]
+                key = prefix + last
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 message = f"unknown serve arg {key!r}{hint}; the args are: {', '.join(known)}"
@@ -256,6 +315,8 @@ def _scalar(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return value if yaml.safe_load(value) == value else json.dumps(value)
+    if value is None or isinstance(value, dict | list):
+        return json.dumps(value)
     return repr(value)
 
 
@@ -277,7 +338,7 @@ def _args_yaml(model: type[BaseModel], values: dict[str, Any], indent: str) -> l
 def config_yaml() -> str:
     """serve/config.yaml: both apps with every arg at its default (the checkpoint: its example)."""
     args = {
-        name: field.examples[0] if field.examples else field.default
+        name: field.examples[0] if field.examples else field.get_default(call_default_factory=True)
         for name, field in ServeArgs.model_fields.items()
     }
     http = HttpOptions().model_dump()

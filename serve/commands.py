@@ -18,7 +18,7 @@ from modresnet import config as configs
 from modresnet.cli_common import console, user_errors
 from modresnet.cli_config import Flag, with_flags
 from modresnet.errors import UserError
-from serve.args import HttpOptions, ServeArgs
+from serve.args import HttpOptions, ServeArgs, registered
 from serve.environment import INGRESS
 
 # Flags in another unit than their field: --PARAM -> (field, field value per flag unit).
@@ -91,6 +91,13 @@ PrometheusTargets = Annotated[
         "$MODRESNET_HOME/prometheus/targets/modresnet-serve-PORT.json (~/.modresnet when unset)."
     ),
 ]
+Registry = Annotated[
+    str | None,
+    typer.Option(
+        help="The model registry a models:/ checkpoint is read from: an MLflow tracking URI. "
+        "Default: MLFLOW_TRACKING_URI, else the embedded one under the storage root."
+    ),
+]
 Ingress = Annotated[
     str,
     typer.Option(
@@ -99,6 +106,24 @@ Ingress = Annotated[
         "With --address the cluster's own setting applies."
     ),
 ]
+
+
+def _model(checkpoint: str, registry: str | None) -> dict[str, Any]:
+    """The checkpoint, version and lineage ServeArgs get for CHECKPOINT: a registered model is
+    fetched from the registry and named by its version; a run in s3:// or gs:// is fetched to a
+    local cache. A bad one is a one-line user error."""
+    if checkpoint.startswith("models:/"):
+        from modresnet.registry import resolve_checkpoint
+
+        path, version = resolve_checkpoint(checkpoint, registry)
+        assert version is not None
+        return {"checkpoint": str(path), **registered(version)}
+    from modresnet.checkpoint import resolve
+    from modresnet.commands import local_run
+
+    local = local_run(Path(checkpoint))
+    resolve(local)
+    return {"checkpoint": str(local)}
 
 
 def predict_url(url: str, images: Sequence[Path], top_k: int) -> list[list[dict[str, Any]]]:
@@ -113,23 +138,21 @@ def predict_url(url: str, images: Sequence[Path], top_k: int) -> list[list[dict[
 def serve(
     given: dict[str, Any],
     checkpoint: Annotated[
-        Path, typer.Argument(help=ServeArgs.model_fields["checkpoint"].description)
+        str, typer.Argument(help=ServeArgs.model_fields["checkpoint"].description)
     ],
     address: Address = None,
+    registry: Registry = None,
     api_key_env: ApiKeyEnv = None,
     ingress: Ingress = INGRESS[0],
     metrics: Metrics = True,
     prometheus_targets: PrometheusTargets = None,
 ) -> None:
-    """Serve a checkpoint over HTTP with Ray Serve (FastAPI, batching, autoscaling).
+    """Serve a checkpoint or a registered model (models:/NAME@champion) over HTTP with Ray
+    Serve (FastAPI, batching, autoscaling).
 
     Run it again with another checkpoint and --address auto to roll replicas over with no
     downtime."""
-    from modresnet.checkpoint import resolve
-    from modresnet.commands import local_run
-
-    checkpoint = local_run(checkpoint)  # a run in s3:// or gs:// is fetched to a local cache
-    resolve(checkpoint)  # a CheckpointError here is a one-line user error
+    model = _model(checkpoint, registry)
     values = {k: v for k, v in given.items() if k not in HTTP_FLAGS}
     for param, (field, scale) in SCALED.items():
         if param in values:
@@ -139,7 +162,7 @@ def serve(
     args = _settings(
         ServeArgs,
         {
-            "checkpoint": str(checkpoint),
+            **model,
             **values,
             "api_key_env": api_key_env or default_env,
             "api_key_required": bool(api_key_env or os.environ.get(default_env)),

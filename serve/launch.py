@@ -35,8 +35,15 @@ def start(http: HttpOptions) -> None:
 
 def deploy(args: ServeArgs, name: str = APP_NAME, route_prefix: str = "/") -> Any:
     """Deploy, or roll an existing app of that name over to new args in place; with it, its
-    health app `{name}-health` at `{route_prefix}/v2/health` (longest prefix wins in Serve)."""
+    health app `{name}-health` at `{route_prefix}/v2/health` (longest prefix wins in Serve).
+    The args go to the traffic table (serve/canary/traffic.py), where a promotion finds what
+    the running app serves."""
+    import ray
+
+    from serve.canary.traffic import traffic_table
+
     handle = serve.run(build_app(args), name=name, route_prefix=route_prefix, blocking=False)
+    ray.get(traffic_table().put_args.remote(name, args.model_dump()))
     serve.run(
         build_health(HealthArgs(app=name)),
         name=f"{name}-health",

@@ -5,8 +5,9 @@ metrics agent of its node as `ray_<name>` (the scrape configs we ship strip that
 `Metrics` records nothing: the in-process app (tests, no Ray) and `--no-metrics` use it.
 `RayMetrics` is what a replica records; `for_replica` picks one. Label values are bounded:
 `route` comes from ROUTES (a fixed table of the app's routes, never the path a client sent),
-`code` is the status code, `reason` one of REASONS. The tags of every series are built once,
-at the replica's start, so a record costs a dict lookup and Ray's own call."""
+`code` is the status code, `reason` one of REASONS, `version` the label of a version the
+replica serves (or "" for a request refused before one was chosen). The tags of every series
+are built once, at the replica's start, so a record costs a dict lookup and Ray's own call."""
 
 from __future__ import annotations
 
@@ -25,7 +26,11 @@ ROUTES = {
     "/": "/page",
     "/openapi.json": "/openapi",
 }
+SAMPLES = "/samples"  # the page's sample images, /samples/N.png
 OTHER = "other"
+# Where a route records, in the request's ASGI scope, the label of the version that answers it
+# (serve/service.py `choose`); the gate reads it for the response header and the series.
+VERSION_SCOPE_KEY = "modresnet.version"
 # The refusals modresnet_rejections_total counts, by status code.
 REASONS = {
     401: "unauthorized",
@@ -45,14 +50,18 @@ GAUGE_REFRESH_S = 5.0
 
 def route_of(path: str) -> str:
     """The route label of a request path (relative to the app's route prefix)."""
-    return ROUTES.get(path, OTHER)
+    route = ROUTES.get(path)
+    if route is None:
+        return SAMPLES if path.startswith(SAMPLES + "/") else OTHER
+    return route
 
 
 class Metrics:
     """The series of one replica; this base records nothing."""
 
-    def request(self, route: str, code: int, seconds: float) -> None:
-        """One answered request: its route label, status code and time in the replica."""
+    def request(self, route: str, code: int, seconds: float, version: str = "") -> None:
+        """One answered request: its route label, status code, time in the replica and the
+        label of the version that answered ("": none did)."""
 
     def images(self, route: str, count: int, decode_s: float) -> None:
         """One /predict or v2 request's images, and the time to decode them from its body."""
@@ -64,21 +73,22 @@ class Metrics:
 class RayMetrics(Metrics):
     """The series of the metrics contract (docs/serving.md, "Metrics and alerts")."""
 
-    def __init__(self, sha256: str, backend: str, version: str, max_replicas: int) -> None:
+    def __init__(self, models: list[tuple[str, str, str]], max_replicas: int) -> None:
+        """`models`: (sha256, backend, version label) of each version the replica serves."""
         from ray.serve import metrics as serve_metrics
 
         metrics: Any = serve_metrics  # its tag_keys are typed tuple[str], meant tuple[str, ...]
 
         self._requests = metrics.Counter(
             "modresnet_requests",
-            description="Requests answered, by route and HTTP status code.",
-            tag_keys=("route", "code"),
+            description="Requests answered, by route, HTTP status code and answering version.",
+            tag_keys=("route", "code", "version"),
         )
         self._duration = metrics.Histogram(
             "modresnet_request_duration_seconds",
             description="Time from the replica receiving a request to its response.",
             boundaries=LATENCY_S,
-            tag_keys=("route",),
+            tag_keys=("route", "version"),
         )
         self._images = metrics.Histogram(
             "modresnet_images_per_request",
@@ -111,30 +121,38 @@ class RayMetrics(Metrics):
         )
         info = metrics.Gauge(
             "modresnet_model_info",
-            description="The model this replica serves (always 1).",
+            description="A version this replica serves (always 1): one series per version.",
             tag_keys=("sha256", "backend", "version"),
         )
         replicas_max = metrics.Gauge(
             "modresnet_replicas_max", description="The deployment's autoscaling max_replicas."
         )
-        model = {"sha256": sha256, "backend": backend, "version": version}
+        served = [{"sha256": sha, "backend": name, "version": label} for sha, name, label in models]
 
         def set_gauges() -> None:
-            info.set(1, model)
+            for model in served:
+                info.set(1, model)
             replicas_max.set(max_replicas)
 
         set_gauges()
         threading.Thread(target=_every, args=(GAUGE_REFRESH_S, set_gauges), daemon=True).start()
-        self._route_tags = {r: {"route": r} for r in (*ROUTES.values(), OTHER)}
+        routes = (*ROUTES.values(), SAMPLES, OTHER)
+        labels = ("", *(label for _, _, label in models))
+        self._route_tags = {r: {"route": r} for r in routes}
+        self._duration_tags = {(r, v): {"route": r, "version": v} for r in routes for v in labels}
         self._reason_tags = {code: {"reason": reason} for code, reason in REASONS.items()}
-        self._code_tags: dict[tuple[str, int], dict[str, str]] = {}
+        self._code_tags: dict[tuple[str, int, str], dict[str, str]] = {}
 
-    def request(self, route: str, code: int, seconds: float) -> None:
-        tags = self._code_tags.get((route, code))
-        if tags is None:  # at most routes x status codes of them
-            tags = self._code_tags[(route, code)] = {"route": route, "code": str(code)}
+    def request(self, route: str, code: int, seconds: float, version: str = "") -> None:
+        duration = self._duration_tags.get((route, version))
+        if duration is None:  # not a served label: counted as no version, keeping labels bounded
+            version, duration = "", self._duration_tags[(route, "")]
+        tags = self._code_tags.get((route, code, version))
+        if tags is None:  # at most routes x status codes x versions of them
+            tags = {"route": route, "code": str(code), "version": version}
+            self._code_tags[(route, code, version)] = tags
         self._requests.inc(1, tags)
-        self._duration.observe(seconds, self._route_tags[route])
+        self._duration.observe(seconds, duration)
         reason = self._reason_tags.get(code)
         if reason is not None:
             self._rejections.inc(1, reason)

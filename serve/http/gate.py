@@ -1,7 +1,8 @@
 """The gate every request of a replica passes once, just inside the security headers: it is
 given its id (request_ids.py), admitted or refused with 429 (`Admission`), answered with a
-500 naming its id if a route fails, and counted in the replica's series (serve/metrics.py) by
-route and status code.
+500 naming its id if a route fails, told which version answered it (X-Model-Version, from what
+the route recorded in its scope, serve/service.py `choose`), and counted in the replica's series
+(serve/metrics.py) by route, status code and that version.
 
 The app sheds load itself, not Serve, so that every 429 is counted and is the app's JSON error
 with its security headers and request id; Serve's own limits stand behind it as a backstop
@@ -17,7 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve.http.errors import error_response, log
 from serve.http.headers import INTERNAL_ERROR
 from serve.http.request_ids import HEADER, request_id
-from serve.metrics import Metrics, route_of
+from serve.metrics import VERSION_SCOPE_KEY, Metrics, route_of
+
+VERSION_HEADER = b"x-model-version"
 
 
 class Admission:
@@ -85,8 +88,12 @@ class RequestGate:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if self.echo_id:
-                    message = {**message, "headers": [*message.get("headers", []), id_header]}
+                extra = [id_header] if self.echo_id else []
+                version = scope.get(VERSION_SCOPE_KEY)
+                if version is not None:
+                    extra.append((VERSION_HEADER, version.encode()))
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         if not await self.admission.enter():
@@ -110,4 +117,5 @@ class RequestGate:
         finally:
             self.admission.leave()
             if status:  # else the client left before its answer (the task was cancelled)
-                self.metrics.request(route, status, time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                self.metrics.request(route, status, seconds, scope.get(VERSION_SCOPE_KEY, ""))

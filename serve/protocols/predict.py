@@ -39,6 +39,7 @@ class ImagePrediction(BaseModel):
 
 class PredictResponse(BaseModel):
     model_sha256: str
+    model_version: str = Field(description="The label of the version that answered")
     backend: str
     predictions: list[ImagePrediction]
 
@@ -166,11 +167,13 @@ def register(app: FastAPI, svc: Service) -> None:
         k = top_k or body_k or args.top_k
         if not 1 <= k <= len(svc.classes):
             raise ApiError(400, f"top_k: must be between 1 and {len(svc.classes)}; got {k}")
-        probs = await svc.probabilities(images)
+        version = svc.choose(request)
+        probs = await svc.probabilities(images, version)
         rows = top_k_rows(probs, svc.classes, k)
         return PredictResponse(
-            model_sha256=svc.loaded.sha256,
-            backend=svc.backend.name,
+            model_sha256=version.loaded.sha256,
+            model_version=version.label,
+            backend=version.backend.name,
             predictions=[
                 ImagePrediction(index=i, filename=n, top_k=r)
                 for i, (n, r) in enumerate(zip(names, rows, strict=False))

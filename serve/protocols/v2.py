@@ -200,11 +200,12 @@ def typed_data(data: list, datatype: str, expected: int) -> np.ndarray:
 def register(app: FastAPI, svc: Service) -> None:
     def model_metadata(request: Request) -> dict:
         svc.keys.check(request)
+        version = svc.choose(request, draw=False)
         return {
             "name": MODEL_NAME,
-            "versions": [svc.loaded.sha256[:12]],
+            "versions": list(svc.versions),
             "platform": "onnxruntime_onnx"
-            if svc.backend.name in ("onnx", "int8")
+            if version.backend.name in ("onnx", "int8")
             else "pytorch_torch",
             # One input. Also accepted under the same name: datatype FP32 (0..1) and/or
             # shape [-1, 3, 32, 32] (NCHW); the request's datatype and shape choose.
@@ -221,10 +222,11 @@ def register(app: FastAPI, svc: Service) -> None:
         """Open Inference Protocol v2: input `input` UINT8/FP32 [N,32,32,3] or [N,3,32,32]."""
         svc.keys.check(request)
         req, x = await read_infer(request, svc.args, svc.metrics)
-        probs = await svc.probabilities(list(x))
+        version = svc.choose(request)
+        probs = await svc.probabilities(list(x), version)
         response = InferResponse(
             model_name=MODEL_NAME,
-            model_version=svc.loaded.sha256[:12],
+            model_version=version.label,
             id=req.id,
             outputs=[
                 InferOutput(

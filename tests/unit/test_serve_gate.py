@@ -34,11 +34,13 @@ class Recorded(Metrics):
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, int]] = []
+        self.versions: list[str] = []
         self.images_seen: list[tuple[str, int]] = []
 
-    def request(self, route: str, code: int, seconds: float) -> None:
+    def request(self, route: str, code: int, seconds: float, version: str = "") -> None:
         assert seconds >= 0
         self.requests.append((route, code))
+        self.versions.append(version)
 
     def images(self, route: str, count: int, decode_s: float) -> None:
         assert decode_s >= 0
@@ -71,7 +73,7 @@ def test_route_labels_come_from_the_table_never_the_path():
 
 
 def test_outside_a_replica_nothing_is_recorded_through_ray():
-    metrics = for_replica(True, sha256="0" * 64, backend="torch", version="", max_replicas=2)
+    metrics = for_replica(True, models=[("0" * 64, "torch", "m/1")], max_replicas=2)
     assert type(metrics) is Metrics and not isinstance(metrics, RayMetrics)
 
 
@@ -103,6 +105,8 @@ def test_each_request_is_counted_by_route_and_code_and_its_images_with_it(
         ("/page", 200),
         ("other", 404),
     ]
+    label = svc.primary.label  # only the answered model requests name the version
+    assert recorded.versions == [label, "", "", "", label, "", ""]
     assert recorded.images_seen == [("/predict", 3), ("/v2/infer", 2)]
 
 
@@ -140,7 +144,7 @@ def test_a_failed_route_is_a_500_naming_its_id_in_the_body_and_the_log(random_ch
             raise RuntimeError("backend down")
 
     svc, recorded = _service(random_checkpoint)
-    svc.backend = Failing()
+    svc.primary.backend = Failing()
     with TestClient(make_api(svc), raise_server_exceptions=False) as client:
         with caplog.at_level(logging.INFO, logger="ray.serve"):
             r = client.post("/predict", files=FILES, headers={"X-Request-Id": "req-500"})

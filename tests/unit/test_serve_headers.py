@@ -107,7 +107,7 @@ def test_a_server_error_carries_the_headers_too(checkpoint):
             raise RuntimeError("backend down")
 
     svc = Service(ServeArgs(checkpoint=str(checkpoint), backend="torch").model_dump())
-    svc.backend = Failing()
+    svc.primary.backend = Failing()
     with TestClient(make_api(svc), raise_server_exceptions=False) as client:
         r = client.post("/predict", files=[("files", ("a.png", PNG, "image/png"))])
     assert r.status_code == 500 and r.json()["status"] == 500, r.text

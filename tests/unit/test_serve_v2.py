@@ -51,7 +51,7 @@ def batch():
 @pytest.mark.parametrize("datatype,layout", [("UINT8", "NHWC"), ("FP32", "NCHW")])
 def test_tritonclient_infer(served, batch, binary, datatype, layout):
     svc, url = served
-    expected = svc.backend.probabilities(batch)
+    expected = svc.primary.backend.probabilities(batch)
     x = batch.permute(0, 2, 3, 1).numpy() if layout == "NHWC" else batch.numpy()
     x = np.ascontiguousarray(x if datatype == "UINT8" else x.astype(np.float32) / 255.0)
     client = httpclient.InferenceServerClient(url)

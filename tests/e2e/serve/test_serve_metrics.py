@@ -86,6 +86,7 @@ def test_prometheus_scrapes_the_replicas_series(server, images, runs, tmp_path):
                 info = {
                     (r["metric"]["application"], r["metric"]["sha256"], r["metric"]["backend"])
                     for r in prom.query("modresnet_model_info == 1")
+                    if r["metric"]["version"] == "sha-" + r["metric"]["sha256"][:12]
                 }
                 ready = (
                     all(rates.get(code, 0) > 0 for code in ("200", "400", "401", "429"))
@@ -120,8 +121,17 @@ def test_prometheus_scrapes_the_replicas_series(server, images, runs, tmp_path):
             "/model",
             "/page",
             "/openapi",
+            "/samples",
             "other",
         }, routes
+        # the version label: the answering version's; none (Prometheus drops "") on a refusal
+        answered = {
+            (r["metric"]["application"], r["metric"]["code"], r["metric"].get("version", ""))
+            for r in prom.query('modresnet_requests_total{route="/predict"}')
+        }
+        label = "sha-" + served[:12]
+        assert {("modresnet", "200", label), ("secure", "401", "")} <= answered, answered
+        assert {v for _, _, v in answered} <= {label, "sha-" + sha[:12], ""}, answered
         reasons = {r["metric"]["reason"] for r in prom.query("modresnet_rejections_total")}
         assert {"unauthorized", "overloaded"} <= reasons, reasons
         by_app = {

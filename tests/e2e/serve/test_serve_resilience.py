@@ -32,7 +32,8 @@ from helpers.serve import (  # noqa: E402
 )
 from ray import serve  # noqa: E402
 
-from serve.args import HttpOptions, ServeArgs  # noqa: E402
+from serve.args import HttpOptions, ModelArgs, ServeArgs  # noqa: E402
+from serve.protocols import samples  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -321,6 +322,73 @@ def test_rolling_update_without_failures(server, runs, images, tmp_path):
         assert httpx.get(url + "/model").json()["sha256"] == new_sha
 
 
+# --- the canary split ----------------------------------------------------------------------
+
+
+def _answers(client, url: str, files, n: int) -> Counter:
+    return Counter(
+        client.post(url, files=files).headers.get("x-model-version", "none") for _ in range(n)
+    )
+
+
+def _share_reads(url: str, share: float) -> None:
+    """Wait until the replica reads `share` from the traffic table (its /model says so)."""
+    deadline = time.monotonic() + 60
+    while httpx.get(url + "/model").json()["canary"]["share"] != share:
+        assert time.monotonic() < deadline, f"the replica never read the share {share}"
+        time.sleep(0.2)
+
+
+def test_the_canary_takes_the_share_the_traffic_table_sets_with_no_failed_request(
+    server, runs, images
+):
+    """One replica serving two versions: the share set in the traffic table reaches it with no
+    redeploy; requests split by it (told apart by X-Model-Version), and none fails meanwhile."""
+    from serve.canary.traffic import traffic_table
+    from serve.client import wait_ready
+    from serve.launch import deploy
+
+    url = server["url"] + "/canary"
+    args = server["main"].model_copy(
+        update={
+            "min_replicas": 1,
+            "max_replicas": 1,
+            "version": "e2e/1",
+            "canary": ModelArgs(checkpoint=str(runs[1]), version="e2e/2"),
+            "canary_share": 0.0,
+        }
+    )
+    table = traffic_table()
+    state = {"phase": "canary", "candidate": "e2e/2", "champion": "e2e/1", "reason": ""}
+    ray.get(table.set_share.remote("canary", 0.0, {**state, "since": time.time()}))
+    deploy(args, name="canary", route_prefix="/canary")
+    try:
+        wait_ready(url, timeout=240)
+        assert ray.get(table.get_args.remote("canary"))["canary"]["version"] == "e2e/2"
+        files = [("files", ("a.png", images[2][0], "image/png"))]
+        with Load(url + "/predict", files, concurrency=3) as load, httpx.Client(timeout=60) as c:
+            assert _answers(c, url + "/predict", files, 30) == {"e2e/1": 30}
+            ray.get(table.set_share.remote("canary", 1.0, {**state, "since": time.time()}))
+            _share_reads(url, 1.0)
+            assert _answers(c, url + "/predict", files, 30) == {"e2e/2": 30}
+            ray.get(table.set_share.remote("canary", 0.3, {**state, "since": time.time()}))
+            _share_reads(url, 0.3)
+            seen = _answers(c, url + "/predict", files, 300)
+            pinned: Counter = Counter()
+            for _ in range(10):
+                r = c.post(url + "/predict", files=files, headers={"X-Model-Version": "e2e/1"})
+                pinned[r.headers["x-model-version"]] += 1
+        assert set(seen) == {"e2e/1", "e2e/2"} and abs(seen["e2e/2"] / 300 - 0.3) <= 0.1, seen
+        assert pinned == {"e2e/1": 10}, pinned
+        assert load.failures == 0 and sum(load.codes.values()) > 0, load.errors[:5]
+        info = httpx.get(url + "/model").json()
+        assert info["canary"]["state"]["candidate"] == "e2e/2"
+        assert [v["label"] for v in info["versions"]] == ["e2e/1", "e2e/2"]
+    finally:
+        serve.delete("canary")
+        serve.delete("canary-health")
+
+
 # --- the web page in headless Chromium --------------------------------------------------------
 
 
@@ -339,6 +407,9 @@ def test_web_page_in_chromium(server, images, predictor, tmp_path):
     png = tmp_path / "cifar.png"
     png.write_bytes(images[2][0])
     want = predictor.top_k(predictor.probabilities(decode_image(images[2][0])[None]), 5)[0]
+    model = httpx.get(server["url"] + "/secure/model", headers=server["auth"]).json()
+    (served,) = model["versions"]
+    assert served["test_acc"] is not None  # the run's test.json: the page shows a figure
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=chromium,
@@ -369,6 +440,30 @@ def test_web_page_in_chromium(server, images, predictor, tmp_path):
             widths = [float(w.rstrip("%")) for w in rows.locator(".pct").all_inner_texts()]
             assert labels == [w.label for w in want]
             np.testing.assert_allclose(widths, [100 * w.probability for w in want], atol=0.051)
+            assert page.locator("#error").inner_text() == ""
+            # the served version, its accuracy and weights, as /model has them
+            page.wait_for_selector("#versions .version", timeout=30_000)
+            cards = page.locator("#versions .version")
+            assert cards.count() == 1
+            assert cards.locator(".vlabel").inner_text() == served["label"]
+            assert cards.locator(".sha").inner_text() == served["sha256"][:12]
+            assert cards.locator(".sha").get_attribute("title") == served["sha256"]
+            accuracy = f"{100 * served['test_acc']:.2f}%"
+            assert cards.locator(".test").inner_text().startswith(accuracy)
+            assert "100.00% of requests" in cards.locator(".share").inner_text()
+            assert page.locator("#canary").is_hidden()
+            # a click on a bundled test image classifies it
+            sample = samples.load()[3]
+            want = predictor.top_k(predictor.probabilities(decode_image(sample["png"])[None]), 5)[0]
+            page.click(f".sample[data-index='{sample['index']}']")
+            page.wait_for_selector(
+                "#answer:has-text('true class'), #error:not(:empty)", timeout=30_000
+            )
+            assert page.locator("#error").inner_text() == ""
+            labels = page.locator("#results .row .label").all_inner_texts()
+            assert labels == [w.label for w in want]
+            answer = page.locator("#answer").inner_text()
+            assert answer == f"Answered by {served['label']}; the true class: {sample['label']}"
             assert page.locator("#error").inner_text() == ""
             # the page ran under its Content-Security-Policy, and kept the key nowhere
             assert not [m for m in console if "Content Security Policy" in m], console

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from modresnet.cli_common import say, user_errors
+from modresnet.cli_config import setting_flags, with_flags
 from modresnet.registry.commands import RegistryUri, Storage
 from modresnet.registry.gate import GATE_TOLERANCE
 from serve.args import APP_NAME
+from serve.canary.settings import CanarySettings
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -22,42 +24,11 @@ def _stop(signum: int, frame: object) -> None:
 
 
 @user_errors
+@with_flags(setting_flags(CanarySettings, {}), into="given", after="version")
 def promote(
+    given: dict[str, Any],
     name: Annotated[str, typer.Argument(help="Registered model name.")],
     version: Annotated[str, typer.Argument(help="The version to promote.")],
-    canary: Annotated[
-        float, typer.Option(help="First share of the requests the candidate answers, in %.")
-    ] = 10,
-    step: Annotated[
-        float, typer.Option(help="Share added after each good window, in % (up to below 100).")
-    ] = 30,
-    interval: Annotated[
-        float,
-        typer.Option(
-            help="Seconds per window of the serving metrics (Ray exports them every "
-            "RAY_metrics_report_interval_ms, 10 s by default: use at least twice that)."
-        ),
-    ] = 20,
-    watch: Annotated[
-        float, typer.Option(help="Seconds of good windows, over all steps, before promotion.")
-    ] = 60,
-    error_margin: Annotated[
-        float,
-        typer.Option(
-            help="Roll back when the candidate's 5xx rate exceeds the champion's by "
-            "more than this (0.01: one point)."
-        ),
-    ] = 0.01,
-    latency_margin: Annotated[
-        float,
-        typer.Option(
-            help="Roll back when the candidate's p99 latency exceeds the champion's "
-            "by more than this share (0.5: 50%)."
-        ),
-    ] = 0.5,
-    min_requests: Annotated[
-        int, typer.Option(help="A window with fewer requests for either version decides nothing.")
-    ] = 20,
     tolerance: Annotated[
         float,
         typer.Option(
@@ -72,10 +43,6 @@ def promote(
     ] = None,
     registry: RegistryUri = None,
     storage: Storage = None,
-    fail_rate: Annotated[
-        float,
-        typer.Option(help="Rehearse a rollback: this share of the canary's batches fail (500)."),
-    ] = 0.0,
     direct: Annotated[
         bool, typer.Option("--direct", help="No canary: champion at once, the app rolled over.")
     ] = False,
@@ -83,11 +50,10 @@ def promote(
     """Serve VERSION beside the champion on a share of the live traffic, raise the share while
     its error rate and p99 latency hold, then make it champion; roll back on its own when not."""
     from modresnet.registry import open_registry
-    from serve.canary.promote import plan, promote_direct
     from serve.canary.promote import promote as run_canary
+    from serve.canary.promote import promote_direct
 
-    if not direct:  # a bad flag fails before anything is opened
-        plan(canary, step, interval, watch, error_margin, latency_margin, min_requests, fail_rate)
+    settings = CanarySettings(**given)  # a bad flag fails before anything is opened
     reg = open_registry(registry, storage)
     if direct:
         promote_direct(reg, name, version, app, address, say, tolerance=tolerance)
@@ -101,15 +67,8 @@ def promote(
             version,
             app=app,
             address=address,
-            canary=canary,
-            step=step,
-            interval=interval,
-            watch=watch,
-            error_margin=error_margin,
-            latency_margin=latency_margin,
-            min_requests=min_requests,
+            settings=settings,
             tolerance=tolerance,
-            fail_rate=fail_rate,
             info=say,
         )
     finally:

@@ -35,6 +35,7 @@ from modresnet.registry import (
 )
 from serve.args import APP_NAME, ModelArgs, ServeArgs, registered
 from serve.canary import watch as readings
+from serve.canary.settings import CanarySettings
 
 Outcome = Literal["promoted", "rolled_back"]
 NOTE = "canary"  # the version tag that records a canary's outcome
@@ -72,42 +73,19 @@ class Plan:
         return max(self.watch, PATIENCE_INTERVALS * self.interval)
 
 
-def plan(
-    canary: float,
-    step: float,
-    interval: float,
-    watch_s: float,
-    error_margin: float,
-    latency_margin: float,
-    min_requests: int,
-    fail_rate: float,
-) -> Plan:
-    """The shares canary, canary+step, ... below 100% (100% is the promotion itself), every
-    flag checked: a bad one is one line naming it."""
-
-    def need(ok: bool, flag: str, value: float, rule: str) -> None:
-        if not ok:
-            raise PromoteError(f"--{flag} {value:g}: {rule}")
-
-    need(0 < canary < 100, "canary", canary, "a percentage above 0 and below 100 (100 is --direct)")
-    need(0 < step <= 100, "step", step, "a percentage above 0, at most 100")
-    need(interval > 0, "interval", interval, "seconds, above 0")
-    need(watch_s >= 0, "watch", watch_s, "seconds, 0 or more")
-    need(0 <= error_margin < 1, "error-margin", error_margin, "a share of requests in [0, 1)")
-    need(latency_margin >= 0, "latency-margin", latency_margin, "a relative increase, 0 or more")
-    need(min_requests >= 1, "min-requests", min_requests, "at least 1")
-    need(0 <= fail_rate <= 1, "fail-rate", fail_rate, "a share of batches in [0, 1]")
+def plan(s: CanarySettings) -> Plan:
+    """The shares canary, canary+step, ... below 100% (100% is the promotion itself)."""
     shares = []
-    pct = canary
+    pct = s.canary
     while pct < 100:
         shares.append(round(pct / 100, 6))
-        pct += step
+        pct += s.step
     return Plan(
         tuple(shares),
-        interval,
-        watch_s,
-        readings.Margins(error_margin, latency_margin, min_requests),
-        fail_rate,
+        s.interval,
+        s.watch,
+        readings.Margins(s.error_margin, s.latency_margin, s.min_requests),
+        s.fail_rate,
     )
 
 
@@ -220,21 +198,14 @@ def promote(
     *,
     app: str = APP_NAME,
     address: str | None = None,
-    canary: float = 10,
-    step: float = 30,
-    interval: float = 20,
-    watch: float = 60,
-    error_margin: float = 0.01,
-    latency_margin: float = 0.5,
-    min_requests: int = 20,
+    settings: CanarySettings | None = None,
     tolerance: float = GATE_TOLERANCE,
-    fail_rate: float = 0.0,
     route_prefix: str = "/",
     info: Callable[[str], None] = print,
 ) -> PromotionResult:
     """Serve `version` beside the champion in the running app, climb the shares while the
     metrics hold, then promote it, or roll back on their first bad window."""
-    p = plan(canary, step, interval, watch, error_margin, latency_margin, min_requests, fail_rate)
+    p = plan(settings or CanarySettings())
     candidate = registry.get(ModelRef(name, version=version))
     champion = registry.gate(name, version, tolerance)
     if champion is None:

@@ -46,6 +46,7 @@ from modresnet.cli import app as cli  # noqa: E402
 from modresnet.registry import CANDIDATE, ModelRef, open_registry  # noqa: E402
 from serve.canary.command import promote as promote_command  # noqa: E402
 from serve.canary.promote import promote  # noqa: E402
+from serve.canary.settings import CanarySettings  # noqa: E402
 from serve.environment import INGRESS, serve_env  # noqa: E402
 from serve.ports import free_port  # noqa: E402
 
@@ -265,12 +266,9 @@ def test_a_canary_promotion_with_no_failed_request(cluster):
             reg,
             NAME,
             better.version,
-            canary=20,
-            step=30,
-            interval=WINDOW_S,
-            watch=12,
-            min_requests=10,
-            latency_margin=3,
+            settings=CanarySettings(
+                canary=20, step=30, interval=WINDOW_S, watch=12, min_requests=10, latency_margin=3
+            ),
             info=lines.append,
         )
         done_at = time.time()

@@ -319,7 +319,8 @@ def _join(target: RayTarget, level: int) -> None:
 # --------------------------------------------------------------------------- W&B
 
 WandbMode = Literal["online", "offline", "disabled"]
-WANDB_WORKER_VARS = ("WANDB_SILENT", "WANDB_PROJECT")  # with WANDB_MODE: all a worker is sent
+# with WANDB_MODE: all a worker is sent (WANDB_RUN_GROUP: the group of a pipeline's runs)
+WANDB_WORKER_VARS = ("WANDB_SILENT", "WANDB_PROJECT", "WANDB_RUN_GROUP")
 
 
 class WandbKeyError(UserError):
@@ -336,6 +337,13 @@ class WandbPolicy:
     @property
     def enabled(self) -> bool:
         return self.mode != "disabled"
+
+    @property
+    def group(self) -> str | None:
+        """The group every W&B run of this command joins: W&B's own WANDB_RUN_GROUP (which
+        `modresnet pipeline` sets, so a pipeline's trials and retrain share one), else None:
+        the command's own grouping."""
+        return os.environ.get("WANDB_RUN_GROUP") or None
 
     def worker_env(self) -> dict[str, str]:
         """The W&B settings Ray workers on other nodes need to log the same way. Never the

@@ -1,4 +1,4 @@
-"""`modresnet jobs ...`: run train | tune | serve on a Ray cluster through the Jobs API
+"""`modresnet jobs ...`: run train | tune | serve | pipeline on a Ray cluster through the Jobs API
 (submit.py, imported only when a command runs)."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from modresnet.cli_common import console, err_console, user_errors
 from modresnet.errors import UserError
 
 jobs_app = typer.Typer(
-    no_args_is_help=True, help="Run train | tune | serve on a Ray cluster through the Jobs API."
+    no_args_is_help=True,
+    help="Run train | tune | serve | pipeline on a Ray cluster through the Jobs API.",
 )
 
 JobsAddress = Annotated[
@@ -45,16 +46,27 @@ def _exit_for(status: str) -> None:
 
 def _check_passthrough(ctx: typer.Context, command: str, args: list[str]) -> None:
     """Parse the pass-through args with the local command's own options, so a typo fails here
-    in a second instead of on the cluster."""
+    in a second instead of on the cluster; for a command group (`pipeline run ...`), down to
+    the subcommand's own options."""
     cmd = getattr(ctx.find_root().command, "commands", {}).get(command)
     if cmd is None:
         raise UserError(f"this modresnet has no `{command}` command to submit")
+    name, rest, parent, where = command, list(args), None, command
     try:
-        cmd.make_context(command, list(args), resilient_parsing=False)
+        while True:
+            parsed = cmd.make_context(name, rest, parent=parent, resilient_parsing=False)
+            if not hasattr(cmd, "resolve_command"):
+                return
+            rest = [*parsed._protected_args, *parsed.args]
+            if not rest:
+                return  # the group's own help, as it answers locally
+            sub_name, sub, rest = cmd.resolve_command(parsed, rest)
+            name, cmd, parent = sub_name or name, sub, parsed
+            where = f"{where} {name}"
     except Exception as err:  # click's UsageError, or typer's vendored copy of it
         if not any(c.__name__ == "UsageError" for c in type(err).__mro__):
             raise
-        raise UserError(f"{command}: {err}") from None  # its message, as click formats it
+        raise UserError(f"{where}: {err}") from None  # its message, as click formats it
 
 
 @jobs_app.command(
@@ -64,7 +76,8 @@ def _check_passthrough(ctx: typer.Context, command: str, args: list[str]) -> Non
 def jobs_submit(
     ctx: typer.Context,
     command: Annotated[
-        str, typer.Argument(help="train | tune | serve; every further option goes to it.")
+        str,
+        typer.Argument(help="train | tune | serve | pipeline; every further option goes to it."),
     ],
     address: JobsAddress = None,
     submission_id: Annotated[str | None, typer.Option(help="Job id (default: generated).")] = None,

@@ -1,4 +1,5 @@
-"""`modresnet jobs ...`: submit `modresnet train|tune|serve` to a Ray cluster through the Jobs API.
+"""`modresnet jobs ...`: submit `modresnet train|tune|serve|pipeline` to a Ray cluster through the
+Jobs API.
 
 The job runs `python -m modresnet.cli <command> <args...>` in a working_dir staged from an
 allowlist of this source tree (`shipped_files`): nothing else in a checkout (data, runs, .git,
@@ -33,7 +34,7 @@ from jobs.ray_private import JobsHttpError, jobs_client
 from jobs.runtime import env_override, is_secret_name
 from modresnet.errors import UserError
 
-COMMANDS = ("train", "tune", "serve")
+COMMANDS = ("train", "tune", "serve", "pipeline")
 # Forwarded into the job's runtime_env (visible to anyone who can read the Jobs API, so never
 # anything that looks like a credential: set WANDB_API_KEY on the cluster nodes instead).
 FORWARD_VARS = ("MODRESNET_DATA", "MODRESNET_RUNS")

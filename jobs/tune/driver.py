@@ -49,8 +49,9 @@ def _wandb_callbacks(
     wandb: WandbPolicy, options: TuneOptions, job: TuneJob, info: Callable[[str], None]
 ) -> list:
     """One W&B run per trial, by the policy all commands share (jobs.runtime.wandb_policy),
-    grouped by search, tagged and configured with its search algorithm and scheduler."""
-    group = job.name
+    grouped by search (or by the pipeline that runs it), tagged and configured with its
+    search algorithm and scheduler."""
+    group = wandb.group or job.name
     project = os.environ.get("WANDB_PROJECT", options.wandb_project)
     if not wandb.enabled:
         info(wandb.reason)

@@ -147,6 +147,8 @@ class TuneJob(SearchSettings):
     space_source: str  # where the space came from, for messages
     train_storage: str  # Ray Train runs of data-parallel trials
     remote: str | None = None  # object-storage root: Tune's storage_path, outputs published there
+    # export the best trial as best-run/ and test it once; a pipeline tests its retrain instead
+    test_best: bool = True
 
     @property
     def experiment(self) -> Path:
@@ -233,6 +235,7 @@ def new_job(
     storage: Path,
     name: str,
     remote: str | None = None,
+    test_best: bool = True,
 ) -> TuneJob:
     """A new search of `space` around `base`, whose trials train max_epochs at most."""
     exp = storage / names.name(name, "--name")
@@ -245,6 +248,7 @@ def new_job(
         space_source=space.source,
         train_storage=str(exp / "train-runs"),
         remote=remote,
+        test_best=test_best,
     )
     job.search_space()  # refuses a space this search or scheduler cannot use
     return job

@@ -347,28 +347,23 @@ def summarize(grid, job: TuneJob, info: Callable[[str], None] = print) -> TuneOu
     outcome.best = best
     (exp / "best_config.yaml").write_text(best.config.to_yaml())
     outcome.files["best_config"] = exp / "best_config.yaml"
-    run, test = export_best(best, exp)
-    outcome.test = test
-    outcome.files["best_run"] = run.path
-    (exp / "summary.json").write_text(
-        json.dumps(
-            {
-                "best_trial": best.trial_id,
-                f"best_{job.metric}": best.best_metric,
-                "best_val_acc": best.best_val_acc,
-                "test_acc": test["test_acc"],
-                "test_n": test["n"],
-                "trials": len(rows),
-                "stopped_early": sum(r.stopped_early for r in rows),
-                "epochs_trained": sum(r.trained for r in rows),
-                "pbt_exploits": sum(len(r.exploits) for r in rows),
-                "search": job.search,
-                "scheduler": job.scheduler,
-                "best_run": str(run.path),
-                "best_config": best.values,
-            },
-            indent=2,
-        )
-    )
+    summary = {
+        "best_trial": best.trial_id,
+        f"best_{job.metric}": best.best_metric,
+        "best_val_acc": best.best_val_acc,
+        "trials": len(rows),
+        "stopped_early": sum(r.stopped_early for r in rows),
+        "epochs_trained": sum(r.trained for r in rows),
+        "pbt_exploits": sum(len(r.exploits) for r in rows),
+        "search": job.search,
+        "scheduler": job.scheduler,
+        "best_config": best.values,
+    }
+    if job.test_best:
+        run, test = export_best(best, exp)
+        outcome.test = test
+        outcome.files["best_run"] = run.path
+        summary.update(test_acc=test["test_acc"], test_n=test["n"], best_run=str(run.path))
+    (exp / "summary.json").write_text(json.dumps(summary, indent=2))
     outcome.files["summary"] = exp / "summary.json"
     return outcome

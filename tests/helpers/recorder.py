@@ -1,8 +1,10 @@
-"""A loopback HTTP server that records what clients send (path, Authorization), for the
-tests of requests that carry the cluster token."""
+"""Loopback HTTP servers that record what clients send: `Recorder` the path and Authorization
+of GETs (the tests of requests that carry the cluster token), `Inbox` POSTed JSON bodies (the
+pipeline's --notify)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -31,6 +33,36 @@ class Recorder:
 
         self.server = ThreadingHTTPServer((host, 0), Handler)
         self.url = f"http://{host}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Inbox:
+    """A loopback HTTP server that records every POSTed JSON body and answers with the next
+    status of `statuses` (200 once they run out)."""
+
+    def __init__(self, statuses: list[int] | None = None):
+        self.bodies: list[dict] = []
+        self.statuses = list(statuses or [])
+        inbox = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                inbox.bodies.append(json.loads(body))
+                status = inbox.statuses.pop(0) if inbox.statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T0/B0/secret"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):

@@ -68,7 +68,8 @@ def test_user_errors_exit_2_without_traceback(args, message):
 def test_help_imports_neither_torch_nor_ray():
     code = (
         "import sys\nfrom typer.testing import CliRunner\nfrom modresnet.cli import app\n"
-        "for args in ([], ['train'], ['tune'], ['serve'], ['jobs', 'submit'], ['cluster']):\n"
+        "for args in ([], ['train'], ['tune'], ['serve'], ['jobs', 'submit'], ['cluster'],\n"
+        "             ['models'], ['models', 'promote'], ['pipeline'], ['pipeline', 'run']):\n"
         "    assert CliRunner().invoke(app, [*args, '--help']).exit_code == 0, args\n"
         "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
     )

@@ -143,12 +143,14 @@ def test_saved_search_round_trips_in_the_format_earlier_versions_wrote(tmp_path)
         "train_storage",
         "search",  # since issue 14; a file without them is random search + ASHA
         "scheduler",
+        "test_best",  # since the pipeline; a file without it tests its best trial
     }
     job = read_job(exp)
     assert job.to_dict() == saved and job.base.train.epochs == 3 and job.mode == "max"
-    older = {k: v for k, v in saved.items() if k not in ("search", "scheduler")}
+    older = {k: v for k, v in saved.items() if k not in ("search", "scheduler", "test_best")}
     (exp / JOB_FILE).write_text(json.dumps(older))
     assert (read_job(exp).search, read_job(exp).scheduler) == ("random", "asha")
+    assert read_job(exp).test_best
 
 
 @pytest.mark.parametrize(
@@ -241,6 +243,7 @@ def test_a_search_file_as_written_before_still_loads():
     job = TuneJob.from_dict(saved, JOB_FILE)
     now = job.to_dict()
     base, old_base = now.pop("base"), saved.pop("base")
+    assert now.pop("test_best") is True  # newer than the file: its best trial is tested
     assert now == saved
     old_base["train"]["tta_views"] = 2 if old_base["train"].pop("tta") else 1
     assert all(base[s][k] == v for s, fields in old_base.items() for k, v in fields.items())

@@ -62,10 +62,11 @@ def project_root() -> Path:
     )
 
 
-# What a job needs: the packages (their source and config files only), the project metadata and
-# the cluster configs. Regular files only: a symlink could point anywhere.
+# What a job needs: the packages (their source and config files only), the project metadata,
+# the page's sample images and the cluster configs. Regular files only: a symlink could point
+# anywhere. No .json by suffix: a cloud credential is often one.
 SHIPPED_DIRS = ("modresnet", "jobs", "serve", "cluster")
-SHIPPED_FILES = ("pyproject.toml", "constraints.txt")
+SHIPPED_FILES = ("pyproject.toml", "constraints.txt", "serve/protocols/samples.json")
 SHIPPED_SUFFIXES = (".py", ".yaml", ".html")
 
 

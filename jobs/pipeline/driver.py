@@ -103,13 +103,18 @@ def run_pipeline(
             save=lambda: store.write(state),
         )
         verify(ctx, info)
-        os.environ["WANDB_RUN_GROUP"] = os.environ.get("WANDB_RUN_GROUP") or (
-            f"pipeline-{settings.name}"
-        )
-        os.environ.setdefault("WANDB_PROJECT", WANDB_PROJECT)
+        group = os.environ.get("WANDB_RUN_GROUP") or f"pipeline-{settings.name}"
+        wandb_env = {"WANDB_RUN_GROUP": group, "WANDB_PROJECT": WANDB_PROJECT}
+        before = {k: os.environ.get(k) for k in wandb_env}
+        os.environ.update({k: before[k] or v for k, v in wandb_env.items()})
         try:
             _run_stages(ctx, store, notifier, info)
         finally:
+            for k, v in before.items():  # the stages' W&B group, not the process's
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
             if connection and connection[0] != "existing":
                 import ray
 

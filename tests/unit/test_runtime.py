@@ -49,6 +49,7 @@ def test_workers_get_the_wandb_settings_never_the_key(monkeypatch):
     monkeypatch.setenv("WANDB_PROJECT", "p")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
     worker = runtime.wandb_policy(None).worker_env()
     assert worker == {"WANDB_MODE": "online", "WANDB_PROJECT": "p", "WANDB_SILENT": "true"}
     assert "the-key" not in repr(worker)

@@ -37,19 +37,29 @@ def deploy(args: ServeArgs, name: str = APP_NAME, route_prefix: str = "/") -> An
     """Deploy, or roll an existing app of that name over to new args in place; with it, its
     health app `{name}-health` at `{route_prefix}/v2/health` (longest prefix wins in Serve).
     The args go to the traffic table (serve/canary/traffic.py), where a promotion finds what
-    the running app serves."""
+    the running app serves. A health app already running for the same prefix is kept: it
+    only reads the controller, so a rolling update of the model need not restart it."""
     import ray
 
     from serve.canary.traffic import traffic_table
 
-    handle = serve.run(build_app(args), name=name, route_prefix=route_prefix, blocking=False)
-    ray.get(traffic_table().put_args.remote(name, args.model_dump()))
-    serve.run(
-        build_health(HealthArgs(app=name)),
-        name=f"{name}-health",
-        route_prefix=route_prefix.rstrip("/") + "/v2/health",
-        blocking=False,
+    table = traffic_table()
+    health = f"{name}-health"
+    running = serve.status().applications.get(health)
+    keep_health = (
+        running is not None
+        and running.status == "RUNNING"
+        and ray.get(table.get_route.remote(name)) == route_prefix
     )
+    handle = serve.run(build_app(args), name=name, route_prefix=route_prefix, blocking=False)
+    ray.get(table.put_args.remote(name, args.model_dump(), route_prefix))
+    if not keep_health:
+        serve.run(
+            build_health(HealthArgs(app=name)),
+            name=health,
+            route_prefix=route_prefix.rstrip("/") + "/v2/health",
+            blocking=False,
+        )
     return handle
 
 

@@ -153,7 +153,7 @@ def live_app(
     registry: Registry,
     name: str,
     app: str,
-    route_prefix: str,
+    route_prefix: str | None,
     info: Callable[[str], None],
 ) -> Live:
     """The app `app` as its last deploy left it (the traffic table), refusing one that does
@@ -173,6 +173,7 @@ def live_app(
     if stored is None:
         raise NoAppError(f"the Serve app {app!r} was not deployed by modresnet; {start}")
     args = ServeArgs.model_validate(stored)
+    route_prefix = route_prefix or ray.get(table.get_route.remote(app), timeout=30) or "/"
     if args.canary is not None:
         info(f"replacing the canary {args.canary.version or args.canary.checkpoint} left running")
     primary = args.model_copy(update={"canary": None, "canary_share": 0.0})
@@ -200,7 +201,7 @@ def promote(
     address: str | None = None,
     settings: CanarySettings | None = None,
     tolerance: float = GATE_TOLERANCE,
-    route_prefix: str = "/",
+    route_prefix: str | None = None,
     info: Callable[[str], None] = print,
 ) -> PromotionResult:
     """Serve `version` beside the champion in the running app, climb the shares while the
@@ -351,7 +352,7 @@ def promote_direct(
     info: Callable[[str], None] = print,
     *,
     tolerance: float = GATE_TOLERANCE,
-    route_prefix: str = "/",
+    route_prefix: str | None = None,
 ) -> PromotionResult:
     """No canary: the gate, `champion` to `version`, then the running app (if one runs)
     rolled over to it alone."""

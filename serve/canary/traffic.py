@@ -20,17 +20,23 @@ PHASES = ("canary", "promoted", "rolled_back")
 
 
 class TrafficTable:
-    """Per app name: its deploy args, and (share, state) of its canary."""
+    """Per app name: its deploy args and route prefix, and (share, state) of its canary."""
 
     def __init__(self) -> None:
         self._args: dict[str, dict[str, Any]] = {}
+        self._routes: dict[str, str] = {}
         self._shares: dict[str, tuple[float, dict[str, Any]]] = {}
 
-    def put_args(self, app: str, args: dict[str, Any]) -> None:
+    def put_args(self, app: str, args: dict[str, Any], route_prefix: str = "/") -> None:
         self._args[app] = args
+        self._routes[app] = route_prefix
 
     def get_args(self, app: str) -> dict[str, Any] | None:
         return self._args.get(app)
+
+    def get_route(self, app: str) -> str | None:
+        """The route prefix `app` was last deployed at (None: not deployed through here)."""
+        return self._routes.get(app)
 
     def set_share(self, app: str, share: float, state: dict[str, Any]) -> None:
         if not 0 <= share <= 1:

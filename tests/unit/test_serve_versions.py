@@ -74,7 +74,7 @@ def _labels(client: TestClient, n: int) -> Counter:
     )
 
 
-@pytest.mark.parametrize("share", [0.0, 0.25, 1.0])
+@pytest.mark.parametrize("share", [0.0, 0.25])  # each then at 1 - share: 1.0, 0.75
 def test_the_canary_answers_its_share_of_requests(random_checkpoint, canary_run, share):
     svc, _ = _service(random_checkpoint, canary_run / "best", share, version=CANARY)
     random.seed(7)

@@ -19,13 +19,21 @@ from modresnet.errors import UserError
 console = Console()
 err_console = Console(stderr=True)
 
-# train and tune share one W&B rule (jobs.runtime.wandb_policy).
+# train, tune and pipeline share one W&B rule (jobs.runtime.wandb_policy).
 Wandb = Annotated[
     bool,
     typer.Option(
         "--wandb/--no-wandb",
         help="Log to W&B: online with WANDB_API_KEY, else offline; "
         "--no-wandb or WANDB_MODE=disabled turns it off.",
+    ),
+]
+
+# Every command that runs on Ray joins a cluster by the one rule of jobs/runtime.py.
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster HOST:PORT or auto (else $RAY_ADDRESS, else an embedded local Ray)."
     ),
 ]
 

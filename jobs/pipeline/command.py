@@ -11,8 +11,9 @@ from typing import Annotated, Any
 import typer
 
 from jobs.pipeline.settings import Promote, RetrainSettings
+from jobs.tune.command import Verbose
 from jobs.tune.job import SearchSettings
-from modresnet.cli_common import Wandb, console, err_console, say, user_errors
+from modresnet.cli_common import RayAddress, Wandb, console, err_console, say, user_errors
 from modresnet.cli_config import (
     ConfigFile,
     Preset,
@@ -104,10 +105,7 @@ def run(
             "(default 0.005, half a point)."
         ),
     ] = None,
-    address: Annotated[
-        str | None,
-        typer.Option(help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)."),
-    ] = None,
+    address: RayAddress = None,
     notify: Annotated[
         str | None,
         typer.Option(
@@ -116,9 +114,7 @@ def run(
         ),
     ] = None,
     wandb: Wandb = True,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", help="Ray Tune's own progress reporter.")
-    ] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run a pipeline: a search, a retrain of its best configuration at the full budget, the
     test evaluation, registration, the gate against the champion and promotion. Run the

@@ -12,6 +12,7 @@ import typer
 
 from modresnet import config as configs
 from modresnet.cli_common import (
+    RayAddress,
     Wandb,
     default_name,
     describe,
@@ -111,10 +112,7 @@ def train(
     cpus_per_worker: Annotated[
         float, typer.Option(help="CPUs (and torch threads) per worker.")
     ] = 1.0,
-    address: Annotated[
-        str | None,
-        typer.Option(help="Ray cluster HOST:PORT (else $RAY_ADDRESS, else an embedded local Ray)."),
-    ] = None,
+    address: RayAddress = None,
     max_failures: Annotated[
         int, typer.Option(help="Worker-group restarts from the latest checkpoint.")
     ] = 3,

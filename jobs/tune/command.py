@@ -10,7 +10,15 @@ import typer
 
 from jobs.tune.job import SearchSettings
 from jobs.tune.space import flatten
-from modresnet.cli_common import Wandb, console, default_name, err_console, say, user_errors
+from modresnet.cli_common import (
+    RayAddress,
+    Wandb,
+    console,
+    default_name,
+    err_console,
+    say,
+    user_errors,
+)
 from modresnet.cli_config import (
     ConfigFile,
     Preset,
@@ -75,6 +83,16 @@ def check_resume(
         )
 
 
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        help="Ray Tune's own progress reporter (trial tables, configs, results) "
+        "instead of the compact table.",
+    ),
+]
+
+
 @user_errors
 @with_flags(
     setting_flags(SearchSettings, {"max_epochs": "the config's train.epochs"}),
@@ -101,10 +119,7 @@ def tune(
             "s3://BUCKET/PREFIX, gs://..., file://..."
         ),
     ] = None,
-    address: Annotated[
-        str | None,
-        typer.Option(help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)."),
-    ] = None,
+    address: RayAddress = None,
     resume: Annotated[
         str | None,
         typer.Option(
@@ -114,14 +129,7 @@ def tune(
         ),
     ] = None,
     wandb: Wandb = True,
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            "--verbose",
-            help="Ray Tune's own progress reporter (trial tables, configs, results) "
-            "instead of the compact table.",
-        ),
-    ] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Search recipes with Ray Tune (random or Optuna; ASHA, PBT or FIFO); write a
     leaderboard and export the best model."""

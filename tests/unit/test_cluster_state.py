@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -94,11 +95,22 @@ def ray_temp_dir():
 def _as_nobody(*cmd: str, **kwargs) -> subprocess.Popen:
     if os.geteuid() != 0:
         pytest.skip("starting a process of another user (setpriv --reuid) needs root")
-    return subprocess.Popen(
+    from jobs.cluster.procs import read_proc
+
+    proc = subprocess.Popen(
         ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", *cmd],
         stderr=subprocess.DEVNULL,
         **kwargs,
     )
+    # setpriv runs as root until it drops to nobody and execs the command: a test that reads
+    # the process before then sees root's `setpriv ...`, not another user's process
+    deadline = time.monotonic() + 10
+    while (seen := read_proc(proc.pid)) is None or 0 in seen.uids:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"setpriv never became nobody running {cmd[0]}")
+        time.sleep(0.01)
+    return proc
 
 
 def test_down_signals_no_process_by_its_command_line_nor_any_of_another_user(

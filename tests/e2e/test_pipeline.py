@@ -5,10 +5,10 @@ epochs), a real MLflow registry and real HTTP:
   becomes champion (nothing to canary against) and `modresnet serve models:/NAME@champion`
   answers with it; every stage change reached `--notify`; a second pipeline whose candidate
   is worse (lr 1e-5, one epoch: chance) stops at the gate, exit 3, the champion still serving;
-* locally: the driver killed during the retrain, then the same command again, continues at
-  the retrain (Ray Train's resume) without repeating the search;
-* locally with --storage s3:// on a moto server: the state, search, run and registry
-  artifacts in the bucket, `pipeline status` read from there.
+* locally with --storage s3:// on a moto server: the driver killed during the retrain, then
+  the same command again, continues at the retrain (Ray Train's resume from the bucket)
+  without repeating the search; the state, search, run and registry artifacts are in the
+  bucket, and `pipeline status` reads them from there.
 """
 
 from __future__ import annotations
@@ -164,60 +164,7 @@ def _version(url: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------
-# locally: killed during the retrain, then resumed
-
-
-@pytest.mark.ray
-def test_a_driver_killed_in_the_retrain_resumes_there_without_repeating_the_search(
-    tmp_path, data_dir
-):
-    (tmp_path / "good.yaml").write_text(GOOD_SPACE)
-    cmd = [
-        *(sys.executable, "-m", "modresnet.cli", "pipeline", "run", "resumed", *SMALL),
-        *("--samples", "2", "--epochs", "3", "--workers", "1", "--promote", "none"),
-        *("--space", str(tmp_path / "good.yaml"), "--data-dir", str(data_dir)),
-        *("--storage", str(tmp_path / "runs")),
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if re.match(r"epoch\s+1/3", line):
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
-            break
-    proc.wait(timeout=60)
-    assert any("== retrain" in line for line in lines), "".join(lines)[-3000:]
-    run = tmp_path / "runs" / "resumed"
-    killed = _stages(_state(run))
-    assert killed["search"]["status"] == "done" and killed["retrain"]["status"] == "running"
-    trials = sorted((run / "search").glob("run_trial_*"))
-    stamps = {t: t.stat().st_mtime for t in trials}
-
-    t0 = time.monotonic()
-    again = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-    print(f"resumed pipeline: {time.monotonic() - t0:.0f}s")
-    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
-    assert "== search" not in again.stdout and "== retrain" in again.stdout
-    assert "resuming the unfinished Ray run" in again.stdout
-    stages = _stages(_state(run))
-    assert stages["search"]["attempt"] == 1 and stages["retrain"]["attempt"] == 2
-    assert stages["promote"]["status"] == "skipped"
-    assert {t: t.stat().st_mtime for t in sorted((run / "search").glob("run_trial_*"))} == stamps
-    epochs = [json.loads(x)["epoch"] for x in (run / "retrain" / "metrics.jsonl").open()]
-    assert epochs == [1, 2, 3]
-    assert "validation accuracy" in again.stdout and "test accuracy" in again.stdout
-
-
-# ------------------------------------------------------------------------------------------
-# locally, into object storage
+# locally, into object storage: killed during the retrain, then resumed
 
 
 @pytest.fixture(scope="module")
@@ -225,33 +172,79 @@ def s3(tmp_path_factory):
     yield from moto_s3(tmp_path_factory)
 
 
+def _bucket(prefix: str) -> dict[str, bytes]:
+    return _objects(f"pipes/{prefix}")
+
+
 @pytest.mark.ray
-def test_a_pipeline_into_object_storage(s3, tmp_path, data_dir):
+def test_a_pipeline_into_object_storage_killed_in_the_retrain_resumes_there(s3, tmp_path, data_dir):
     (tmp_path / "good.yaml").write_text(GOOD_SPACE)
     where = f"s3://{BUCKET}/pipes"
     cmd = [
-        *(sys.executable, "-m", "modresnet.cli", "pipeline", "run", "remote", *SMALL),
-        *("--samples", "2", "--epochs", "1", "--workers", "1", "--promote", "direct"),
+        *(sys.executable, "-m", "modresnet.cli", "pipeline", "run", "resumed", *SMALL),
+        *("--samples", "2", "--epochs", "3", "--workers", "1", "--promote", "direct"),
         *("--space", str(tmp_path / "good.yaml"), "--data-dir", str(data_dir)),
-        *("--storage", where, "--no-wandb"),
+        *("--storage", where),
     ]
-    done = subprocess.run(
-        cmd, cwd=REPO, env=_env(**s3), capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    objects = _objects("pipes")
-    state = json.loads(objects["remote/pipeline.json"])
-    assert state["status"] == "finished"
-    assert "remote/search/summary.json" in objects and "remote/retrain/test.json" in objects
-    assert any(k.startswith("registry/artifacts/") for k in objects), sorted(objects)
-    assert _stages(state)["promote"]["output"]["champion"] == "remote/1"
-    shown = subprocess.run(
-        [sys.executable, "-m", "modresnet.cli", "pipeline", "status", "remote", "--storage", where],
+    env = _env(**s3)
+    proc = subprocess.Popen(
+        cmd,
         cwd=REPO,
-        env=_env(**s3),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if re.match(r"epoch\s+1/3", line):
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+            break
+    proc.wait(timeout=60)
+    assert any("== retrain" in line for line in lines), "".join(lines)[-3000:]
+    killed = _stages(json.loads(_bucket("resumed")["pipeline.json"]))
+    assert killed["search"]["status"] == "done" and killed["retrain"]["status"] == "running"
+    search = {k: v for k, v in _bucket("resumed").items() if k.startswith("search/")}
+    assert "search/summary.json" in search, sorted(search)
+
+    t0 = time.monotonic()
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    print(f"resumed pipeline: {time.monotonic() - t0:.0f}s")
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert "== search" not in again.stdout and "== retrain" in again.stdout
+    assert f"resuming the unfinished Ray run in {where}/resumed/retrain" in again.stdout
+    objects = _bucket("resumed")
+    assert {k: v for k, v in objects.items() if k.startswith("search/")} == search  # untouched
+    state = json.loads(objects["pipeline.json"])
+    stages = _stages(state)
+    assert state["status"] == "finished", state
+    assert stages["search"]["attempt"] == 1 and stages["retrain"]["attempt"] == 2
+    assert stages["promote"]["output"]["champion"] == "resumed/1"
+    epochs = [json.loads(x)["epoch"] for x in objects["retrain/metrics.jsonl"].splitlines()]
+    assert epochs == [1, 2, 3]
+    assert "retrain/test.json" in objects
+    assert any(k.startswith("registry/artifacts/") for k in _objects("pipes")), sorted(objects)
+    assert "validation accuracy" in again.stdout and "test accuracy" in again.stdout
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "modresnet.cli",
+            "pipeline",
+            "status",
+            "resumed",
+            "--storage",
+            where,
+        ],
+        cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert shown.returncode == 0, shown.stderr
-    assert "pipeline remote: finished" in shown.stdout and "new version:  remote/1" in shown.stdout
+    assert "pipeline resumed: finished" in shown.stdout, shown.stdout
+    assert "new version:  resumed/1" in shown.stdout, shown.stdout

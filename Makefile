@@ -48,14 +48,18 @@ lint: install
 	$(BIN)/mypy --strict modresnet
 	$(BIN)/mypy jobs serve
 
+# The unit tier spread over every core (pytest-xdist: its tests are small and independent);
+# integration and e2e in one process, since their training runs and Ray clusters already use
+# every core (measured: integration under `-n 2` took as long as alone).
 test: install lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests/unit -n auto
+	$(BIN)/python -m pytest tests/integration tests/e2e
 
 # The quick tier, tests/unit/ (a few minutes on 2 cores): tests that need neither Ray nor the
 # data set; the conftest makes the data set unreachable here and refuses a unit test that asks
 # for it or for Ray, so a test cannot drift into the wrong tier.
 test-fast: install
-	MODRESNET_TEST_TIER=fast $(BIN)/python -m pytest tests/unit -q -p no:cacheprovider
+	MODRESNET_TEST_TIER=fast $(BIN)/python -m pytest tests/unit -n auto -q -p no:cacheprovider
 
 # A real local Ray cluster (head + 2 worker raylets, token auth) driven through the CLI.
 test-cluster: install

@@ -26,7 +26,6 @@ ROUTES = {
     "/": "/page",
     "/openapi.json": "/openapi",
 }
-SAMPLES = "/samples"  # the page's sample images, /samples/N.png
 OTHER = "other"
 # Where a route records, in the request's ASGI scope, the label of the version that answers it
 # (serve/service.py `choose`); the gate reads it for the response header and the series.
@@ -50,10 +49,7 @@ GAUGE_REFRESH_S = 5.0
 
 def route_of(path: str) -> str:
     """The route label of a request path (relative to the app's route prefix)."""
-    route = ROUTES.get(path)
-    if route is None:
-        return SAMPLES if path.startswith(SAMPLES + "/") else OTHER
-    return route
+    return ROUTES.get(path, OTHER)
 
 
 class Metrics:
@@ -136,7 +132,7 @@ class RayMetrics(Metrics):
 
         set_gauges()
         threading.Thread(target=_every, args=(GAUGE_REFRESH_S, set_gauges), daemon=True).start()
-        routes = (*ROUTES.values(), SAMPLES, OTHER)
+        routes = (*ROUTES.values(), OTHER)
         labels = ("", *(label for _, _, label in models))
         self._route_tags = {r: {"route": r} for r in routes}
         self._duration_tags = {(r, v): {"route": r, "version": v} for r in routes for v in labels}

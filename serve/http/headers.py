@@ -24,12 +24,12 @@ def _inline_source(tag: str) -> str:
     return f"'sha256-{base64.b64encode(digest).decode()}'"
 
 
-# The page runs only its own script and style, loads images only from itself (and the blob:
-# preview of the user's file), talks only to its own origin and is never framed; no response
-# is cached or sniffed, no URL leaks as a Referer.
+# The page runs only its own script and style, loads images only from itself (its sample strip
+# is data: URIs, the preview of the user's file a blob:), talks only to its own origin and is
+# never framed; no response is cached or sniffed, no URL leaks as a Referer.
 CSP = (
     f"default-src 'self'; script-src {_inline_source('script')}; "
-    f"style-src {_inline_source('style')}; img-src 'self' blob:; object-src 'none'; "
+    f"style-src {_inline_source('style')}; img-src 'self' blob: data:; object-src 'none'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {

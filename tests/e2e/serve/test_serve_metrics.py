@@ -121,7 +121,6 @@ def test_prometheus_scrapes_the_replicas_series(server, images, runs, tmp_path):
             "/model",
             "/page",
             "/openapi",
-            "/samples",
             "other",
         }, routes
         # the version label: the answering version's; none (Prometheus drops "") on a refusal

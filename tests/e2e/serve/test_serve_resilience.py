@@ -392,6 +392,21 @@ def test_the_canary_takes_the_share_the_traffic_table_sets_with_no_failed_reques
 # --- the web page in headless Chromium --------------------------------------------------------
 
 
+def _hold_slots(server, n):
+    """`n` requests to the secure app that hold their admission slots: headers sent, the body
+    of 1000 bytes not yet."""
+    held = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", server["port"]), timeout=30)
+        s.sendall(
+            b"POST /secure/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: {server['auth']['Authorization']}\r\n".encode()
+            + b"Content-Length: 1000\r\n\r\n"
+        )
+        held.append(s)
+    return held
+
+
 def test_web_page_in_chromium(server, images, predictor, tmp_path):
     chromium = _chromium()
     if chromium is None:
@@ -465,6 +480,30 @@ def test_web_page_in_chromium(server, images, predictor, tmp_path):
             answer = page.locator("#answer").inner_text()
             assert answer == f"Answered by {served['label']}; the true class: {sample['label']}"
             assert page.locator("#error").inner_text() == ""
+            # every strip image drew from the page itself, against a replica admitting 1 + 1
+            drawn = page.eval_on_selector_all(
+                ".sample img", "imgs => imgs.map(i => i.complete && i.naturalWidth)"
+            )
+            assert drawn == [32] * samples.COUNT, drawn
+            # a click while the replica is full waits as Retry-After says, then is answered
+            held = _hold_slots(server, 2)
+            try:
+                deadline = time.monotonic() + 30
+                while (
+                    httpx.get(server["url"] + "/secure/model", headers=server["auth"]).status_code
+                    != 429
+                ):
+                    assert time.monotonic() < deadline, "the held requests never filled the replica"
+                    time.sleep(0.1)
+                page.click(".sample[data-index='5']")
+                page.wait_for_selector("#answer:has-text('busy')", timeout=10_000)
+            finally:
+                for s in held:  # the rest of each body: an invalid one, answered 400 at once
+                    s.sendall(b" " * 1000)
+                    s.close()
+            page.wait_for_selector("#answer:has-text('Answered by')", timeout=30_000)
+            assert page.locator("#error").inner_text() == ""
+            assert page.locator("#results .row").count() == 5
             # the page ran under its Content-Security-Policy, and kept the key nowhere
             assert not [m for m in console if "Content Security Policy" in m], console
             assert page.evaluate("sessionStorage.length + localStorage.length") == 0

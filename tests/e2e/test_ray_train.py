@@ -3,23 +3,21 @@
 Ordering matters for runtime on 2 cores: the tests that start their own Ray (CLI
 subprocesses, the DDP check without Ray) run first, then the tests that share one
 module-scoped embedded Ray. Workers spread over several nodes are checked on a real local
-cluster in test_cluster.py.
+cluster in test_cluster.py; a driver killed and the same command resuming into the same W&B
+run, in test_storage.py (with its run in object storage).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import time
 
 import pytest
 import torch
-from helpers.cluster import wandb_history
 from helpers.ports import free_port
-from helpers.processes import kill_driver_at_snapshot, raylet_pids, train_workers_under
+from helpers.processes import raylet_pids, train_workers_under
 from helpers.ray_train import (
     CLI,
     REPO,
@@ -191,83 +189,6 @@ def test_ddp_two_workers_match_one_worker_at_double_batch(tmp_path, small_cifar,
 
     init = build_model(_ddp_config(data_dir, batch).model).state_dict()[first]
     assert not torch.allclose(init, a["weights"][first])  # training did move the weights
-
-
-# ------------------------- (d) + (f) driver SIGKILL, rerun resumes, W&B offline, cwd lost
-
-
-def test_driver_killed_then_same_command_resumes_with_same_wandb_run(tmp_path):
-    """The driver is SIGKILLed once Ray's snapshot exists; the same command resumes at the next
-    epoch into the same W&B run. The rerun's working directory is then deleted once its last
-    epoch is printed (what a Ray job's working_dir cleanup did, issue 11): the final W&B step
-    fails inside wandb.init (os.getcwd()), which must cost one warning line and nothing of the
-    finished run (the epochs are in W&B already; the final W&B record itself is checked in
-    test_cluster.py). Eight short epochs, so the kill lands well before the last one."""
-    epochs = 8
-    cmd = [
-        *CLI,
-        "train",
-        *[a for a in TINY if a != "--no-wandb"],
-        "--subset",
-        "600",
-        "--epochs",
-        str(epochs),
-        "--workers",
-        "2",
-        "--storage",
-        str(tmp_path),
-        "--name",
-        "resume-me",
-        "--max-failures",
-        "0",
-    ]
-    wandb_env = env(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_PROJECT="modresnet-tests")
-    run = tmp_path / "resume-me"
-    first = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=wandb_env,
-        cwd=REPO,
-        start_new_session=True,
-    )
-    snapshot_file = run / "ray" / "checkpoint_manager_snapshot.json"
-    kill_driver_at_snapshot(first, snapshot_file.exists, poll_s=0.1)
-    first_out = first.stdout.read()
-    assert not (run / "test.json").exists(), "the first run finished before the kill"
-    snapshot = json.loads((run / "ray" / "checkpoint_manager_snapshot.json").read_text())
-    assert snapshot  # Ray recorded at least one checkpoint before the driver died
-
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    second = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=wandb_env, cwd=cwd
-    )
-    out = []
-    for line in second.stdout:
-        out.append(line)
-        if line.startswith(f"epoch   {epochs}/{epochs}"):
-            shutil.rmtree(cwd)  # the driver is now past training, before its final W&B step
-    text = "".join(out)
-    assert second.wait(timeout=300) == 0, (first_out[-2000:], text[-4000:])
-    lines = [ln for ln in out if ln.startswith("epoch ")]
-    resumed_from = int(lines[0].split()[1].split("/")[0])
-    assert resumed_from > 1, text  # resumed at the next epoch, not from scratch
-    assert "resuming the unfinished Ray run" in text
-    assert "Traceback" not in text
-    warnings = [line for line in out if "W&B could not record the test result" in line]
-    assert len(warnings) == 1 and "FileNotFoundError" in warnings[0], text
-    assert "FileNotFoundError" in (run / "ray.log").read_text()  # the traceback went there
-    assert_run_dir(run, epochs)
-
-    # W&B offline: every run directory under <run>/wandb has the run id = the run name.
-    runs = sorted((run / "wandb").glob("offline-run-*"))
-    assert len(runs) >= 2, runs  # first worker run, resumed worker run
-    assert all(p.name.endswith("-resume-me") for p in runs), runs
-    # the resumed run logged its epochs (the killed one's records may end mid-write)
-    logged = {h["epoch"] for h in wandb_history(run / "wandb") if "val_acc" in h}
-    assert logged >= set(range(resumed_from, epochs + 1)), logged
 
 
 # ------------------------------------------------------------ shared embedded Ray (a, c, g)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 
 import pytest
+from helpers.cluster import wandb_history
 from helpers.ports import free_port
 from helpers.processes import group_members, kill_driver_at_snapshot
 from helpers.storage import BUCKET, CLI, REPO, _cli, _objects, moto_s3
@@ -24,12 +26,18 @@ def s3(tmp_path_factory):
 
 
 @pytest.mark.ray
-def test_train_on_ray_to_s3_resumes_from_the_bucket_then_evaluates_and_predicts(s3, tmp_path):
-    """A 2-worker Ray Train run with --storage s3://, its driver SIGKILLed once Ray's snapshot
-    is in the bucket: the same command resumes from the bucket at the next epoch (the local
-    staging holds nothing Ray needs); the published run holds every epoch exactly once with
-    Ray's checkpoints beside it under <run>/ray/; the same command again says the run is
-    finished (nothing trained twice); evaluate / predict read the run straight from the bucket."""
+def test_train_on_ray_to_s3_killed_resumes_from_the_bucket_into_the_same_wandb_run(s3, tmp_path):
+    """A 2-worker Ray Train run with --storage s3:// and W&B on (offline), its driver SIGKILLed
+    once Ray's snapshot is in the bucket: the same command resumes from the bucket at the next
+    epoch into the same W&B run; the published run holds every epoch exactly once with Ray's
+    checkpoints beside it under <run>/ray/ and both W&B runs under <run>/wandb/; the same
+    command again says the run is finished (nothing trained twice); evaluate / predict read the
+    run straight from the bucket.
+
+    The rerun's working directory is deleted once its last epoch is printed (what a Ray job's
+    working_dir cleanup does): the final W&B step then fails inside wandb.init (os.getcwd()),
+    which must cost one warning line and nothing of the run (the final W&B record itself is
+    checked in test_cluster.py)."""
     epochs, uri = 6, f"s3://{BUCKET}/runs"  # short epochs: the kill must land before the last
     cmd = [
         *CLI,
@@ -46,7 +54,6 @@ def test_train_on_ray_to_s3_resumes_from_the_bucket_then_evaluates_and_predicts(
         "data.val_subset=100",
         "--set",
         "data.test_subset=100",
-        "--no-wandb",
         "--max-failures",
         "0",
         "--storage",
@@ -54,7 +61,12 @@ def test_train_on_ray_to_s3_resumes_from_the_bucket_then_evaluates_and_predicts(
         "--name",
         "s3run",
     ]
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_MODE")}
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_API_KEY")},
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_PROJECT": "modresnet-tests",
+    }
     first = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -68,14 +80,29 @@ def test_train_on_ray_to_s3_resumes_from_the_bucket_then_evaluates_and_predicts(
     kill_driver_at_snapshot(
         first, lambda: storage.exists(snapshot), poll_s=0.2, where=" in the bucket"
     )
+    first_out = first.stdout.read()
     assert "test.json" not in _objects("runs/s3run"), "finished before the kill"
 
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resuming the unfinished Ray run in s3://" in second.stdout
-    assert "published the run directory to s3://modresnet-test/runs/s3run" in second.stdout
-    lines = [ln for ln in second.stdout.splitlines() if ln.startswith("epoch ")]
-    assert int(lines[0].split()[1].split("/")[0]) > 1, second.stdout  # not from scratch
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    second = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd
+    )
+    out = []
+    for line in second.stdout:
+        out.append(line)
+        if line.startswith(f"epoch   {epochs}/{epochs}"):
+            shutil.rmtree(cwd)  # the driver is now past training, before its final W&B step
+    text = "".join(out)
+    assert second.wait(timeout=300) == 0, (first_out[-2000:], text[-4000:])
+    assert "resuming the unfinished Ray run in s3://" in text
+    assert "published the run directory to s3://modresnet-test/runs/s3run" in text
+    assert "Traceback" not in text
+    lines = [ln for ln in out if ln.startswith("epoch ")]
+    resumed_from = int(lines[0].split()[1].split("/")[0])
+    assert resumed_from > 1, text  # resumed at the next epoch, not from scratch
+    warnings = [line for line in out if "W&B could not record the test result" in line]
+    assert len(warnings) == 1 and "FileNotFoundError" in warnings[0], text
     objs = _objects("runs/s3run")
     for name in (
         "config.yaml",
@@ -91,7 +118,21 @@ def test_train_on_ray_to_s3_resumes_from_the_bucket_then_evaluates_and_predicts(
     assert [json.loads(x)["epoch"] for x in objs["metrics.jsonl"].decode().splitlines()] == list(
         range(1, epochs + 1)
     )
+    assert "FileNotFoundError" in objs["ray.log"].decode()  # the traceback went there
     test = json.loads(objs["test.json"])
+
+    # W&B offline, read back from the bucket: the killed and the resumed run, both with the
+    # run name as their id, and the resumed one logged its epochs (the killed one's records
+    # may end mid-write)
+    wandb_dir = tmp_path / "wandb"
+    for key, body in objs.items():
+        if key.startswith("wandb/"):
+            (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / key).write_bytes(body)
+    runs = sorted(wandb_dir.glob("offline-run-*"))
+    assert len(runs) >= 2 and all(r.name.endswith("-s3run") for r in runs), runs
+    logged = {h["epoch"] for h in wandb_history(wandb_dir) if "val_acc" in h}
+    assert logged >= set(range(resumed_from, epochs + 1)), logged
 
     again = _cli(*cmd[len(CLI) :])
     assert again.returncode == 2 and "already holds a run" in again.stderr

@@ -9,6 +9,8 @@ import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
+from ray.train import UserCallback
+
 from jobs.tune.job import TuneJob
 from jobs.tune.space import trial_config
 from modresnet import checkpoint
@@ -62,14 +64,37 @@ def worker_cpus(cpus_per_trial: float, workers: int) -> float:
     return max(share - TRIAL_CPU, share / 2)
 
 
+class ToTrial(UserCallback):
+    """A Ray Train callback (run in the Train controller) that hands each report of the run to
+    its Tune trial through `queue`, for the trial's own thread to report to Tune.
+
+    Not Ray's TuneReportCallback: with it, Tune's main thread moves each report into the
+    trial's one-slot result queue while the trial's thread, once fit() returns, puts its final
+    result into the same slot; when the run's last report is still on its way, the main thread
+    then waits on a full slot forever (Ray 2.60, ray/train/_internal/session.py
+    `_get_result_from_queues`): a data-parallel search hung after a trial's last epoch."""
+
+    def __init__(self, queue) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        item = dict(metrics[0])
+        if checkpoint is not None:  # where the trial's files are (jobs/tune/results.py)
+            item["checkpoint_path"] = checkpoint.path
+        self.queue.put(item)  # blocks while the trial's previous report is still in Tune
+
+
 def _run_train_trial(config: Config, job: TuneJob) -> None:
-    """A data-parallel trial: a TorchTrainer over the Train worker loop (jobs/train/worker.py).
-    Its Train run is named after the trial, so a restored trial resumes that run from its last
-    checkpoint."""
+    """A data-parallel trial: a TorchTrainer over the Train worker loop (jobs/train/worker.py),
+    run on a thread of its own while this one reports its epochs to Tune as they arrive, all of
+    them before it returns. Its Train run is named after the trial, so a restored trial resumes
+    that run from its last checkpoint."""
+    import threading
+
     import ray.train
     from ray import tune
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.util.queue import Empty, Queue
 
     from jobs.train.worker import train_loop_per_worker
 
@@ -78,7 +103,8 @@ def _run_train_trial(config: Config, job: TuneJob) -> None:
     per_worker_gpu = job.gpus_per_trial / workers
     trial_id = tune.get_context().get_trial_id()
     resources = {"CPU": per_worker_cpu, **({"GPU": per_worker_gpu} if per_worker_gpu else {})}
-    TorchTrainer(
+    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    trainer = TorchTrainer(
         train_loop_per_worker,  # type: ignore[arg-type]  # Ray's stub wants -> None
         train_loop_config={
             "config": config.to_dict(),
@@ -92,7 +118,7 @@ def _run_train_trial(config: Config, job: TuneJob) -> None:
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",
             storage_path=job.train_storage,
-            callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # a Train callback
+            callbacks=[ToTrial(reports)],  # type: ignore[list-item]  # a Train callback
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1,
                 checkpoint_score_attribute=job.metric,
@@ -100,7 +126,24 @@ def _run_train_trial(config: Config, job: TuneJob) -> None:
             ),
             failure_config=ray.train.FailureConfig(max_failures=1),
         ),
-    ).fit()
+    )
+    failed: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as err:  # noqa: BLE001 - raised again on the trial's thread
+            failed.append(err)
+
+    runner = threading.Thread(target=fit, name="modresnet-train-run", daemon=True)
+    runner.start()
+    while runner.is_alive() or not reports.empty():  # its last report is in the queue by then
+        try:
+            tune.report(reports.get(timeout=0.5))
+        except Empty:
+            continue
+    if failed:
+        raise failed[0]
 
 
 # --------------------------------------------------------------------------- PBT exploits

@@ -191,6 +191,12 @@ def _run(job: TuneJob, options: TuneOptions, resume: bool, verbose: bool, root: 
     )
     if outcome.rows:
         console.print(leaderboard_table(outcome.rows, job, width=console.width))
+    failure = outcome.failure()
+    if failure and not outcome.rows and not outcome.interrupted:
+        err_console.print(f"[bold red]search failed[/]: {failure}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if failure:
+        err_console.print(f"[yellow]warning[/]: {failure}", highlight=False, soft_wrap=True)
     if outcome.interrupted or outcome.best is None or outcome.test is None:
         err_console.print(
             f"[bold yellow]search interrupted[/]; continue it with: modresnet tune "

@@ -54,6 +54,16 @@ class TuneOutcome:
     best: TrialRow | None = None
     test: dict | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # trial id -> its error's last line
+    trials: int = 0
+
+    def failure(self) -> str | None:
+        """One line when trials failed: how many, and the first one's error (a missing data set
+        on a node, say), so that the user reads the cause rather than a trial's traceback."""
+        if not self.errors:
+            return None
+        trial, line = next(iter(self.errors.items()))
+        return f"{len(self.errors)} of {self.trials} trials failed; trial {trial}: {line}"
 
 
 def sync_wandb_dirs(grid) -> None:
@@ -124,10 +134,18 @@ def _history(reported: list[dict], latest: Path | None) -> list[dict]:
     return [last[e] for e in sorted(last)]
 
 
-def collect(grid, job: TuneJob) -> tuple[list[TrialRow], bool]:
+def _last_line(err: BaseException) -> str:
+    """The raised exception's own line: the last of a Ray error's text (its traceback)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(err).__name__
+
+
+def collect(grid, job: TuneJob) -> tuple[list[TrialRow], bool, dict[str, str]]:
+    """The trials' rows (best first), whether the search was interrupted, and the error line
+    of each trial that failed."""
     base, space = job.base, job.search_space()
     trials = _trials(grid)
-    rows, interrupted = [], False
+    rows, interrupted, errors = [], False, {}
     for result in grid:
         metrics = result.metrics or {}
         trial_id, status = trials.get(
@@ -139,6 +157,8 @@ def collect(grid, job: TuneJob) -> tuple[list[TrialRow], bool]:
         )
         if status not in ("TERMINATED", "ERROR"):
             interrupted = True
+        if result.error is not None:
+            errors[trial_id] = _last_line(result.error)
         if not metrics or result.config is None:  # interrupted before it started
             continue
         sampled = {k: v for k, v in result.config.items()}
@@ -174,7 +194,7 @@ def collect(grid, job: TuneJob) -> tuple[list[TrialRow], bool]:
         )
     reverse = job.mode == "max"
     rows.sort(key=lambda r: r.best_metric, reverse=reverse)
-    return rows, interrupted
+    return rows, interrupted, errors
 
 
 def write_leaderboard(rows: list[TrialRow], job: TuneJob, path: Path) -> Path:
@@ -335,8 +355,8 @@ def export_best(row: TrialRow, exp: Path) -> tuple[RunDir, dict]:
 
 def summarize(grid, job: TuneJob, info: Callable[[str], None] = print) -> TuneOutcome:
     exp = job.experiment
-    rows, interrupted = collect(grid, job)
-    outcome = TuneOutcome(exp, rows, interrupted)
+    rows, interrupted, errors = collect(grid, job)
+    outcome = TuneOutcome(exp, rows, interrupted, errors=errors, trials=len(grid))
     if not rows:
         return outcome
     outcome.files["leaderboard"] = write_leaderboard(rows, job, exp / "leaderboard.csv")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -258,6 +259,31 @@ def test_resume_whose_saved_ray_state_names_a_missing_module_is_one_line(tmp_pat
     assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]
     assert "needs the module jobs.tune_progress, which is not installed here" in r.stderr
     assert "Traceback" not in r.stdout + r.stderr
+
+
+@pytest.mark.ray
+def test_a_search_whose_every_trial_fails_says_why_in_one_line(tmp_path, data_dir):
+    """Trials that cannot read the data (a node without it, here a corrupt copy) fail in Ray;
+    the search ends with exit 1 and one line naming the cause, not "interrupted, resume it"."""
+    corrupt = tmp_path / "data" / "cifar-10-batches-py"
+    shutil.copytree(data_dir / "cifar-10-batches-py", corrupt)
+    (corrupt / "data_batch_1").write_bytes(b"not a pickle")
+    r = subprocess.run(
+        _tune_cmd(
+            *("--preset", "debug", "--samples", "1", "--max-epochs", "1", "--no-wandb"),
+            *("--storage", str(tmp_path / "runs"), "--name", "fails"),
+        ),
+        cwd=REPO,
+        env={**_env(), "MODRESNET_DATA": str(tmp_path / "data")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 1, (r.stdout + r.stderr)[-3000:]
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("search failed")]
+    assert line.startswith("search failed: 1 of 1 trials failed; trial "), line
+    assert "DataError: CIFAR-10 file " in line and "data_batch_1 is corrupt" in line, line
+    assert "Traceback" not in r.stdout + r.stderr and "--resume" not in r.stderr
 
 
 @pytest.mark.ray

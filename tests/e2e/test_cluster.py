@@ -6,10 +6,10 @@ never touches a developer's cluster. The tests run in file order; the last one t
 
 No secret leaves the nodes' environment (jobs/runtime.py, "Secrets"): `cluster up` runs from a
 shell whose environment holds a random sentinel for WANDB_API_KEY, MODRESNET_API_KEY and
-AWS_SECRET_ACCESS_KEY. A train, a tune and a serve job are submitted the way users do (`modresnet
-jobs submit`, W&B on, offline); then no sentinel, and not the cluster token, is in anything Ray
-shows (State API, Jobs API, Serve API) or in any file under the cluster's temp dir, its state dir
-or the run folders."""
+AWS_SECRET_ACCESS_KEY, and the shell the train and tune jobs are submitted from holds them too
+(the way users submit: `modresnet jobs submit`, W&B on, offline); after those and a serve job,
+no sentinel, and not the cluster token, is in anything Ray shows (State API, Jobs API, Serve API)
+or in any file under the cluster's temp dir, its state dir or the run folder (`cluster.storage`)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,6 @@ from helpers.cluster import CLIENT_VARS, REPO, cli, http, wandb_history
 from helpers.ports import free_port
 
 SECRET_VARS = ("WANDB_API_KEY", "MODRESNET_API_KEY", "AWS_SECRET_ACCESS_KEY")
-TINY = ["--preset", "debug", "--subset", "200", "--set", "data.val_subset=100"]
-TINY += ["--set", "data.test_subset=100"]
 STATE_API = [  # what `ray list ... --detail`, `ray job`, `serve config` and the dashboard read
     "/api/v0/actors?limit=10000&detail=1",
     "/api/v0/tasks?limit=10000&detail=1",
@@ -76,6 +74,9 @@ def cluster(tmp_path_factory):
             address=exports["RAY_ADDRESS"],
             up_env=up_env,
             sentinels=sentinels,
+            client_env={**up_env, **exports},  # a user's shell after eval "$(cluster up)"
+            storage=tmp_path_factory.mktemp("runs"),  # the jobs' runs, searched for secrets
+            jobs={},  # job ids by name, for the Jobs API reads of the secrets test
         )
     finally:
         if (home / "cluster" / "state.json").exists():
@@ -149,13 +150,11 @@ def test_jobs_api_needs_the_token(cluster):
 
 
 @pytest.mark.ray
-def test_train_job_with_wandb_succeeds_logs_every_epoch_and_spreads_over_both_workers(
-    cluster, tmp_path
-):
+def test_train_job_with_wandb_succeeds_logs_every_epoch_and_spreads_over_both_workers(cluster):
     # the user's flow: eval "$(modresnet cluster up)", with W&B on (offline). This job used to
     # end FAILED after training: worker nodes shared the head's Ray temp dir, re-unpacked the
     # job's working_dir there and so deleted the driver's cwd before its last wandb.init.
-    env = {**cluster.env, **cluster.exports, "WANDB_MODE": "offline"}
+    env = cluster.client_env
     t0 = time.monotonic()
     sub = cli(
         "jobs",
@@ -170,13 +169,13 @@ def test_train_job_with_wandb_succeeds_logs_every_epoch_and_spreads_over_both_wo
         "--workers",
         "2",
         "--storage",
-        str(tmp_path),
+        str(cluster.storage),
         "--name",
         "cluster-train",
         env=env,
     )
     assert sub.returncode == 0, sub.stderr[-3000:]
-    job_id = sub.stdout.strip().splitlines()[-1]
+    job_id = cluster.jobs["train"] = sub.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"raysubmit_\w+", job_id), sub.stdout
     follow = cli("jobs", "logs", job_id, "--follow", env=env, timeout=400)
     print(f"train job took {time.monotonic() - t0:.0f}s")
@@ -185,7 +184,7 @@ def test_train_job_with_wandb_succeeds_logs_every_epoch_and_spreads_over_both_wo
         assert re.search(rf"epoch\s+{epoch}/2\s+train", follow.stdout), follow.stdout[-4000:]
     status = cli("jobs", "status", job_id, env=env)
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout
-    run = tmp_path / "cluster-train"
+    run = cluster.storage / "cluster-train"
     test = json.loads((run / "test.json").read_text())
     # W&B holds every epoch (rank 0, steps 1..2) and then the test result (the driver, step 3)
     history = wandb_history(run / "wandb")
@@ -220,13 +219,11 @@ def test_train_job_with_wandb_succeeds_logs_every_epoch_and_spreads_over_both_wo
 
 
 @pytest.mark.ray
-def test_data_parallel_tune_job_with_wandb_succeeds_and_each_trial_logs_every_epoch(
-    cluster, tmp_path
-):
+def test_data_parallel_tune_job_with_wandb_succeeds_and_each_trial_logs_every_epoch(cluster):
     """--workers-per-trial 2: each trial is a 2-worker TorchTrainer over both worker nodes (1
     CPU each), so the second trial runs only once the first has given its CPUs back (its
     placement group freed); W&B gets every epoch of every trial through Tune."""
-    env = {**cluster.env, **cluster.exports, "WANDB_MODE": "offline"}
+    env = cluster.client_env
     sub = cli(
         "jobs",
         "submit",
@@ -248,16 +245,16 @@ def test_data_parallel_tune_job_with_wandb_succeeds_and_each_trial_logs_every_ep
         "--cpus-per-trial",
         "2",
         "--storage",
-        str(tmp_path),
+        str(cluster.storage),
         "--name",
         "cluster-tune",
         env=env,
     )
     assert sub.returncode == 0, sub.stderr[-3000:]
-    job_id = sub.stdout.strip().splitlines()[-1]
+    job_id = cluster.jobs["tune"] = sub.stdout.strip().splitlines()[-1]
     follow = cli("jobs", "logs", job_id, "--follow", env=env, timeout=400)
     assert follow.returncode == 0, follow.stdout[-4000:] + follow.stderr[-2000:]
-    exp = tmp_path / "cluster-tune"
+    exp = cluster.storage / "cluster-tune"
     assert (exp / "best-run" / "test.json").exists()
     trials = sorted(exp.glob("run_trial_*"))
     assert len(trials) == 2
@@ -487,41 +484,33 @@ def _hits(where: str, data: bytes, needles: dict[str, str]) -> list[tuple[str, s
 
 
 @pytest.mark.ray
-def test_no_secret_in_ray_state_jobs_serve_or_files_after_train_tune_and_serve(cluster, tmp_path):
-    """Last before `cluster down`: the jobs of the tests above ran on this cluster too, so the
-    search covers what they left in its temp dir."""
-    c = SimpleNamespace(**{**vars(cluster), "env": {**cluster.up_env, **cluster.exports}})
-    started = time.monotonic()
-    # train (a Ray Train worker with W&B settings in its runtime_env) and tune (a W&B logging
-    # actor per trial) at once, one CPU each; then serve the trained run
-    storage = ["--storage", str(tmp_path)]
-    train = ["train", *TINY, "--epochs", "1", "--workers", "1", *storage, "--name", "secret-train"]
-    tune = ["tune", *TINY, "--samples", "1", "--max-epochs", "1", "--grace-period", "1"]
-    tune += ["--concurrent", "1", "--cpus-per-trial", "1", *storage, "--name", "secret-tune"]
-    train, tune = _submit(c, *train), _submit(c, *tune)
-    with ThreadPoolExecutor(2) as pool:
-        logs = list(pool.map(lambda job: _follow(c, job), (train, tune)))
-    assert re.search(r"epoch\s+1/1\s+train", logs[0]), logs[0][-3000:]
-    run, exp = tmp_path / "secret-train", tmp_path / "secret-tune"
+def test_no_secret_in_ray_state_jobs_serve_or_files_after_train_tune_and_serve(cluster):
+    """Last before `cluster down`, after the train job (a Ray Train worker with W&B settings in
+    its runtime_env) and the tune job (a W&B logging actor per trial) above, submitted from the
+    shell with the secrets: serve the trained run, then search what all of them left."""
+    c = SimpleNamespace(**{**vars(cluster), "env": cluster.client_env})
+    assert {"train", "tune"} <= set(c.jobs), f"the train and tune job tests ran first: {c.jobs}"
+    run, exp = c.storage / "cluster-train", c.storage / "cluster-tune"
     assert sorted((run / "wandb").glob("offline-run-*")), "train logged nothing to W&B"
     assert sorted(exp.glob("run_trial_*/wandb/offline-run-*")), "tune logged nothing to W&B"
     port = free_port()
     served = ["--backend", "torch", "--max-replicas", "1", "--replica-cpus", "0.5"]
-    serve = _submit(c, "--", "serve", str(run), "--address", "auto", "--port", str(port), *served)
-    assert "serving" in _follow(c, serve)
+    c.jobs["serve"] = _submit(
+        c, "--", "serve", str(run), "--address", "auto", "--port", str(port), *served
+    )
+    assert "serving" in _follow(c, c.jobs["serve"])
     model = f"http://127.0.0.1:{port}/model"
     assert http(model)[0] == 401  # the replicas read MODRESNET_API_KEY from their nodes
     assert http(model, c.sentinels["MODRESNET_API_KEY"])[0] == 200
-    print(f"jobs done in {time.monotonic() - started:.0f}s")
 
     needles = {**c.sentinels, "RAY_AUTH_TOKEN": c.token}
     found = []
-    for path in STATE_API + [f"/api/jobs/{job}" for job in (train, tune, serve)]:
+    for path in STATE_API + [f"/api/jobs/{job}" for job in c.jobs.values()]:
         code, body = http(c.address + path, c.token)
         assert code == 200, (path, body[:300])
         found += _hits(path, body, needles)
     searched = 0
-    for root in (Path(c.state["temp_dir"]), c.home / "cluster", tmp_path):
+    for root in (Path(c.state["temp_dir"]), c.home / "cluster", c.storage):
         for path in root.rglob("*"):
             if path.is_symlink() or not path.is_file() or path == Path(c.state["token_path"]):
                 continue

@@ -98,8 +98,11 @@ def _tuner_parts(job: TuneJob, callbacks: list, verbose: bool = True):
         # The next trial runs in the finished one's process: no new Python importing torch
         # per trial (every trial of a search asks for the same resources). Not under PBT: an
         # exploit in a reused process restored a donor checkpoint that the donor's retention
-        # had deleted meanwhile, and the clone failed.
-        reuse_actors=job.scheduler != "pbt",
+        # had deleted meanwhile, and the clone failed. Nor for data-parallel trials: one that
+        # ASHA stops is inside its Train run, so Tune cannot reset its process for the next
+        # trial and failed that trial ("reuse requires reset_config()"); ending the process
+        # ends the Train run, its child, as well.
+        reuse_actors=job.scheduler != "pbt" and job.workers_per_trial == 1,
     )
     run_config = tune.RunConfig(
         name=job.name,

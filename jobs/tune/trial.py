@@ -87,8 +87,9 @@ class ToTrial(UserCallback):
 def _run_train_trial(config: Config, job: TuneJob) -> None:
     """A data-parallel trial: a TorchTrainer over the Train worker loop (jobs/train/worker.py),
     run on a thread of its own while this one reports its epochs to Tune as they arrive, all of
-    them before it returns. Its Train run is named after the trial, so a restored trial resumes
-    that run from its last checkpoint."""
+    them before it returns. A trial ASHA stops ends with its process (jobs/tune/driver.py: no
+    process reuse for these), and the Train run with it. Its Train run is named after the
+    trial, so a restored trial resumes that run from its last checkpoint."""
     import threading
 
     import ray.train
@@ -137,9 +138,9 @@ def _run_train_trial(config: Config, job: TuneJob) -> None:
 
     runner = threading.Thread(target=fit, name="modresnet-train-run", daemon=True)
     runner.start()
-    while runner.is_alive() or not reports.empty():  # its last report is in the queue by then
+    while runner.is_alive() or not reports.empty():  # its last report is queued by then
         try:
-            tune.report(reports.get(timeout=0.5))
+            tune.report(reports.get(timeout=0.5))  # SystemExit here: Tune stopped the trial
         except Empty:
             continue
     if failed:

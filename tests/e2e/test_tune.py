@@ -262,6 +262,33 @@ def test_resume_whose_saved_ray_state_names_a_missing_module_is_one_line(tmp_pat
 
 
 @pytest.mark.ray
+def test_asha_stops_data_parallel_trials_and_the_next_ones_still_run(tmp_path):
+    """Two-worker trials, one at a time, on both CPUs: a trial ASHA stops is inside its Train
+    run, so its process ends (no reuse for these) and its Train run with it; the next trial
+    gets the CPUs and runs. Reused, the next trial failed ("reuse requires reset_config()")
+    and the search then hung."""
+    r = subprocess.run(
+        _tune_cmd(
+            *("--preset", "debug", "--subset", "256", "--set", "data.val_subset=200"),
+            *("--set", "data.test_subset=100", "--samples", "4", "--max-epochs", "3"),
+            *("--grace-period", "1", "--concurrent", "1", "--workers-per-trial", "2"),
+            *("--cpus-per-trial", "2", "--no-wandb", "--storage", str(tmp_path), "--name", "dp"),
+        ),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    rows = _leaderboard(tmp_path / "dp")
+    print([(row["trial"], row["status"], row["epochs"]) for row in rows])
+    assert len(rows) == 4 and all(row["status"] == "TERMINATED" for row in rows), rows
+    assert any(int(row["epochs"]) < 3 for row in rows), rows  # ASHA stopped at least one
+    assert any(int(row["epochs"]) == 3 for row in rows), rows
+
+
+@pytest.mark.ray
 def test_a_search_whose_every_trial_fails_says_why_in_one_line(tmp_path, data_dir):
     """Trials that cannot read the data (a node without it, here a corrupt copy) fail in Ray;
     the search ends with exit 1 and one line naming the cause, not "interrupted, resume it"."""

@@ -153,9 +153,8 @@ def search(ctx: Context) -> dict[str, Any]:
         console=ctx.console,
         info=ctx.info,
     )
-    failure = outcome.failure()
-    if failure and not outcome.rows and not outcome.interrupted:
-        raise UserError(f"the search {name} failed: {failure}")
+    if outcome.all_failed:
+        raise UserError(f"the search {name} failed: {outcome.failure()}")
     if outcome.interrupted or outcome.best is None:
         raise Interrupted(f"the search {name} was interrupted")
     best = outcome.best

@@ -192,7 +192,7 @@ def _run(job: TuneJob, options: TuneOptions, resume: bool, verbose: bool, root: 
     if outcome.rows:
         console.print(leaderboard_table(outcome.rows, job, width=console.width))
     failure = outcome.failure()
-    if failure and not outcome.rows and not outcome.interrupted:
+    if outcome.all_failed:
         err_console.print(f"[bold red]search failed[/]: {failure}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if failure:

@@ -65,6 +65,11 @@ class TuneOutcome:
         trial, line = next(iter(self.errors.items()))
         return f"{len(self.errors)} of {self.trials} trials failed; trial {trial}: {line}"
 
+    @property
+    def all_failed(self) -> bool:
+        """No trial has a result and some failed: the search failed, resuming it cannot help."""
+        return bool(self.errors) and not self.rows and not self.interrupted
+
 
 def sync_wandb_dirs(grid) -> None:
     """Copy each trial's W&B files from Ray's local trial folder to the experiment folder.

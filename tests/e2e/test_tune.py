@@ -25,6 +25,7 @@ from helpers.tune import (
     _env,
     _leaderboard,
     _results,
+    _run_tune,
     _saved_trials,
     _trial_dirs,
     _tune,
@@ -206,13 +207,8 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     assert finished and partial, (tmp_path / "first.txt").read_text()[-3000:]
     assert not (exp / "leaderboard.csv").exists()  # it really died mid-search
 
-    resumed = subprocess.run(
-        _tune_cmd("--resume", name, "--storage", str(storage), "--scheduler", "fifo", "--no-wandb"),
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    resumed = _run_tune(
+        "--resume", name, "--storage", str(storage), "--scheduler", "fifo", "--no-wandb"
     )
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
     (tmp_path / "second.txt").write_text(resumed.stdout + resumed.stderr)
@@ -248,14 +244,7 @@ def test_resume_whose_saved_ray_state_names_a_missing_module_is_one_line(tmp_pat
     job.experiment.mkdir(parents=True)
     (job.experiment / JOB_FILE).write_text(json.dumps(job.to_dict()))
     (job.experiment / "tuner.pkl").write_bytes(b"cjobs.tune_progress\nProgressCallback\n.")
-    r = subprocess.run(
-        _tune_cmd("--resume", "moved", "--storage", str(storage), "--no-wandb"),
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = _run_tune("--resume", "moved", "--storage", str(storage), "--no-wandb")
     assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]
     assert "needs the module jobs.tune_progress, which is not installed here" in r.stderr
     assert "Traceback" not in r.stdout + r.stderr
@@ -267,17 +256,11 @@ def test_asha_stops_data_parallel_trials_and_the_next_ones_still_run(tmp_path):
     run, so its process ends (no reuse for these) and its Train run with it; the next trial
     gets the CPUs and runs. Reused, the next trial failed ("reuse requires reset_config()")
     and the search then hung."""
-    r = subprocess.run(
-        _tune_cmd(
-            *("--preset", "debug", "--subset", "256", "--set", "data.val_subset=200"),
-            *("--set", "data.test_subset=100", "--samples", "4", "--max-epochs", "3"),
-            *("--grace-period", "1", "--concurrent", "1", "--workers-per-trial", "2"),
-            *("--cpus-per-trial", "2", "--no-wandb", "--storage", str(tmp_path), "--name", "dp"),
-        ),
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
+    r = _run_tune(
+        *("--preset", "debug", "--subset", "256", "--set", "data.val_subset=200"),
+        *("--set", "data.test_subset=100", "--samples", "4", "--max-epochs", "3"),
+        *("--grace-period", "1", "--concurrent", "1", "--workers-per-trial", "2"),
+        *("--cpus-per-trial", "2", "--no-wandb", "--storage", str(tmp_path), "--name", "dp"),
         timeout=400,
     )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
@@ -295,16 +278,10 @@ def test_a_search_whose_every_trial_fails_says_why_in_one_line(tmp_path, data_di
     corrupt = tmp_path / "data" / "cifar-10-batches-py"
     shutil.copytree(data_dir / "cifar-10-batches-py", corrupt)
     (corrupt / "data_batch_1").write_bytes(b"not a pickle")
-    r = subprocess.run(
-        _tune_cmd(
-            *("--preset", "debug", "--samples", "1", "--max-epochs", "1", "--no-wandb"),
-            *("--storage", str(tmp_path / "runs"), "--name", "fails"),
-        ),
-        cwd=REPO,
-        env={**_env(), "MODRESNET_DATA": str(tmp_path / "data")},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    r = _run_tune(
+        *("--preset", "debug", "--samples", "1", "--max-epochs", "1", "--no-wandb"),
+        *("--storage", str(tmp_path / "runs"), "--name", "fails"),
+        MODRESNET_DATA=str(tmp_path / "data"),
     )
     assert r.returncode == 1, (r.stdout + r.stderr)[-3000:]
     (line,) = [x for x in r.stderr.splitlines() if x.startswith("search failed")]

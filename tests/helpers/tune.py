@@ -58,11 +58,21 @@ def _tune_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "modresnet.cli", "tune", *args]
 
 
+def _run_tune(*args: str, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
+    """`modresnet tune ARGS` run to its end (with `env` on top of the test environment)."""
+    return subprocess.run(
+        _tune_cmd(*args),
+        cwd=REPO,
+        env={**_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _tune(*args: str, timeout: int = 300) -> None:
     """Run `modresnet tune` to the end; a failure shows the end of its output."""
-    proc = subprocess.run(
-        _tune_cmd(*args), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout
-    )
+    proc = _run_tune(*args, timeout=timeout)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
 

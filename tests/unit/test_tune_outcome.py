@@ -28,6 +28,9 @@ def test_the_failure_names_how_many_failed_and_the_first_ones_own_error():
         Path("exp"), [], False, errors={"6a3ac_00000": line, "6a3ac_00001": line}, trials=2
     )
     assert outcome.failure() == f"2 of 2 trials failed; trial 6a3ac_00000: {line}"
+    assert outcome.all_failed
+    interrupted = results.TuneOutcome(Path("exp"), [], True, errors={"a": line}, trials=2)
+    assert not interrupted.all_failed  # a resume may still help there
     assert results.TuneOutcome(Path("exp"), [], False, trials=2).failure() is None
 
 
